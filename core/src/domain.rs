@@ -1,0 +1,350 @@
+//! Domain model: tenants, tiers, roles, RBAC permissions, rate limits, API keys, users.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Billing tier; decides the default rate limit at onboarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Free,
+    Pro,
+    Enterprise,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Free, Tier::Pro, Tier::Enterprise];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Pro => "pro",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
+    /// The contract's default limits: free 60/60 s, pro 1000/60 s, enterprise 10000/60 s.
+    pub fn default_rate_limit(self) -> RateLimit {
+        let max_requests = match self {
+            Tier::Free => 60,
+            Tier::Pro => 1000,
+            Tier::Enterprise => 10_000,
+        };
+        RateLimit {
+            max_requests,
+            window_seconds: 60,
+            burst: None,
+        }
+    }
+}
+
+impl FromStr for Tier {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "free" => Ok(Tier::Free),
+            "pro" => Ok(Tier::Pro),
+            "enterprise" => Ok(Tier::Enterprise),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+}
+
+impl FromStr for TenantStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "active" => Ok(TenantStatus::Active),
+            "suspended" => Ok(TenantStatus::Suspended),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub tier: Tier,
+    pub status: TenantStatus,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Tenant ids: `[a-z0-9][a-z0-9-]{1,62}`.
+pub fn valid_tenant_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    (2..=63).contains(&b.len())
+        && matches!(b[0], b'a'..=b'z' | b'0'..=b'9')
+        && b[1..]
+            .iter()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+}
+
+/// Role names and resource names: `[a-z0-9_][a-z0-9_-]{0,63}`.
+pub fn valid_name_token(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && b.iter()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+/// What a request does to a resource; derived from the HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    /// GET/HEAD/OPTIONS → read, POST → create, PUT/PATCH → update, DELETE → delete.
+    pub fn from_method(method: &str) -> Option<Action> {
+        match method {
+            "GET" | "HEAD" | "OPTIONS" => Some(Action::Read),
+            "POST" => Some(Action::Create),
+            "PUT" | "PATCH" => Some(Action::Update),
+            "DELETE" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One grant: `action` is an action name or `*`; `resource` a resource name or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Permission {
+    pub action: String,
+    pub resource: String,
+}
+
+impl Permission {
+    pub fn new(action: &str, resource: &str) -> Self {
+        Permission {
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+        }
+    }
+
+    pub fn matches(&self, action: Action, resource: &str) -> bool {
+        (self.action == "*" || self.action == action.as_str())
+            && (self.resource == "*" || self.resource == resource)
+    }
+
+    /// A permission an admin may store: a known action or `*`, a resource token or `*`.
+    pub fn is_valid(&self) -> bool {
+        matches!(
+            self.action.as_str(),
+            "*" | "read" | "create" | "update" | "delete"
+        ) && (self.resource == "*" || valid_name_token(&self.resource))
+    }
+}
+
+/// A role's permissions within one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub role: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl Policy {
+    pub fn allows(&self, action: Action, resource: &str) -> bool {
+        self.permissions.iter().any(|p| p.matches(action, resource))
+    }
+}
+
+/// The seed's DEFAULT_ROLES, created for every new tenant.
+pub fn default_policies() -> Vec<Policy> {
+    let p = Permission::new;
+    vec![
+        Policy {
+            role: "admin".into(),
+            permissions: vec![p("*", "*")],
+        },
+        Policy {
+            role: "developer".into(),
+            permissions: vec![
+                p("read", "*"),
+                p("create", "resources"),
+                p("update", "resources"),
+                p("delete", "resources"),
+                p("create", "jobs"),
+                p("read", "jobs"),
+                p("create", "api_keys"),
+                p("read", "api_keys"),
+                p("delete", "api_keys"),
+            ],
+        },
+        Policy {
+            role: "read_only".into(),
+            permissions: vec![p("read", "*")],
+        },
+    ]
+}
+
+/// A tenant's token bucket: refill `max_requests / window_seconds` per second,
+/// capacity `burst` (default `max_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub max_requests: u64,
+    pub window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+impl RateLimit {
+    pub fn capacity(&self) -> u64 {
+        self.burst.unwrap_or(self.max_requests)
+    }
+
+    /// Tokens per second.
+    pub fn refill_per_sec(&self) -> f64 {
+        if self.window_seconds == 0 {
+            0.0
+        } else {
+            self.max_requests as f64 / self.window_seconds as f64
+        }
+    }
+}
+
+/// An API key as stored: never the secret, only its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub prefix: String,
+    pub digest: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRecord {
+    /// Usable at `now`: not revoked and not expired.
+    pub fn is_usable_at(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub email: String,
+    pub role: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A loose but useful email check: one `@`, a non-empty local part, a dotted domain.
+pub fn valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_id_rules() {
+        assert!(valid_tenant_id("acme"));
+        assert!(valid_tenant_id("a1"));
+        assert!(valid_tenant_id("0-corp"));
+        assert!(!valid_tenant_id("a"));
+        assert!(!valid_tenant_id("-acme"));
+        assert!(!valid_tenant_id("Acme"));
+        assert!(!valid_tenant_id("acme_corp"));
+        assert!(!valid_tenant_id(&"a".repeat(64)));
+        assert!(valid_tenant_id(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn default_policies_match_the_seed() {
+        let pols = default_policies();
+        let get = |r: &str| pols.iter().find(|p| p.role == r).cloned().unwrap();
+        let admin = get("admin");
+        assert!(admin.allows(Action::Delete, "anything"));
+        let dev = get("developer");
+        assert!(dev.allows(Action::Read, "billing"));
+        assert!(dev.allows(Action::Delete, "resources"));
+        assert!(!dev.allows(Action::Delete, "jobs"));
+        assert!(!dev.allows(Action::Update, "api_keys"));
+        let ro = get("read_only");
+        assert!(ro.allows(Action::Read, "resources"));
+        assert!(!ro.allows(Action::Create, "resources"));
+    }
+
+    #[test]
+    fn method_to_action() {
+        assert_eq!(Action::from_method("GET"), Some(Action::Read));
+        assert_eq!(Action::from_method("HEAD"), Some(Action::Read));
+        assert_eq!(Action::from_method("PATCH"), Some(Action::Update));
+        assert_eq!(Action::from_method("BREW"), None);
+    }
+
+    #[test]
+    fn emails() {
+        assert!(valid_email("a@b.co"));
+        assert!(!valid_email("nope"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("a b@c.de"));
+        assert!(!valid_email("@c.de"));
+    }
+
+    #[test]
+    fn permission_validation() {
+        assert!(Permission::new("*", "*").is_valid());
+        assert!(Permission::new("read", "resources").is_valid());
+        assert!(!Permission::new("write", "resources").is_valid());
+        assert!(!Permission::new("read", "Res ources").is_valid());
+    }
+}
