@@ -1,0 +1,296 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The store's behaviour, run against SQLite and PostgreSQL alike.
+
+use chrono::{Duration, Utc};
+use tenantgate_core::domain::{ApiKeyRecord, Permission, Policy, RateLimit, TenantStatus, Tier};
+use tenantgate_core::secrets;
+use tenantgate_core::store::{ChangeKind, NewTenant, NewUser, Store, StoreError, TenantPatch};
+use tenantgate_core::testing::TestDb;
+use tenantgate_core::usage::UsageDelta;
+
+fn key(tenant: &str, role: &str) -> (String, ApiKeyRecord) {
+    let g = secrets::generate_api_key();
+    let rec = ApiKeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant.into(),
+        prefix: g.prefix.clone(),
+        digest: secrets::api_key_digest(&g.key, None),
+        name: "k".into(),
+        role: role.into(),
+        created_at: Utc::now(),
+        expires_at: None,
+        revoked_at: None,
+    };
+    (g.key, rec)
+}
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for db in TestDb::all().await {
+        let store = Store::open(&db.url, 4).await.unwrap();
+        // Migrating twice is a no-op.
+        store.migrate().await.unwrap();
+        f(store.clone()).await;
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn onboarding_creates_policies_limit_and_admin() {
+    each_backend(|s| async move {
+        let t = s
+            .create_tenant(&NewTenant {
+                id: "acme".into(),
+                name: "Acme".into(),
+                tier: Tier::Free,
+                admin_user: Some(NewUser {
+                    id: "u1".into(),
+                    email: "a@acme.io".into(),
+                    password_hash: "$argon2id$x".into(),
+                    role: "admin".into(),
+                }),
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.status, TenantStatus::Active);
+        let pols = s.list_policies("acme").await.unwrap();
+        let roles: Vec<_> = pols.iter().map(|p| p.role.as_str()).collect();
+        assert_eq!(roles, ["admin", "developer", "read_only"]);
+        assert_eq!(
+            s.get_rate_limit("acme").await.unwrap(),
+            Some(Tier::Free.default_rate_limit())
+        );
+        assert!(s
+            .find_user_by_email("acme", "a@acme.io")
+            .await
+            .unwrap()
+            .is_some());
+        // duplicates
+        let dup = s
+            .create_tenant(&NewTenant {
+                id: "acme".into(),
+                name: "x".into(),
+                tier: Tier::Pro,
+                admin_user: None,
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict("id"))));
+        let dup_user = s
+            .create_user(
+                "acme",
+                &NewUser {
+                    id: "u2".into(),
+                    email: "a@acme.io".into(),
+                    password_hash: "h".into(),
+                    role: "developer".into(),
+                },
+            )
+            .await;
+        assert!(matches!(dup_user, Err(StoreError::Conflict("email"))));
+        // tier change moves a default limit, not a custom one
+        s.update_tenant(
+            "acme",
+            &TenantPatch {
+                tier: Some(Tier::Pro),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_rate_limit("acme").await.unwrap(),
+            Some(Tier::Pro.default_rate_limit())
+        );
+        let custom = RateLimit {
+            max_requests: 7,
+            window_seconds: 1,
+            burst: Some(3),
+        };
+        s.put_rate_limit("acme", &custom).await.unwrap();
+        s.update_tenant(
+            "acme",
+            &TenantPatch {
+                tier: Some(Tier::Enterprise),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.get_rate_limit("acme").await.unwrap(), Some(custom));
+        let t = s
+            .update_tenant(
+                "acme",
+                &TenantPatch {
+                    status: Some(TenantStatus::Suspended),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(t.status, TenantStatus::Suspended);
+        assert!(matches!(
+            s.update_tenant("nope", &TenantPatch::default()).await,
+            Err(StoreError::NotFound)
+        ));
+        s.delete_tenant("acme").await.unwrap();
+        assert!(s.get_tenant("acme").await.unwrap().is_none());
+        assert!(s.list_policies("acme").await.unwrap().is_empty());
+        assert!(matches!(
+            s.delete_tenant("acme").await,
+            Err(StoreError::NotFound)
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_revoke_and_rotate_with_change_feed() {
+    each_backend(|s| async move {
+        s.create_tenant(&NewTenant {
+            id: "t1".into(),
+            name: "T".into(),
+            tier: Tier::Pro,
+            admin_user: None,
+        })
+        .await
+        .unwrap();
+        let mut bus = s.subscribe();
+        let start = s.latest_change_id().await.unwrap();
+        let (_k, rec) = key("t1", "developer");
+        s.create_api_key(&rec).await.unwrap();
+        let found = s
+            .find_api_key_by_prefix(&rec.prefix)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.digest, rec.digest);
+        assert!(found.is_usable_at(Utc::now()));
+        let ev = bus.recv().await.unwrap();
+        assert_eq!(
+            (ev.kind, ev.subject.as_str()),
+            (ChangeKind::ApiKey, rec.prefix.as_str())
+        );
+
+        // rotate with grace: old key expires later, new key usable
+        let (_k2, rec2) = key("t1", "developer");
+        s.rotate_api_key("t1", &rec.id, &rec2, 60).await.unwrap();
+        let old = s.get_api_key("t1", &rec.id).await.unwrap().unwrap();
+        let exp = old.expires_at.unwrap();
+        assert!(
+            exp > Utc::now() + Duration::seconds(50) && exp <= Utc::now() + Duration::seconds(61)
+        );
+        assert!(old.is_usable_at(Utc::now()));
+        // rotate without grace: revoked now
+        let (_k3, rec3) = key("t1", "developer");
+        s.rotate_api_key("t1", &rec2.id, &rec3, 0).await.unwrap();
+        assert!(!s
+            .get_api_key("t1", &rec2.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_usable_at(Utc::now()));
+        // revoke (twice is fine), unknown is NotFound
+        let r = s.revoke_api_key("t1", &rec3.id).await.unwrap();
+        assert!(r.revoked_at.is_some());
+        s.revoke_api_key("t1", &rec3.id).await.unwrap();
+        assert!(matches!(
+            s.revoke_api_key("t1", "nope").await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.revoke_api_key("other", &rec.id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.list_api_keys("t1").await.unwrap().len(), 3);
+
+        let feed = s.changes_since(start, i64::MAX, 100).await.unwrap();
+        assert!(feed.len() >= 6, "{feed:?}");
+        assert!(feed.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(feed.iter().all(|c| c.kind == ChangeKind::ApiKey));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn policies_round_trip() {
+    each_backend(|s| async move {
+        s.create_tenant(&NewTenant {
+            id: "t2".into(),
+            name: "T".into(),
+            tier: Tier::Free,
+            admin_user: None,
+        })
+        .await
+        .unwrap();
+        let p = Policy {
+            role: "auditor".into(),
+            permissions: vec![Permission::new("read", "billing")],
+        };
+        s.put_policy("t2", &p).await.unwrap();
+        assert_eq!(
+            s.get_policy("t2", "auditor").await.unwrap(),
+            Some(p.clone())
+        );
+        let p2 = Policy {
+            permissions: vec![Permission::new("*", "*")],
+            ..p
+        };
+        s.put_policy("t2", &p2).await.unwrap();
+        assert_eq!(s.get_policy("t2", "auditor").await.unwrap(), Some(p2));
+        assert_eq!(s.get_policy("t2", "nobody").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn usage_flushes_apply_once() {
+    each_backend(|s| async move {
+        let mut d = UsageDelta {
+            tenant_id: "t3".into(),
+            bucket_start: 600,
+            requests: 5,
+            denied: 1,
+            bytes_out: 100,
+            ..Default::default()
+        };
+        d.latency_buckets[2] = 5;
+        assert!(s
+            .apply_usage("node", 1, std::slice::from_ref(&d))
+            .await
+            .unwrap());
+        assert!(!s
+            .apply_usage("node", 1, std::slice::from_ref(&d))
+            .await
+            .unwrap());
+        assert!(s
+            .apply_usage("node", 2, std::slice::from_ref(&d))
+            .await
+            .unwrap());
+        assert!(s
+            .apply_usage("other-node", 1, std::slice::from_ref(&d))
+            .await
+            .unwrap());
+        let rows = s.usage_minutes("t3", 0, 3600).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].requests, 15);
+        assert_eq!(rows[0].denied, 3);
+        assert_eq!(rows[0].bytes_out, 300);
+        assert_eq!(rows[0].latency_buckets[2], 15);
+        assert!(s.usage_minutes("t3", 660, 3600).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn settings_are_set_once() {
+    each_backend(|s| async move {
+        assert!(s.put_setting_if_absent("k", "v1").await.unwrap());
+        assert!(!s.put_setting_if_absent("k", "v2").await.unwrap());
+        assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("v1"));
+    })
+    .await;
+}
