@@ -1,0 +1,139 @@
+//! The demo upstream: an ordinary tenant-scoped app behind tenantgate. It trusts
+//! the identity headers the proxy injects (`x-tenant-id`, `x-user-id`, …) and keeps
+//! `/api/v1/resources` rows per tenant in SQLite or PostgreSQL.
+//!
+//! ```text
+//! tenantgate demo-upstream &
+//! curl -s -H 'x-tenant-id: acme' -H 'x-user-id: u1' -d '{"name":"a"}' localhost:8082/api/v1/resources
+//! curl -s -H 'x-tenant-id: acme' localhost:8082/api/v1/resources
+//! curl -s localhost:8082/api/v1/whoami
+//! ```
+#![forbid(unsafe_code)]
+
+mod debug;
+mod error;
+mod identity;
+mod repo;
+mod resources;
+
+pub use error::{code, ApiError};
+pub use identity::{API_KEY_ID, AUTH_METHOD, REQUEST_ID, TENANT_ID, TENANT_ROLE, USER_ID};
+pub use repo::Resource;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use identity::RequestId;
+use serde_json::json;
+use sqlx::AnyPool;
+use std::time::Duration;
+use tenantgate_core::{Store, StoreError};
+
+/// Pool size used by [`init`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+/// Largest request body of the resource routes.
+pub const MAX_BODY: usize = 1024 * 1024;
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo upstream cannot connect to its store: {0}")]
+    Connect(StoreError),
+    #[error("demo upstream cannot create its table: {0}")]
+    Schema(sqlx::Error),
+}
+
+/// Shared state of the demo app: its store connection.
+#[derive(Debug, Clone)]
+pub struct DemoState {
+    store: Store,
+}
+
+impl DemoState {
+    pub fn pool(&self) -> &AnyPool {
+        self.store.pool()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Closes the pool (tests do this before dropping their database).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+/// Connects to `store_url` (`sqlite://…` or `postgres://…`) and creates the table.
+pub async fn init(store_url: &str) -> Result<DemoState, DemoError> {
+    let store = Store::connect(store_url, DEFAULT_MAX_CONNECTIONS)
+        .await
+        .map_err(DemoError::Connect)?;
+    init_with_store(store).await
+}
+
+/// Like [`init`], on an already connected store (e.g. one shared with the control plane).
+pub async fn init_with_store(store: Store) -> Result<DemoState, DemoError> {
+    repo::create_schema(store.pool())
+        .await
+        .map_err(DemoError::Schema)?;
+    Ok(DemoState { store })
+}
+
+/// The demo's routes; every failure is a JSON error, never a 500.
+pub fn app(state: DemoState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .merge(resources::routes())
+        .merge(debug::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: DemoState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "demo upstream listening");
+    }
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health(State(state): State<DemoState>) -> Response {
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "demo upstream health: store unreachable");
+            unhealthy()
+        }
+        Err(_) => {
+            tracing::warn!("demo upstream health: store ping timed out");
+            unhealthy()
+        }
+    }
+}
+
+fn unhealthy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable"})),
+    )
+        .into_response()
+}
+
+async fn not_found(RequestId(rid): RequestId) -> ApiError {
+    ApiError::not_found(&rid)
+}
+
+async fn method_not_allowed(RequestId(rid): RequestId) -> ApiError {
+    ApiError::method_not_allowed(&rid)
+}
