@@ -1,0 +1,312 @@
+//! The control-plane view of the hot path: tenants, API keys, policies and rate
+//! limits, cached in moka so a cache hit never awaits I/O.
+//!
+//! - Misses are coalesced (one load per key) and "not found" is cached briefly, so a
+//!   flood of random keys does not reach the store.
+//! - An entry older than the TTL is still served while one background refresh runs
+//!   (refresh-ahead); an entry older than `max_staleness` must be reloaded, and if
+//!   the store is down then, the request fails closed.
+//! - Change events (in-process bus or the store's change feed) invalidate precisely.
+
+use moka::future::Cache;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tenantgate_core::domain::{ApiKeyRecord, Policy, RateLimit, Tenant};
+use tenantgate_core::store::{Change, ChangeKind, Store, StoreError};
+
+/// The store could not answer and nothing usable was cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("control plane unavailable")]
+pub struct Unavailable;
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_staleness: Duration,
+    pub max_entries: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(600),
+            max_entries: 200_000,
+        }
+    }
+}
+
+struct Entry<T> {
+    value: Option<Arc<T>>,
+    loaded_at: Instant,
+}
+
+/// Hit/miss counters, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub negative_hits: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub refreshes: AtomicU64,
+}
+
+/// One cached map with coalesced loads, negative entries and refresh-ahead.
+pub struct Cached<K, T> {
+    name: &'static str,
+    cache: Cache<K, Arc<Entry<T>>>,
+    refreshing: moka::sync::Cache<K, ()>,
+    settings: CacheSettings,
+    pub stats: Arc<CacheStats>,
+}
+
+impl<K, T> Cached<K, T>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    T: Send + Sync + 'static,
+{
+    pub fn new(name: &'static str, settings: CacheSettings) -> Self {
+        Cached {
+            name,
+            cache: Cache::builder().max_capacity(settings.max_entries).build(),
+            refreshing: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            settings,
+            stats: Arc::new(CacheStats::default()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The value for `key`; `load` runs only on a miss (coalesced) or in a background
+    /// refresh of a stale entry.
+    pub async fn get<F, Fut>(&self, key: &K, load: F) -> Result<Option<Arc<T>>, Unavailable>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+    {
+        if let Some(e) = self.cache.get(key).await {
+            let age = e.loaded_at.elapsed();
+            match &e.value {
+                None if age < self.settings.negative_ttl => {
+                    self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Some(v) if age < self.settings.max_staleness => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    if age >= self.settings.ttl {
+                        self.refresh_in_background(key.clone(), load);
+                    }
+                    return Ok(Some(v.clone()));
+                }
+                _ => {
+                    self.cache.invalidate(key).await;
+                }
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let stats = self.stats.clone();
+        let res = self
+            .cache
+            .try_get_with(key.clone(), async move {
+                match load().await {
+                    Ok(v) => Ok(Arc::new(Entry {
+                        value: v.map(Arc::new),
+                        loaded_at: Instant::now(),
+                    })),
+                    Err(e) => {
+                        stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        match res {
+            Ok(e) => Ok(e.value.clone()),
+            Err(err) => {
+                tracing::warn!(cache = self.name, error = %err, "control-plane load failed");
+                Err(Unavailable)
+            }
+        }
+    }
+
+    fn refresh_in_background<F, Fut>(&self, key: K, load: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+    {
+        if self.refreshing.contains_key(&key) {
+            return;
+        }
+        self.refreshing.insert(key.clone(), ());
+        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        let cache = self.cache.clone();
+        let refreshing = self.refreshing.clone();
+        let name = self.name;
+        tokio::spawn(async move {
+            match load().await {
+                Ok(v) => {
+                    cache
+                        .insert(
+                            key.clone(),
+                            Arc::new(Entry {
+                                value: v.map(Arc::new),
+                                loaded_at: Instant::now(),
+                            }),
+                        )
+                        .await
+                }
+                // Keep serving the current value until max_staleness.
+                Err(e) => tracing::warn!(cache = name, error = %e, "background refresh failed"),
+            }
+            refreshing.invalidate(&key);
+        });
+    }
+
+    /// Drops `key` now and once more shortly after, so a load that was already in
+    /// flight when the change happened cannot leave the old value behind.
+    pub async fn invalidate(&self, key: &K) {
+        self.cache.invalidate(key).await;
+        let cache = self.cache.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            cache.invalidate(&key).await;
+        });
+    }
+
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+/// The caches the hot path reads.
+pub struct ControlPlane {
+    store: Store,
+    pub tenants: Cached<String, Tenant>,
+    pub keys: Cached<String, ApiKeyRecord>,
+    pub policies: Cached<(String, String), Policy>,
+    pub limits: Cached<String, RateLimit>,
+}
+
+impl ControlPlane {
+    pub fn new(store: Store, settings: CacheSettings) -> Self {
+        ControlPlane {
+            store,
+            tenants: Cached::new("tenants", settings.clone()),
+            keys: Cached::new("api_keys", settings.clone()),
+            policies: Cached::new("policies", settings.clone()),
+            limits: Cached::new("rate_limits", settings),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn tenant(&self, id: &str) -> Result<Option<Arc<Tenant>>, Unavailable> {
+        let store = self.store.clone();
+        let key = id.to_owned();
+        let k2 = key.clone();
+        self.tenants
+            .get(&key, move || {
+                let store = store.clone();
+                let k = k2.clone();
+                async move { store.get_tenant(&k).await }
+            })
+            .await
+    }
+
+    pub async fn api_key(&self, prefix: &str) -> Result<Option<Arc<ApiKeyRecord>>, Unavailable> {
+        let store = self.store.clone();
+        let key = prefix.to_owned();
+        let k2 = key.clone();
+        self.keys
+            .get(&key, move || {
+                let store = store.clone();
+                let k = k2.clone();
+                async move { store.find_api_key_by_prefix(&k).await }
+            })
+            .await
+    }
+
+    pub async fn policy(
+        &self,
+        tenant: &str,
+        role: &str,
+    ) -> Result<Option<Arc<Policy>>, Unavailable> {
+        let store = self.store.clone();
+        let key = (tenant.to_owned(), role.to_owned());
+        let k2 = key.clone();
+        self.policies
+            .get(&key, move || {
+                let store = store.clone();
+                let (t, r) = k2.clone();
+                async move { store.get_policy(&t, &r).await }
+            })
+            .await
+    }
+
+    pub async fn rate_limit(&self, tenant: &str) -> Result<Option<Arc<RateLimit>>, Unavailable> {
+        let store = self.store.clone();
+        let key = tenant.to_owned();
+        let k2 = key.clone();
+        self.limits
+            .get(&key, move || {
+                let store = store.clone();
+                let k = k2.clone();
+                async move { store.get_rate_limit(&k).await }
+            })
+            .await
+    }
+
+    /// Applies one change event. Returns true when signing keys changed.
+    pub async fn apply(&self, c: &Change) -> bool {
+        match c.kind {
+            ChangeKind::Tenant => {
+                self.tenants.invalidate(&c.tenant_id).await;
+                self.limits.invalidate(&c.tenant_id).await;
+            }
+            ChangeKind::ApiKey => self.keys.invalidate(&c.subject).await,
+            ChangeKind::Policy => {
+                self.policies
+                    .invalidate(&(c.tenant_id.clone(), c.subject.clone()))
+                    .await
+            }
+            ChangeKind::RateLimit => self.limits.invalidate(&c.tenant_id).await,
+            ChangeKind::User => {}
+            ChangeKind::SigningKey => return true,
+        }
+        false
+    }
+
+    /// After missing events (a lagged bus, a reconnect): forget everything.
+    pub fn invalidate_all(&self) {
+        self.tenants.invalidate_all();
+        self.keys.invalidate_all();
+        self.policies.invalidate_all();
+        self.limits.invalidate_all();
+    }
+
+    pub fn all_stats(&self) -> [(&'static str, Arc<CacheStats>); 4] {
+        [
+            (self.tenants.name(), self.tenants.stats.clone()),
+            (self.keys.name(), self.keys.stats.clone()),
+            (self.policies.name(), self.policies.stats.clone()),
+            (self.limits.name(), self.limits.stats.clone()),
+        ]
+    }
+}

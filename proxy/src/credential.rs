@@ -1,0 +1,149 @@
+//! Stage 3a: find the request's credential. `Authorization: Bearer <jwt>` or
+//! `X-API-Key: <key>`; a bearer value starting with `tg_` is an API key. Two
+//! different credentials, or a header sent twice, is refused rather than guessed at.
+
+use crate::headers::X_API_KEY;
+use crate::reject::Reject;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    ApiKey(&'a str),
+    Jwt(&'a str),
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a http::HeaderValue>, Reject> {
+    let mut it = headers.get_all(name).iter();
+    let first = it.next();
+    if it.next().is_some() {
+        return Err(Reject::AmbiguousCredential);
+    }
+    Ok(first)
+}
+
+/// The request's one credential, `None` when it has none.
+pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
+    let auth = match single(headers, AUTHORIZATION.as_str())? {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| Reject::InvalidToken)?.trim();
+            match v.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    let token = token.trim();
+                    if token.is_empty() {
+                        return Err(Reject::InvalidToken);
+                    }
+                    if token.starts_with("tg_") {
+                        Some(Credential::ApiKey(token))
+                    } else {
+                        Some(Credential::Jwt(token))
+                    }
+                }
+                _ if v.eq_ignore_ascii_case("bearer") => return Err(Reject::InvalidToken),
+                // Another scheme (Basic, …) is not a credential we accept.
+                _ => None,
+            }
+        }
+    };
+    let key = match single(headers, X_API_KEY)? {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| Reject::InvalidApiKey)?.trim();
+            if v.is_empty() {
+                return Err(Reject::InvalidApiKey);
+            }
+            Some(Credential::ApiKey(v))
+        }
+    };
+    match (auth, key) {
+        (Some(a), Some(k)) if a == k => Ok(Some(a)),
+        (Some(_), Some(_)) => Err(Reject::AmbiguousCredential),
+        (a, k) => Ok(a.or(k)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_jwt_and_keys() {
+        assert_eq!(extract(&h(&[])).unwrap(), None);
+        assert_eq!(
+            extract(&h(&[("authorization", "Bearer abc.def.ghi")])).unwrap(),
+            Some(Credential::Jwt("abc.def.ghi"))
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "bearer tg_x_y")])).unwrap(),
+            Some(Credential::ApiKey("tg_x_y"))
+        );
+        assert_eq!(
+            extract(&h(&[("X-API-Key", "tg_x_y")])).unwrap(),
+            Some(Credential::ApiKey("tg_x_y"))
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "Basic dTpw")])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn two_credentials_are_refused() {
+        assert_eq!(
+            extract(&h(&[
+                ("authorization", "Bearer a.b.c"),
+                ("x-api-key", "tg_x_y")
+            ])),
+            Err(Reject::AmbiguousCredential)
+        );
+        assert_eq!(
+            extract(&h(&[("x-api-key", "tg_a_b"), ("x-api-key", "tg_c_d")])),
+            Err(Reject::AmbiguousCredential)
+        );
+        assert_eq!(
+            extract(&h(&[
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", "Bearer a.b.c")
+            ])),
+            Err(Reject::AmbiguousCredential)
+        );
+        // The same key in both places is one credential.
+        assert_eq!(
+            extract(&h(&[
+                ("authorization", "Bearer tg_x_y"),
+                ("x-api-key", "tg_x_y")
+            ]))
+            .unwrap(),
+            Some(Credential::ApiKey("tg_x_y"))
+        );
+    }
+
+    #[test]
+    fn empty_values_are_invalid() {
+        assert_eq!(
+            extract(&h(&[("authorization", "Bearer ")])),
+            Err(Reject::InvalidToken)
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "Bearer")])),
+            Err(Reject::InvalidToken)
+        );
+        assert_eq!(
+            extract(&h(&[("x-api-key", " ")])),
+            Err(Reject::InvalidApiKey)
+        );
+    }
+}

@@ -1,0 +1,410 @@
+//! Stage 3, JWT half: verify a bearer JWT and say who it is for.
+//!
+//! Trust comes only from configuration. The (unverified) `iss` picks one of the
+//! configured issuers; the header's `alg` must be on that issuer's allow-list and
+//! fit the key its `kid` selects; the key comes only from the issuer's key source
+//! (`jwk`, `jku`, `x5u`, `x5c` in the header are ignored). Then the signature, then
+//! `exp`/`nbf` (with leeway), `iss`, `aud`, and the identity claims.
+//!
+//! A verified token is cached (keyed by its SHA-256) until its `exp`, at most five
+//! minutes, so the usual request costs one hash and one cache lookup and awaits
+//! nothing. Deterministic failures are remembered for ten seconds, so a flood of
+//! one bad token costs the same.
+
+mod claims;
+mod issuer;
+mod keys;
+mod source;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use moka::sync::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+pub use issuer::IssuerSpec;
+pub use source::{
+    JwksUrlSource, KeySource, PemFileSource, StoreKeySource, JWKS_MAX_BYTES, JWKS_TIMEOUT,
+};
+
+use claims::Expectations;
+use issuer::{ClaimSlots, IssuerState};
+use keys::KeySet;
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant_id: String,
+    /// The token's `sub`.
+    pub user_id: String,
+    pub role: String,
+    /// The token's `iss`.
+    pub issuer: String,
+    /// The token's `exp`, seconds since the epoch.
+    pub exp: i64,
+}
+
+/// Why a token was refused. Only [`JwtError::KeysUnavailable`] is our fault (503);
+/// everything else is the token's (401 `invalid_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token too large")]
+    TooLarge,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("missing claim {0}")]
+    MissingClaim(&'static str),
+    #[error("unsupported critical header")]
+    UnsupportedCritical,
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
+}
+
+impl JwtError {
+    /// True when the token could not be checked because its issuer's keys could never
+    /// be loaded: the proxy answers 503, not 401.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, JwtError::KeysUnavailable)
+    }
+
+    /// Whether the same token would fail the same way in the next seconds, whatever
+    /// the key fetches do: such failures are cached briefly.
+    fn is_sticky(&self) -> bool {
+        !matches!(
+            self,
+            JwtError::KeysUnavailable
+                | JwtError::UnknownKey
+                | JwtError::NotYetValid
+                | JwtError::TooLarge
+        )
+    }
+}
+
+/// Verified tokens live at most this long in the cache (and never past their `exp`).
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Verified-token cache size.
+pub const MAX_CACHED_TOKENS: u64 = 100_000;
+/// How long a refused token is refused from cache.
+pub const REJECT_TTL: Duration = Duration::from_secs(10);
+const MAX_CACHED_REJECTS: u64 = 10_000;
+/// The most clock skew we tolerate, whatever is configured.
+pub const MAX_LEEWAY_SECONDS: u64 = 60;
+
+type TokenHash = [u8; 32];
+
+/// Verifies bearer JWTs against the configured issuers. Cheap to clone; share it.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuers: HashMap<String, Arc<IssuerState>>,
+    /// Every issuer's tenant and role claim names, read in the one pass over a payload.
+    extra_claims: Vec<&'static str>,
+    leeway: i64,
+    max_token_bytes: usize,
+    verified: Cache<TokenHash, Arc<Identity>>,
+    rejected: Cache<TokenHash, JwtError>,
+    signature_checks: AtomicU64,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut issuers: Vec<&str> = self.inner.issuers.keys().map(String::as_str).collect();
+        issuers.sort_unstable();
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &issuers)
+            .field("leeway", &self.inner.leeway)
+            .field("max_token_bytes", &self.inner.max_token_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cache entries live until the token's `exp`, at most [`MAX_CACHE_TTL`].
+struct UntilExp;
+
+impl Expiry<TokenHash, Arc<Identity>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &TokenHash,
+        id: &Arc<Identity>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(cache_ttl(id.exp, now_ms()))
+    }
+}
+
+fn cache_ttl(exp_s: i64, now_ms: i64) -> Duration {
+    let left_ms = exp_s.saturating_mul(1000).saturating_sub(now_ms);
+    let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+    left.min(MAX_CACHE_TTL)
+}
+
+fn now_ms() -> i64 {
+    tenantgate_core::time::now_ms()
+}
+
+/// Claim names as `&'static str` (for `MissingClaim`), each distinct name leaked once.
+fn intern(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &["tenant_id", "role", "tenant", "org_id"];
+    if let Some(k) = KNOWN.iter().find(|k| **k == name) {
+        return k;
+    }
+    static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = match NAMES.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(k) = names.iter().find(|k| **k == name) {
+        return k;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+impl JwtVerifier {
+    /// `leeway_seconds` is capped at 60. Issuers with HMAC algorithms lose them; a
+    /// second issuer with the same `issuer` string is ignored (with a warning).
+    pub fn new(issuers: Vec<IssuerSpec>, leeway_seconds: u64, max_token_bytes: usize) -> Self {
+        let mut extra_claims: Vec<&'static str> = Vec::new();
+        let mut slot = |name: &str| -> (&'static str, usize) {
+            let name = intern(name);
+            match extra_claims.iter().position(|n| *n == name) {
+                Some(i) => (name, i),
+                None => {
+                    extra_claims.push(name);
+                    (name, extra_claims.len() - 1)
+                }
+            }
+        };
+        let mut map = HashMap::with_capacity(issuers.len());
+        for mut spec in issuers {
+            if map.contains_key(&spec.issuer) {
+                tracing::warn!(issuer = %spec.issuer, "issuer configured twice; keeping the first");
+                continue;
+            }
+            let before = spec.algorithms.len();
+            spec.algorithms
+                .retain(|a| a.family() != AlgorithmFamily::Hmac);
+            if spec.algorithms.len() != before {
+                tracing::warn!(issuer = %spec.issuer, "HMAC algorithms are never accepted; dropped");
+            }
+            let (tenant_claim, tenant_idx) = slot(&spec.tenant_claim);
+            let (role_claim, role_idx) = slot(&spec.role_claim);
+            let slots = ClaimSlots {
+                tenant_claim,
+                tenant_idx,
+                role_claim,
+                role_idx,
+            };
+            map.insert(spec.issuer.clone(), Arc::new(IssuerState::new(spec, slots)));
+        }
+        let verified = Cache::builder()
+            .max_capacity(MAX_CACHED_TOKENS)
+            .expire_after(UntilExp)
+            .support_invalidation_closures()
+            .build();
+        let rejected = Cache::builder()
+            .max_capacity(MAX_CACHED_REJECTS)
+            .time_to_live(REJECT_TTL)
+            .build();
+        let leeway = i64::try_from(leeway_seconds.min(MAX_LEEWAY_SECONDS)).unwrap_or(0);
+        JwtVerifier {
+            inner: Arc::new(Inner {
+                issuers: map,
+                extra_claims,
+                leeway,
+                max_token_bytes,
+                verified,
+                rejected,
+                signature_checks: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Loads every issuer's keys once, concurrently. Failures are logged; those
+    /// issuers retry on their first token.
+    pub async fn warm_up(&self) {
+        let loads = self.inner.issuers.values().map(|iss| async move {
+            iss.refetch(iss.attempts()).await;
+            match iss.keys() {
+                Some(set) => {
+                    tracing::info!(issuer = %iss.issuer, keys = set.len(), "issuer keys loaded")
+                }
+                None => tracing::warn!(issuer = %iss.issuer, source = %iss.describe_source(),
+                    "issuer keys not loaded; its tokens get 503 until a fetch succeeds"),
+            }
+        });
+        futures::future::join_all(loads).await;
+    }
+
+    /// Verifies `token` (the bearer value, without `Bearer `).
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, JwtError> {
+        if token.len() > self.inner.max_token_bytes {
+            return Err(JwtError::TooLarge);
+        }
+        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
+        if let Some(id) = self.inner.verified.get(&hash) {
+            return Ok(id);
+        }
+        if let Some(err) = self.inner.rejected.get(&hash) {
+            return Err(err);
+        }
+        match self.verify_uncached(token).await {
+            Ok(id) => {
+                let id = Arc::new(id);
+                // A token accepted only thanks to the leeway is not cached at all.
+                if id.exp.saturating_mul(1000) > now_ms() {
+                    self.inner.verified.insert(hash, Arc::clone(&id));
+                }
+                Ok(id)
+            }
+            Err(err) => {
+                if err.is_sticky() {
+                    self.inner.rejected.insert(hash, err);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Keys of `issuer` changed (say, a login key was added or retired): the next
+    /// token of that issuer refetches its keys first, whatever `min_refetch` says,
+    /// and its cached verified tokens are dropped.
+    pub fn invalidate_issuer_keys(&self, issuer: &str) {
+        let Some(state) = self.inner.issuers.get(issuer) else {
+            return;
+        };
+        state.mark_stale();
+        let owned = issuer.to_owned();
+        if let Err(e) = self
+            .inner
+            .verified
+            .invalidate_entries_if(move |_, id| id.issuer == owned)
+        {
+            tracing::warn!(error = %e, "cannot invalidate by issuer; dropping every cached token");
+            self.inner.verified.invalidate_all();
+        }
+        self.inner.rejected.invalidate_all();
+    }
+
+    /// Verified tokens in the cache (approximate).
+    pub fn cached_tokens(&self) -> u64 {
+        self.inner.verified.entry_count()
+    }
+
+    /// Signatures checked so far: the uncached verifications that got that far.
+    pub fn signature_checks(&self) -> u64 {
+        self.inner.signature_checks.load(Ordering::Relaxed)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, JwtError> {
+        let seg = token::split(token)?;
+        let header_json = token::decode_segment(seg.header)?;
+        let header = token::Header::parse(&header_json)?;
+        let payload_json = token::decode_segment(seg.payload)?;
+        let claims = claims::parse(&payload_json, &self.inner.extra_claims)?;
+
+        let iss = claims.iss.as_deref().ok_or(JwtError::MissingClaim("iss"))?;
+        let issuer = self.inner.issuers.get(iss).ok_or(JwtError::UnknownIssuer)?;
+        // `none`, HS*, anything unknown or not on this issuer's list.
+        let alg = Algorithm::from_str(&header.alg).map_err(|_| JwtError::AlgorithmNotAllowed)?;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+
+        let keys = self.key_set_for(issuer, header.kid.as_deref()).await?;
+        let mut candidates = keys
+            .candidates(header.kid.as_deref())
+            .ok_or(JwtError::UnknownKey)?
+            .filter(|k| k.accepts(alg))
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        let signed_input = seg.signing_input.as_bytes();
+        let mut valid = false;
+        for key in candidates {
+            self.inner.signature_checks.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                jsonwebtoken::crypto::verify(seg.signature, signed_input, &key.key, alg),
+                Ok(true)
+            ) {
+                valid = true;
+                break;
+            }
+        }
+        if !valid {
+            return Err(JwtError::BadSignature);
+        }
+
+        let expect = Expectations {
+            issuer: &issuer.issuer,
+            audiences: &issuer.audiences,
+            tenant_claim: issuer.tenant_claim,
+            tenant_idx: issuer.tenant_idx,
+            role_claim: issuer.role_claim,
+            role_idx: issuer.role_idx,
+            now: now_ms().div_euclid(1000),
+            leeway: self.inner.leeway,
+        };
+        let checked = claims::check(&claims, &expect)?;
+        Ok(Identity {
+            tenant_id: checked.tenant_id,
+            user_id: checked.user_id,
+            role: checked.role,
+            issuer: issuer.issuer.clone(),
+            exp: checked.exp,
+        })
+    }
+
+    /// The issuer's key set, refetched first when it was invalidated, never loaded,
+    /// or lacks `kid` (coalesced and paced by the issuer).
+    async fn key_set_for(
+        &self,
+        issuer: &Arc<IssuerState>,
+        kid: Option<&str>,
+    ) -> Result<Arc<KeySet>, JwtError> {
+        let seen = issuer.attempts();
+        let current = issuer.keys();
+        let must_fetch = match &current {
+            None => true,
+            Some(set) => issuer.is_stale() || set.candidates(kid).is_none(),
+        };
+        if !must_fetch {
+            if let Some(set) = current {
+                issuer.maybe_refresh(&set);
+                return Ok(set);
+            }
+        }
+        issuer.refetch(seen).await;
+        issuer.keys().ok_or(JwtError::KeysUnavailable)
+    }
+}

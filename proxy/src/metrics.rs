@@ -1,0 +1,194 @@
+//! Prometheus metrics of the proxy. Per-tenant labels are capped: the first K
+//! tenants seen get their own series, the rest share `other`, so a tenant flood
+//! cannot blow up the metrics cardinality.
+
+use crate::control::ControlPlane;
+use crate::meter::Meter;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::RwLock;
+
+pub struct ProxyMetrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub tenant_requests: IntCounterVec,
+    top_tenants: RwLock<HashSet<String>>,
+    top_k: usize,
+}
+
+impl ProxyMetrics {
+    pub fn new(top_k: usize) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_requests_total",
+                "Requests by outcome code and status",
+            ),
+            &["code", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tenantgate_proxy_request_duration_seconds",
+                "Time from request start to the end of the response",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["outcome"],
+        )?;
+        let tenant_requests = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_tenant_requests_total",
+                "Requests per tenant (busiest tenants by first arrival; the rest as `other`)",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(tenant_requests.clone()))?;
+        Ok(ProxyMetrics {
+            registry,
+            requests,
+            latency,
+            tenant_requests,
+            top_tenants: RwLock::new(HashSet::new()),
+            top_k,
+        })
+    }
+
+    /// The label for a tenant: itself while fewer than K tenants have labels, else `other`.
+    pub fn tenant_label<'a>(&self, tenant: &'a str) -> &'a str {
+        if let Ok(set) = self.top_tenants.read() {
+            if set.contains(tenant) {
+                return tenant;
+            }
+            if set.len() >= self.top_k {
+                return "other";
+            }
+        }
+        if let Ok(mut set) = self.top_tenants.write() {
+            if set.len() < self.top_k {
+                set.insert(tenant.to_owned());
+                return tenant;
+            }
+        }
+        "other"
+    }
+
+    pub fn observe(&self, code: &str, status: u16, seconds: f64, tenant: Option<&str>) {
+        let status_s = status.to_string();
+        self.requests
+            .with_label_values(&[code, status_s.as_str()])
+            .inc();
+        let outcome = if code == "ok" { "proxied" } else { "rejected" };
+        self.latency.with_label_values(&[outcome]).observe(seconds);
+        if let Some(t) = tenant {
+            self.tenant_requests
+                .with_label_values(&[self.tenant_label(t)])
+                .inc();
+        }
+    }
+
+    /// Prometheus text: the registry plus cache and metering counters.
+    pub fn render(&self, control: &ControlPlane, meter: &Meter) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut s = String::from_utf8_lossy(&out).into_owned();
+        let _ = writeln!(
+            s,
+            "# HELP tenantgate_proxy_cache_events_total Control-plane cache events"
+        );
+        let _ = writeln!(s, "# TYPE tenantgate_proxy_cache_events_total counter");
+        for (name, st) in control.all_stats() {
+            for (ev, v) in [
+                ("hit", st.hits.load(Ordering::Relaxed)),
+                ("miss", st.misses.load(Ordering::Relaxed)),
+                ("negative_hit", st.negative_hits.load(Ordering::Relaxed)),
+                ("load_error", st.load_errors.load(Ordering::Relaxed)),
+                ("refresh", st.refreshes.load(Ordering::Relaxed)),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "tenantgate_proxy_cache_events_total{{cache=\"{name}\",event=\"{ev}\"}} {v}"
+                );
+            }
+        }
+        let now = tenantgate_core::time::now_ms();
+        let last = meter.last_flush_ms.load(Ordering::Relaxed);
+        let lag = if last == 0 {
+            0.0
+        } else {
+            (now - last) as f64 / 1000.0
+        };
+        for (name, kind, help, v) in [
+            (
+                "tenantgate_metering_recorded_total",
+                "counter",
+                "Requests recorded by metering",
+                meter.recorded.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tenantgate_metering_flushed_total",
+                "counter",
+                "Requests flushed to the store",
+                meter.flushed_requests.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tenantgate_metering_dropped_total",
+                "counter",
+                "Requests dropped past the queue bound",
+                meter.dropped_requests.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tenantgate_metering_flush_failures_total",
+                "counter",
+                "Failed flush attempts",
+                meter.flush_failures.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "tenantgate_metering_pending_requests",
+                "gauge",
+                "Requests recorded and not yet flushed",
+                meter.pending_requests() as f64,
+            ),
+            (
+                "tenantgate_metering_flush_lag_seconds",
+                "gauge",
+                "Seconds since the last successful flush",
+                lag,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_capped() {
+        let m = ProxyMetrics::new(2).unwrap();
+        assert_eq!(m.tenant_label("a"), "a");
+        assert_eq!(m.tenant_label("b"), "b");
+        assert_eq!(m.tenant_label("c"), "other");
+        assert_eq!(m.tenant_label("a"), "a");
+    }
+
+    #[test]
+    fn observe_counts() {
+        let m = ProxyMetrics::new(5).unwrap();
+        m.observe("ok", 200, 0.001, Some("t"));
+        m.observe("forbidden", 403, 0.0001, Some("t"));
+        assert_eq!(m.requests.with_label_values(&["ok", "200"]).get(), 1);
+        assert_eq!(m.tenant_requests.with_label_values(&["t"]).get(), 2);
+    }
+}

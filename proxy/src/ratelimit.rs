@@ -1,0 +1,308 @@
+//! Stage 6: per-tenant token buckets.
+//!
+//! The bucket arithmetic is a pure function of (state, limit, now) so it is tested
+//! exactly with a manual clock. Capacity is `burst` (default `max_requests`); the
+//! refill rate is `max_requests / window_seconds` tokens per second.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tenantgate_core::domain::RateLimit;
+
+/// Monotonic nanoseconds; injectable so tests need no sleeps.
+pub trait Clock: Send + Sync + 'static {
+    fn now_nanos(&self) -> u64;
+}
+
+/// The process's monotonic clock.
+#[derive(Debug)]
+pub struct MonotonicClock(Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock(Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn advance_millis(&self, ms: u64) {
+        self.0.fetch_add(ms * 1_000_000, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_nanos(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The outcome of one take, with what the rate-limit headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+    /// Seconds until one token is available (0 when allowed).
+    pub retry_after_secs: u64,
+    pub window_secs: u64,
+}
+
+impl Decision {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ratelimit-limit", self.limit.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", self.reset_secs.to_string()),
+            (
+                "ratelimit-policy",
+                format!("{};w={}", self.limit, self.window_secs),
+            ),
+        ]
+    }
+}
+
+/// One tenant's bucket: fractional tokens and the time they were computed at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    tokens: f64,
+    at_nanos: u64,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(limit: &RateLimit, now_nanos: u64) -> Self {
+        Bucket {
+            tokens: limit.capacity() as f64,
+            at_nanos: now_nanos,
+        }
+    }
+
+    /// Refills to `now` and takes `cost` tokens if there are enough.
+    pub fn take(&mut self, limit: &RateLimit, now_nanos: u64, cost: u64) -> Decision {
+        let capacity = limit.capacity() as f64;
+        let rate = limit.refill_per_sec();
+        let elapsed = now_nanos.saturating_sub(self.at_nanos) as f64 / 1e9;
+        self.tokens = (self.tokens + elapsed * rate).min(capacity);
+        self.at_nanos = self.at_nanos.max(now_nanos);
+        let cost = cost as f64;
+        let allowed = self.tokens >= cost;
+        if allowed {
+            self.tokens -= cost;
+        }
+        let secs_until = |target: f64| -> u64 {
+            let missing = (target - self.tokens).max(0.0);
+            if missing <= 0.0 {
+                0
+            } else if rate <= 0.0 {
+                limit.window_seconds.max(1)
+            } else {
+                (missing / rate).ceil() as u64
+            }
+        };
+        Decision {
+            allowed,
+            limit: limit.max_requests,
+            remaining: self.tokens.max(0.0).floor() as u64,
+            reset_secs: secs_until(capacity),
+            retry_after_secs: if allowed { 0 } else { secs_until(cost).max(1) },
+            window_secs: limit.window_seconds,
+        }
+    }
+
+    /// A bucket that is full (and so equal to a fresh one) can be forgotten.
+    pub fn is_full_at(&self, limit: &RateLimit, now_nanos: u64) -> bool {
+        let elapsed = now_nanos.saturating_sub(self.at_nanos) as f64 / 1e9;
+        self.tokens + elapsed * limit.refill_per_sec() >= limit.capacity() as f64
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// Tenant → its bucket and the limit it was last checked against.
+type BucketMap = HashMap<Arc<str>, (Bucket, RateLimit)>;
+
+/// In-process limiter: sharded maps of tenant → bucket.
+pub struct LocalLimiter {
+    shards: Vec<Mutex<BucketMap>>,
+    hasher: std::collections::hash_map::RandomState,
+    clock: Arc<dyn Clock>,
+}
+
+impl LocalLimiter {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        LocalLimiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            clock,
+        }
+    }
+
+    fn shard(&self, tenant: &str) -> &Mutex<BucketMap> {
+        &self.shards[(self.hasher.hash_one(tenant) as usize) % SHARDS]
+    }
+
+    /// Takes one token from the tenant's bucket.
+    pub fn check(&self, tenant: &str, limit: &RateLimit) -> Decision {
+        let now = self.clock.now_nanos();
+        let mut map = match self.shard(tenant).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match map.get_mut(tenant) {
+            Some((b, l)) => {
+                *l = *limit;
+                b.take(limit, now, 1)
+            }
+            None => {
+                let mut b = Bucket::full(limit, now);
+                let d = b.take(limit, now, 1);
+                map.insert(Arc::from(tenant), (b, *limit));
+                d
+            }
+        }
+    }
+
+    /// Forgets a tenant's bucket (e.g. its limit was changed to a smaller one).
+    pub fn reset(&self, tenant: &str) {
+        if let Ok(mut m) = self.shard(tenant).lock() {
+            m.remove(tenant);
+        }
+    }
+
+    /// Drops buckets that have refilled completely (a fresh bucket is the same), so
+    /// memory is bounded by the recently active tenants.
+    pub fn sweep(&self) {
+        let now = self.clock.now_nanos();
+        for shard in &self.shards {
+            if let Ok(mut m) = shard.lock() {
+                m.retain(|_, (b, l)| !b.is_full_at(l, now));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim(max: u64, window: u64, burst: Option<u64>) -> RateLimit {
+        RateLimit {
+            max_requests: max,
+            window_seconds: window,
+            burst,
+        }
+    }
+
+    #[test]
+    fn allows_capacity_then_rejects() {
+        let l = lim(5, 60, None);
+        let mut b = Bucket::full(&l, 0);
+        for i in 0..5 {
+            let d = b.take(&l, 0, 1);
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 4 - i);
+        }
+        let d = b.take(&l, 0, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+        // 5 per 60 s = one token per 12 s.
+        assert_eq!(d.retry_after_secs, 12);
+        assert_eq!(d.reset_secs, 60);
+    }
+
+    #[test]
+    fn refills_at_max_over_window() {
+        let l = lim(60, 60, None);
+        let mut b = Bucket::full(&l, 0);
+        for _ in 0..60 {
+            assert!(b.take(&l, 0, 1).allowed);
+        }
+        assert!(!b.take(&l, 0, 1).allowed);
+        // one token per second
+        assert!(!b.take(&l, 999_000_000, 1).allowed);
+        assert!(b.take(&l, 1_000_000_000, 1).allowed);
+        assert!(!b.take(&l, 1_000_000_000, 1).allowed);
+        // 10 s later: 10 tokens
+        let t = 11_000_000_000;
+        for _ in 0..10 {
+            assert!(b.take(&l, t, 1).allowed);
+        }
+        assert!(!b.take(&l, t, 1).allowed);
+    }
+
+    #[test]
+    fn burst_sets_capacity_not_rate() {
+        let l = lim(10, 10, Some(3));
+        let mut b = Bucket::full(&l, 0);
+        assert!(b.take(&l, 0, 1).allowed);
+        assert!(b.take(&l, 0, 1).allowed);
+        assert!(b.take(&l, 0, 1).allowed);
+        assert!(!b.take(&l, 0, 1).allowed);
+        // refill is 1/s, and never above 3
+        let d = b.take(&l, 100_000_000_000, 1);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 2);
+    }
+
+    #[test]
+    fn clock_going_backwards_does_not_mint_tokens() {
+        let l = lim(1, 1, None);
+        let mut b = Bucket::full(&l, 5_000_000_000);
+        assert!(b.take(&l, 5_000_000_000, 1).allowed);
+        assert!(!b.take(&l, 1_000_000_000, 1).allowed);
+    }
+
+    #[test]
+    fn limiter_isolates_tenants_with_manual_clock() {
+        let clock = Arc::new(ManualClock::default());
+        let rl = LocalLimiter::new(clock.clone());
+        let l = lim(2, 2, None);
+        assert!(rl.check("a", &l).allowed);
+        assert!(rl.check("a", &l).allowed);
+        assert!(!rl.check("a", &l).allowed);
+        assert!(rl.check("b", &l).allowed);
+        clock.advance_millis(1_000);
+        assert!(rl.check("a", &l).allowed);
+        assert!(!rl.check("a", &l).allowed);
+        assert_eq!(rl.len(), 2);
+        clock.advance_millis(10_000);
+        rl.sweep();
+        assert_eq!(rl.len(), 0);
+    }
+
+    #[test]
+    fn headers_are_named_per_draft() {
+        let l = lim(100, 60, None);
+        let d = Bucket::full(&l, 0).take(&l, 0, 1);
+        let h = d.headers();
+        assert!(h.contains(&("ratelimit-limit", "100".into())));
+        assert!(h.contains(&("ratelimit-remaining", "99".into())));
+        assert!(h.contains(&("ratelimit-policy", "100;w=60".into())));
+    }
+}

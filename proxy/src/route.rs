@@ -1,0 +1,174 @@
+//! Stage 1: route. Longest matching prefix → upstream cluster, resource name, public
+//! or protected. Paths that could be read differently by the upstream (dot segments,
+//! encoded slashes) are refused before matching, so a public prefix can never be
+//! used to reach a protected one.
+
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use std::sync::Arc;
+use tenantgate_core::config::RouteConfig;
+
+pub type Upstream = LoadBalancer<RoundRobin>;
+
+pub struct Route {
+    pub prefix: String,
+    pub resource: Option<String>,
+    pub public: bool,
+    pub addrs: Vec<String>,
+    pub upstream: Arc<Upstream>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("prefix", &self.prefix)
+            .field("resource", &self.resource)
+            .field("public", &self.public)
+            .field("addrs", &self.addrs)
+            .finish()
+    }
+}
+
+impl Route {
+    /// The RBAC resource: the configured one, else the first path segment after the prefix.
+    pub fn resource_for<'a>(&'a self, path: &'a str) -> &'a str {
+        if let Some(r) = &self.resource {
+            return r;
+        }
+        let rest = path.get(self.prefix.len()..).unwrap_or("");
+        let rest = rest.trim_start_matches('/');
+        rest.split(['/', '?', ';']).next().unwrap_or("")
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Sorted by prefix length, longest first.
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table and one round-robin balancer per route.
+    pub fn build(configs: &[RouteConfig]) -> Result<Self, String> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for (i, rc) in configs.iter().enumerate() {
+            let addrs = rc.upstream.addrs();
+            let lb = Upstream::try_from_iter(addrs.iter().map(String::as_str))
+                .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
+            routes.push(Arc::new(Route {
+                prefix: rc.prefix.clone(),
+                resource: rc.resource.clone(),
+                public: rc.public,
+                addrs,
+                upstream: Arc::new(lb),
+            }));
+        }
+        Ok(Self::from_routes(routes))
+    }
+
+    pub fn from_routes(mut routes: Vec<Arc<Route>>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        RouteTable { routes }
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The longest prefix that matches `path`.
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()))
+    }
+}
+
+/// Refuses paths an upstream might normalise into another route: `.`/`..` segments
+/// (also percent-encoded), encoded `/` or `\`, backslashes, NUL.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the request path must start with /");
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%00")
+        || path.contains('\\')
+    {
+        return Err("encoded slashes, backslashes and NUL are not allowed in the path");
+    }
+    for seg in path.split('/') {
+        let seg = seg.split([';']).next().unwrap_or("");
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err("dot segments are not allowed in the path");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenantgate_core::config::Upstreams;
+
+    fn rc(prefix: &str, resource: Option<&str>, public: bool) -> RouteConfig {
+        RouteConfig {
+            prefix: prefix.into(),
+            upstream: Upstreams::One("127.0.0.1:9".into()),
+            resource: resource.map(Into::into),
+            public,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = RouteTable::build(&[
+            rc("/api/", None, false),
+            rc("/api/v1/", None, false),
+            rc("/api/v1/public/", None, true),
+        ])
+        .unwrap();
+        assert_eq!(t.find("/api/v1/resources").unwrap().prefix, "/api/v1/");
+        assert_eq!(
+            t.find("/api/v1/public/x").unwrap().prefix,
+            "/api/v1/public/"
+        );
+        assert_eq!(t.find("/api/v2").unwrap().prefix, "/api/");
+        assert!(t.find("/other").is_none());
+    }
+
+    #[test]
+    fn resource_from_first_segment_or_config() {
+        let t = RouteTable::build(&[
+            rc("/api/v1/", None, false),
+            rc("/jobs", Some("jobs"), false),
+        ])
+        .unwrap();
+        let r = t.find("/api/v1/resources/42").unwrap();
+        assert_eq!(r.resource_for("/api/v1/resources/42"), "resources");
+        assert_eq!(r.resource_for("/api/v1/resources"), "resources");
+        assert_eq!(r.resource_for("/api/v1/"), "");
+        let j = t.find("/jobs/1").unwrap();
+        assert_eq!(j.resource_for("/jobs/1"), "jobs");
+    }
+
+    #[test]
+    fn refuses_ambiguous_paths() {
+        assert!(check_path("/api/v1/resources/42").is_ok());
+        assert!(check_path("/api/v1/a.b/..c").is_ok());
+        for bad in [
+            "/public/../api/v1/resources",
+            "/public/%2e%2e/api",
+            "/public/%2E./api",
+            "/a/./b",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "relative",
+            "/x/..;/y",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The Pingora `ProxyHttp` service: the hot path as a list of stages.
+//!
+//! `request_filter`: route → scrub → authenticate → tenant → authorize → rate limit
+//! (a rejection is written here as the contract's JSON, keeping the connection);
+//! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
+//! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
+
+use crate::control::ControlPlane;
+use crate::credential::{self, Credential};
+use crate::headers::{self, AuthMethod, Principal, X_API_KEY, X_REQUEST_ID};
+use crate::jwt::JwtVerifier;
+use crate::meter::{Meter, Sample};
+use crate::metrics::ProxyMetrics;
+use crate::ratelimit::{Decision, LocalLimiter};
+use crate::reject::Reject;
+use crate::route::{check_path, Route, RouteTable};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tenantgate_core::domain::{Action, TenantStatus};
+use tenantgate_core::secrets;
+
+/// Timeouts and limits of the proxy.
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    /// Request bodies up to this size are drained before a rejection so the
+    /// connection can be kept; larger ones close it.
+    pub max_drain_bytes: usize,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(60),
+            max_drain_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub struct Gate {
+    pub routes: RouteTable,
+    pub control: Arc<ControlPlane>,
+    pub jwt: Arc<JwtVerifier>,
+    pub limiter: Arc<LocalLimiter>,
+    pub meter: Arc<Meter>,
+    pub metrics: Arc<ProxyMetrics>,
+    pub pepper: Option<Vec<u8>>,
+    pub opts: GateOptions,
+}
+
+/// What one phase learned for the next.
+pub struct Ctx {
+    start: Instant,
+    start_unix_s: i64,
+    request_id: String,
+    route: Option<Arc<Route>>,
+    principal: Option<Principal>,
+    /// Set once the tenant is known to exist: the request is metered for it.
+    tenant: Option<String>,
+    decision: Option<Decision>,
+    reject: Option<Reject>,
+    upstream_error: bool,
+}
+
+impl Gate {
+    async fn authenticate(&self, cred: OwnedCredential) -> Result<Principal, Reject> {
+        match cred {
+            OwnedCredential::ApiKey(key) => {
+                let (prefix, _) = secrets::parse_api_key(&key).ok_or(Reject::InvalidApiKey)?;
+                let rec = self
+                    .control
+                    .api_key(prefix)
+                    .await
+                    .map_err(|_| Reject::Unavailable)?
+                    .ok_or(Reject::InvalidApiKey)?;
+                let digest = secrets::api_key_digest(&key, self.pepper.as_deref());
+                if !secrets::ct_eq(digest.as_bytes(), rec.digest.as_bytes())
+                    || !rec.is_usable_at(chrono::Utc::now())
+                {
+                    return Err(Reject::InvalidApiKey);
+                }
+                Ok(Principal {
+                    tenant_id: rec.tenant_id.clone(),
+                    user_id: rec.id.clone(),
+                    role: rec.role.clone(),
+                    method: AuthMethod::ApiKey,
+                    api_key_id: Some(rec.id.clone()),
+                })
+            }
+            OwnedCredential::Jwt(token) => match self.jwt.verify(&token).await {
+                Ok(id) => Ok(Principal {
+                    tenant_id: id.tenant_id.clone(),
+                    user_id: id.user_id.clone(),
+                    role: id.role.clone(),
+                    method: AuthMethod::Jwt,
+                    api_key_id: None,
+                }),
+                Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
+                Err(e) => {
+                    tracing::debug!(error = %e, "jwt rejected");
+                    Err(Reject::InvalidToken)
+                }
+            },
+        }
+    }
+
+    /// Stages 1–6. `Ok` means: proxy it.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), Reject> {
+        let path = session.req_header().uri.path().to_owned();
+        check_path(&path).map_err(Reject::BadRequest)?;
+        let route = self.routes.find(&path).cloned().ok_or(Reject::NoRoute)?;
+        ctx.route = Some(route.clone());
+
+        // Scrub: always, on every route, before anything else reads the headers.
+        for name in headers::identity_headers_in(&session.req_header().headers) {
+            session.req_header_mut().remove_header(&name);
+        }
+        if route.public {
+            return Ok(());
+        }
+
+        let cred = match credential::extract(&session.req_header().headers)? {
+            Some(Credential::ApiKey(k)) => OwnedCredential::ApiKey(k.to_owned()),
+            Some(Credential::Jwt(t)) => OwnedCredential::Jwt(t.to_owned()),
+            None => return Err(Reject::NoCredential),
+        };
+        let principal = self.authenticate(cred).await?;
+
+        let tenant = self
+            .control
+            .tenant(&principal.tenant_id)
+            .await
+            .map_err(|_| Reject::Unavailable)?
+            .ok_or(Reject::UnknownTenant)?;
+        ctx.tenant = Some(tenant.id.clone());
+        if tenant.status != TenantStatus::Active {
+            return Err(Reject::TenantSuspended);
+        }
+
+        let action =
+            Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
+        let resource = route.resource_for(&path);
+        let policy = self
+            .control
+            .policy(&tenant.id, &principal.role)
+            .await
+            .map_err(|_| Reject::Unavailable)?;
+        if !policy.is_some_and(|p| p.allows(action, resource)) {
+            return Err(Reject::Forbidden);
+        }
+
+        let limit = self
+            .control
+            .rate_limit(&tenant.id)
+            .await
+            .map_err(|_| Reject::Unavailable)?
+            .map(|l| *l)
+            .unwrap_or_else(|| tenant.tier.default_rate_limit());
+        let decision = self.limiter.check(&tenant.id, &limit);
+        ctx.decision = Some(decision);
+        if !decision.allowed {
+            return Err(Reject::RateLimited(decision));
+        }
+        ctx.principal = Some(principal);
+        Ok(())
+    }
+
+    /// Writes the rejection as JSON, keeping the connection when the request body
+    /// (if any) is small enough to drain.
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
+        let body = reject.body(&ctx.request_id);
+        let mut h = ResponseHeader::build(reject.status(), Some(8))?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", body.len().to_string())?;
+        h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        for (n, v) in reject.headers() {
+            h.insert_header(n, v)?;
+        }
+        if !session.is_body_empty() {
+            let small = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n <= self.opts.max_drain_bytes);
+            let drained = small
+                && matches!(
+                    tokio::time::timeout(Duration::from_secs(1), session.drain_request_body())
+                        .await,
+                    Ok(Ok(()))
+                );
+            if !drained {
+                session.set_keepalive(None);
+            }
+        }
+        ctx.reject = Some(reject);
+        session.write_response_header(Box::new(h), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(())
+    }
+}
+
+enum OwnedCredential {
+    ApiKey(String),
+    Jwt(String),
+}
+
+#[async_trait]
+impl ProxyHttp for Gate {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            start_unix_s: chrono::Utc::now().timestamp(),
+            request_id: String::new(),
+            route: None,
+            principal: None,
+            tenant: None,
+            decision: None,
+            reject: None,
+            upstream_error: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(reject) => {
+                self.respond(session, ctx, reject).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
+        let backend = route
+            .upstream
+            .select(b"", 256)
+            // Every backend marked unhealthy: try one anyway rather than fail blind.
+            .or_else(|| route.upstream.select_with(b"", 256, |_, _| true))
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream backend"))?;
+        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        peer.options.connection_timeout = Some(self.opts.connect_timeout);
+        peer.options.read_timeout = Some(self.opts.read_timeout);
+        peer.options.write_timeout = Some(self.opts.read_timeout);
+        peer.options.idle_timeout = Some(self.opts.upstream_idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(p) = &ctx.principal {
+            // The upstream trusts the injected identity; it never sees the secret.
+            upstream_request.remove_header(X_API_KEY);
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
+            for (name, value) in p.headers() {
+                upstream_request.insert_header(name, value)?;
+            }
+        }
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(d) = &ctx.decision {
+            for (n, v) in d.headers() {
+                upstream_response.insert_header(n, v)?;
+            }
+        }
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if upstream_response.status.is_server_error() {
+            ctx.upstream_error = true;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reject = match e.etype() {
+            ErrorType::HTTPStatus(400) => Some(Reject::BadRequest("the request is malformed")),
+            _ => match e.esource() {
+                ErrorSource::Upstream => {
+                    ctx.upstream_error = true;
+                    Some(match e.etype() {
+                        ErrorType::ConnectTimedout
+                        | ErrorType::ReadTimedout
+                        | ErrorType::WriteTimedout
+                        | ErrorType::TLSHandshakeTimedout => Reject::UpstreamTimeout,
+                        _ => Reject::UpstreamUnavailable,
+                    })
+                }
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Reject::BadRequest("the request is malformed")),
+                },
+                _ => {
+                    ctx.upstream_error = true;
+                    Some(Reject::UpstreamUnavailable)
+                }
+            },
+        };
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "proxy failure");
+        let Some(reject) = reject else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = reject.status();
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            if let Err(err) = self.respond(session, ctx, reject).await {
+                tracing::debug!(error = %err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let elapsed = ctx.start.elapsed();
+        let status = session
+            .response_written()
+            .map(|h| h.status.as_u16())
+            .unwrap_or(0);
+        let code = ctx.reject.as_ref().map(Reject::code).unwrap_or("ok");
+        if let Some(tenant) = ctx.tenant.as_deref() {
+            self.meter.record(
+                tenant,
+                &Sample {
+                    at_unix_s: ctx.start_unix_s,
+                    rate_limited: matches!(ctx.reject, Some(Reject::RateLimited(_))),
+                    denied: ctx.reject.as_ref().is_some_and(Reject::is_denied),
+                    upstream_error: ctx.upstream_error,
+                    bytes_in: session.body_bytes_read() as u64,
+                    bytes_out: session.body_bytes_sent() as u64,
+                    latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                },
+            );
+        }
+        self.metrics
+            .observe(code, status, elapsed.as_secs_f64(), ctx.tenant.as_deref());
+        if ctx.reject.is_some() || status >= 500 {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                method = %session.req_header().method,
+                path = %session.req_header().uri.path(),
+                status,
+                code,
+                tenant = ctx.tenant.as_deref().unwrap_or(""),
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        } else {
+            tracing::debug!(
+                request_id = %ctx.request_id,
+                method = %session.req_header().method,
+                path = %session.req_header().uri.path(),
+                status,
+                tenant = ctx.tenant.as_deref().unwrap_or(""),
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! End-to-end harness: runs the real `tenantgate` binary on free loopback ports
+//! with a throwaway SQLite store and talks HTTP to it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "e2e-bootstrap-token-0123456789";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Stack {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub proxy: String,
+    pub proxy_admin: String,
+    pub admin: String,
+    pub demo: String,
+    pub http: reqwest::Client,
+    pub config_path: PathBuf,
+}
+
+pub struct StackBuilder {
+    extra: String,
+    routes: Option<String>,
+    store_url: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+pub fn stack() -> StackBuilder {
+    StackBuilder {
+        extra: String::new(),
+        routes: None,
+        store_url: None,
+        dir: None,
+    }
+}
+
+impl StackBuilder {
+    /// Extra TOML appended to the config (e.g. `[[jwt.issuers]]`).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Custom `[[routes]]` (the placeholder `DEMO` is replaced by the demo address).
+    pub fn routes(mut self, toml: &str) -> Self {
+        self.routes = Some(toml.to_owned());
+        self
+    }
+
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.store_url = Some(url.to_owned());
+        self
+    }
+
+    /// Reuse a data directory (restart tests).
+    pub fn dir(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        let dir = self.dir.unwrap_or_else(|| {
+            let d = std::env::temp_dir().join(format!(
+                "tenantgate_e2e_{}_{}",
+                std::process::id(),
+                tenantgate_core::secrets::random_token(8)
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        });
+        let (p, pa, a, d) = (free_port(), free_port(), free_port(), free_port());
+        let demo = format!("127.0.0.1:{d}");
+        let store = self
+            .store_url
+            .unwrap_or_else(|| format!("sqlite://{}/tg.db", dir.display()));
+        let routes = self
+            .routes
+            .map(|r| r.replace("DEMO", &demo))
+            .unwrap_or_default();
+        let config = format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{p}"
+admin_listen = "127.0.0.1:{pa}"
+grace_period_seconds = 1
+change_poll_interval_ms = 100
+[admin]
+listen = "127.0.0.1:{a}"
+bootstrap_token = "{TOKEN}"
+[upstream_demo]
+listen = "{demo}"
+[store]
+url = "{store}"
+data_dir = "{data}"
+[metering]
+flush_interval_ms = 200
+[log]
+level = "warn"
+format = "text"
+{extra}
+{routes}
+"#,
+            data = dir.display(),
+            extra = self.extra,
+        );
+        let config_path = dir.join("tenantgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .args(["up", "--config"])
+            .arg(&config_path)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Stack {
+            child: Some(child),
+            dir,
+            proxy: format!("http://127.0.0.1:{p}"),
+            proxy_admin: format!("http://127.0.0.1:{pa}"),
+            admin: format!("http://127.0.0.1:{a}"),
+            demo: format!("http://{demo}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            config_path,
+        };
+        s.wait_ready().await;
+        s
+    }
+}
+
+impl Stack {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for url in [
+            format!("{}/health", self.admin),
+            format!("{}/health", self.proxy_admin),
+            format!("{}/health", self.demo),
+        ] {
+            loop {
+                if let Ok(r) = self.http.get(&url).send().await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "{url} not ready; log:\n{}", self.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The proxy port itself (Pingora binds a little after the admin listener).
+        loop {
+            if self.http.get(format!("{}/", self.proxy)).send().await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "proxy not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An admin API call with the bootstrap token.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.admin_as(TOKEN, method, path, body).await
+    }
+
+    pub async fn admin_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, format!("{}{path}", self.admin))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a tenant (with an admin user `admin@<id>.test` / `password-<id>`) and
+    /// returns its id.
+    pub async fn tenant(&self, id: &str, tier: &str) -> String {
+        let (s, v) = self
+            .admin(
+                "POST",
+                "/v1/tenants",
+                Some(json!({"id": id, "name": format!("Tenant {id}"), "tier": tier,
+                    "admin_user": {"email": format!("admin@{id}.test"), "password": format!("password-{id}")}})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an API key and returns `(key, key_id)`.
+    pub async fn key(&self, tenant: &str, role: &str) -> (String, String) {
+        let (s, v) = self
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{tenant}/api-keys"),
+                Some(json!({"name": "e2e", "role": role})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        (v["key"].as_str().unwrap().to_owned(), v["id"].as_str().unwrap().to_owned())
+    }
+
+    /// A proxied request: `(status, headers, json body)`.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, format!("{}{path}", self.proxy));
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let h = r.headers().clone();
+        let text = r.text().await.unwrap();
+        (status, h, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn with_key(&self, method: &str, path: &str, key: &str) -> (u16, Value) {
+        let (s, _, v) = self.call(method, path, &[("x-api-key", key)], None).await;
+        (s, v)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("no exit within 20 s after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes; returns the time it took.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
