@@ -1,0 +1,146 @@
+//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]`s, plus
+//! schema-only types for shapes serialized by core types.
+
+use crate::routes::{api_keys, auth_login, meta, policies, rate_limit, tenants, usage, users};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tenantgate admin API",
+        description = "Tenants, users, API keys, RBAC policies, rate limits and usage; login tokens and their JWKS.",
+    ),
+    paths(
+        tenants::create,
+        tenants::list,
+        tenants::get,
+        tenants::update,
+        tenants::delete,
+        api_keys::create,
+        api_keys::list,
+        api_keys::revoke,
+        api_keys::rotate,
+        users::create,
+        users::list,
+        auth_login::login,
+        policies::list,
+        policies::get,
+        policies::put,
+        rate_limit::get,
+        rate_limit::put,
+        usage::get,
+        meta::jwks,
+        meta::health,
+        meta::metrics,
+        meta::openapi,
+    ),
+    components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "auth"),
+        (name = "policies"), (name = "rate-limit"), (name = "usage"), (name = "meta"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The platform bootstrap token, or a login JWT of a tenant user with role admin",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every error: `{"error": {...}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// bad_request | unauthorized | forbidden | tenant_suspended | not_found |
+    /// method_not_allowed | conflict | validation_error | unavailable
+    pub code: String,
+    pub message: String,
+    /// The request's `x-request-id`.
+    pub request_id: String,
+    /// Validation errors: the offending field, e.g. `admin_user.email`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TierName {
+    Free,
+    Pro,
+    Enterprise,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatusName {
+    Active,
+    Suspended,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKeyStatusName {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// One usage bucket (series) or the totals (no `bucket_start`).
+#[derive(Serialize, ToSchema)]
+pub struct UsagePointDoc {
+    /// RFC 3339; series points only.
+    pub bucket_start: Option<String>,
+    pub requests: u64,
+    pub rate_limited: u64,
+    pub denied: u64,
+    pub upstream_errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Present when latencies were recorded.
+    pub latency_ms: Option<LatencyDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LatencyDoc {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JwksDoc {
+    pub keys: Vec<JwkDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JwkDoc {
+    pub kty: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+    pub alg: String,
+    pub kid: String,
+    pub n: String,
+    pub e: String,
+}

@@ -1,0 +1,95 @@
+//! One module per resource; each owns its request and response types.
+
+pub mod api_keys;
+pub mod auth_login;
+pub mod meta;
+pub mod policies;
+pub mod rate_limit;
+pub mod tenants;
+pub mod usage;
+pub mod users;
+
+use crate::error::ApiError;
+use crate::AdminState;
+use chrono::{DateTime, Utc};
+use tenantgate_core::domain::{valid_email, valid_name_token};
+
+/// Longest tenant, key or similar display name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+
+/// RFC 3339, second precision, `Z`.
+pub fn ts(t: DateTime<Utc>) -> String {
+    tenantgate_core::time::rfc3339(t)
+}
+
+pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(ts)
+}
+
+/// A display name: trimmed, non-empty, at most [`MAX_NAME_CHARS`].
+pub fn display_name(field: &str, raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ApiError::validation(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The stored form of an email (trimmed, lowercase), if it is one.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let email = raw.trim().to_lowercase();
+    valid_email(&email).then_some(email)
+}
+
+pub fn email(field: &str, raw: &str) -> Result<String, ApiError> {
+    normalize_email(raw).ok_or_else(|| ApiError::validation(field, "must be a valid email address"))
+}
+
+pub fn password(field: &str, pw: &str) -> Result<(), ApiError> {
+    let n = pw.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+        return Err(ApiError::validation(
+            field,
+            format!("must be between {MIN_PASSWORD_CHARS} and {MAX_PASSWORD_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// argon2id, off the async workers.
+pub async fn hash_password(pw: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || tenantgate_core::secrets::hash_password(&pw))
+        .await
+        .map_err(|e| ApiError::internal("password hashing task failed", e))?
+        .map_err(|e| ApiError::internal("password hashing failed", e))
+}
+
+/// A role that exists in the tenant (it has a policy).
+pub async fn existing_role(
+    state: &AdminState,
+    tenant_id: &str,
+    field: &str,
+    role: &str,
+) -> Result<(), ApiError> {
+    if !valid_name_token(role) {
+        return Err(ApiError::validation(
+            field,
+            "must be a role name ([a-z0-9_-], at most 64 characters)",
+        ));
+    }
+    if state.store().get_policy(tenant_id, role).await?.is_none() {
+        return Err(ApiError::validation(
+            field,
+            format!("the tenant has no policy for role {role:?}"),
+        ));
+    }
+    Ok(())
+}

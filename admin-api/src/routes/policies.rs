@@ -1,0 +1,177 @@
+//! `/v1/tenants/{id}/policies[/{role}]`: a role's RBAC permissions in a tenant.
+
+use crate::auth::TenantScope;
+use crate::error::ApiError;
+use crate::openapi::ErrorResponse;
+use crate::{json, AdminState};
+use axum::extract::{Path, State};
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tenantgate_core::domain::{valid_name_token, Permission, Policy};
+use utoipa::ToSchema;
+
+/// Most permissions one role may hold.
+pub const MAX_PERMISSIONS: usize = 256;
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct PermissionBody {
+    /// read | create | update | delete | *
+    pub action: String,
+    /// A resource name (`[a-z0-9_-]`) or *
+    pub resource: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyResponse {
+    pub role: String,
+    pub permissions: Vec<PermissionBody>,
+}
+
+impl From<Policy> for PolicyResponse {
+    fn from(p: Policy) -> Self {
+        PolicyResponse {
+            role: p.role,
+            permissions: p
+                .permissions
+                .into_iter()
+                .map(|p| PermissionBody {
+                    action: p.action,
+                    resource: p.resource,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PutPolicyRequest {
+    /// Optional; must equal the role in the path.
+    pub role: Option<String>,
+    pub permissions: Vec<PermissionBody>,
+}
+
+fn validate(path_role: &str, req: PutPolicyRequest) -> Result<Policy, ApiError> {
+    if !valid_name_token(path_role) {
+        return Err(ApiError::validation(
+            "role",
+            "must be a role name ([a-z0-9_-], at most 64 characters)",
+        ));
+    }
+    if req.role.as_deref().is_some_and(|r| r != path_role) {
+        return Err(ApiError::validation(
+            "role",
+            "must match the role in the path",
+        ));
+    }
+    if req.permissions.len() > MAX_PERMISSIONS {
+        return Err(ApiError::validation(
+            "permissions",
+            format!("at most {MAX_PERMISSIONS} permissions"),
+        ));
+    }
+    let mut permissions = Vec::with_capacity(req.permissions.len());
+    for (i, p) in req.permissions.into_iter().enumerate() {
+        if !matches!(
+            p.action.as_str(),
+            "*" | "read" | "create" | "update" | "delete"
+        ) {
+            return Err(ApiError::validation(
+                format!("permissions[{i}].action"),
+                "must be one of read, create, update, delete, *",
+            ));
+        }
+        if p.resource != "*" && !valid_name_token(&p.resource) {
+            return Err(ApiError::validation(
+                format!("permissions[{i}].resource"),
+                "must be a resource name ([a-z0-9_-], at most 64 characters) or *",
+            ));
+        }
+        let permission = Permission::new(&p.action, &p.resource);
+        debug_assert!(permission.is_valid());
+        permissions.push(permission);
+    }
+    Ok(Policy {
+        role: path_role.to_owned(),
+        permissions,
+    })
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{id}/policies", tag = "policies",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "Every role's policy", body = [PolicyResponse]),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<PolicyResponse>>, ApiError> {
+    let policies = state.store().list_policies(&scope.tenant.id).await?;
+    Ok(Json(
+        policies.into_iter().map(PolicyResponse::from).collect(),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{id}/policies/{role}", tag = "policies",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("role" = String, Path, description = "Role name"),
+    ),
+    responses(
+        (status = 200, description = "The role's policy", body = PolicyResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or role", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, role)): Path<(String, String)>,
+) -> Result<Json<PolicyResponse>, ApiError> {
+    let not_found = || ApiError::NotFound("no policy for this role");
+    if !valid_name_token(&role) {
+        return Err(not_found());
+    }
+    let policy = state
+        .store()
+        .get_policy(&scope.tenant.id, &role)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(policy.into()))
+}
+
+#[utoipa::path(
+    put, path = "/v1/tenants/{id}/policies/{role}", tag = "policies",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("role" = String, Path, description = "Role name"),
+    ),
+    request_body = PutPolicyRequest,
+    responses(
+        (status = 200, description = "Created or replaced", body = PolicyResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = ErrorResponse),
+        (status = 422, description = "Validation error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, role)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<PolicyResponse>, ApiError> {
+    let req: PutPolicyRequest = json::parse(&body)?;
+    let policy = validate(&role, req)?;
+    state.store().put_policy(&scope.tenant.id, &policy).await?;
+    tracing::info!(tenant_id = %scope.tenant.id, role = %policy.role, "policy set");
+    Ok(Json(policy.into()))
+}

@@ -1,0 +1,111 @@
+//! `/v1/tenants/{id}/rate-limit`: the tenant's token bucket.
+
+use crate::auth::TenantScope;
+use crate::error::ApiError;
+use crate::openapi::ErrorResponse;
+use crate::{json, AdminState};
+use axum::extract::State;
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tenantgate_core::domain::RateLimit;
+use utoipa::ToSchema;
+
+pub const MAX_REQUESTS_LIMIT: u64 = 1_000_000_000;
+pub const MAX_WINDOW_SECONDS: u64 = 86_400;
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct RateLimitBody {
+    /// Requests per window, 1..=10^9.
+    pub max_requests: u64,
+    /// 1..=86400.
+    pub window_seconds: u64,
+    /// Bucket capacity, 1..=10^9; default max_requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+impl From<RateLimit> for RateLimitBody {
+    fn from(r: RateLimit) -> Self {
+        RateLimitBody {
+            max_requests: r.max_requests,
+            window_seconds: r.window_seconds,
+            burst: r.burst,
+        }
+    }
+}
+
+fn validate(b: &RateLimitBody) -> Result<RateLimit, ApiError> {
+    if !(1..=MAX_REQUESTS_LIMIT).contains(&b.max_requests) {
+        return Err(ApiError::validation(
+            "max_requests",
+            format!("must be between 1 and {MAX_REQUESTS_LIMIT}"),
+        ));
+    }
+    if !(1..=MAX_WINDOW_SECONDS).contains(&b.window_seconds) {
+        return Err(ApiError::validation(
+            "window_seconds",
+            format!("must be between 1 and {MAX_WINDOW_SECONDS}"),
+        ));
+    }
+    if let Some(burst) = b.burst {
+        if !(1..=MAX_REQUESTS_LIMIT).contains(&burst) {
+            return Err(ApiError::validation(
+                "burst",
+                format!("must be between 1 and {MAX_REQUESTS_LIMIT}"),
+            ));
+        }
+    }
+    Ok(RateLimit {
+        max_requests: b.max_requests,
+        window_seconds: b.window_seconds,
+        burst: b.burst,
+    })
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{id}/rate-limit", tag = "rate-limit",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant's rate limit", body = RateLimitBody),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+) -> Result<Json<RateLimitBody>, ApiError> {
+    let rl = state
+        .store()
+        .get_rate_limit(&scope.tenant.id)
+        .await?
+        .unwrap_or_else(|| scope.tenant.tier.default_rate_limit());
+    Ok(Json(rl.into()))
+}
+
+#[utoipa::path(
+    put, path = "/v1/tenants/{id}/rate-limit", tag = "rate-limit",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = RateLimitBody,
+    responses(
+        (status = 200, description = "The stored rate limit", body = RateLimitBody),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = ErrorResponse),
+        (status = 422, description = "Validation error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    body: Bytes,
+) -> Result<Json<RateLimitBody>, ApiError> {
+    let req: RateLimitBody = json::parse(&body)?;
+    let rl = validate(&req)?;
+    state.store().put_rate_limit(&scope.tenant.id, &rl).await?;
+    tracing::info!(tenant_id = %scope.tenant.id, max_requests = rl.max_requests, window_seconds = rl.window_seconds, "rate limit set");
+    Ok(Json(rl.into()))
+}
