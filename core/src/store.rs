@@ -57,6 +57,9 @@ fn conflict_as(field: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// PostgreSQL `LISTEN`/`NOTIFY` channel carrying change ids.
+pub const CHANGE_CHANNEL: &str = "tenantgate_changes";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -285,8 +288,16 @@ impl Store {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
+        let id: i64 = row.try_get("id")?;
+        if tx.backend_name() == "PostgreSQL" {
+            // Wakes every proxy's LISTEN at commit; the id is an integer, so the
+            // literal is safe (NOTIFY takes no bind parameters).
+            sqlx::query(&format!("NOTIFY {CHANGE_CHANNEL}, '{id}'"))
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(Change {
-            id: row.try_get("id")?,
+            id,
             kind,
             tenant_id: tenant_id.to_owned(),
             subject: subject.to_owned(),

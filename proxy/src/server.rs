@@ -117,6 +117,7 @@ pub fn build_gate(
 pub async fn follow_changes(
     shared: ProxyShared,
     poll: Duration,
+    mut notified: Option<tokio::sync::mpsc::Receiver<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut bus = shared.store.subscribe();
@@ -141,32 +142,91 @@ pub async fn follow_changes(
                     bus = shared.store.subscribe();
                 }
             },
+            // PostgreSQL NOTIFY: read the feed now instead of at the next tick.
+            Some(()) = recv_opt(&mut notified) => {
+                read_feed(&shared, &mut last_id, &mut seen, &mut feed_ok).await;
+            },
             _ = tick.tick() => {
-                let since = tenantgate_core::time::now_ms() - 5_000;
-                match shared.store.changes_since(last_id, since, 5_000).await {
-                    Ok(changes) => {
-                        if !feed_ok {
-                            tracing::info!("change feed reachable again");
-                            feed_ok = true;
-                        }
-                        for c in changes {
-                            last_id = last_id.max(c.id);
-                            if seen.insert(c.id, Instant::now()).is_none() {
-                                apply_change(&shared, &c).await;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if feed_ok {
-                            tracing::warn!(error = %e, "change feed unreachable; serving from cache");
-                            feed_ok = false;
-                        }
-                    }
-                }
-                seen.retain(|_, at| at.elapsed() < Duration::from_secs(30));
+                read_feed(&shared, &mut last_id, &mut seen, &mut feed_ok).await;
             },
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+async fn recv_opt(rx: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the store's change feed past `last_id` (plus the last 5 s, for ids that
+/// committed out of order) and applies what was not seen yet.
+async fn read_feed(
+    shared: &ProxyShared,
+    last_id: &mut i64,
+    seen: &mut HashMap<i64, Instant>,
+    feed_ok: &mut bool,
+) {
+    let since = tenantgate_core::time::now_ms() - 5_000;
+    match shared.store.changes_since(*last_id, since, 5_000).await {
+        Ok(changes) => {
+            if !*feed_ok {
+                tracing::info!("change feed reachable again");
+                *feed_ok = true;
+            }
+            for c in changes {
+                *last_id = (*last_id).max(c.id);
+                if seen.insert(c.id, Instant::now()).is_none() {
+                    apply_change(shared, &c).await;
+                }
+            }
+        }
+        Err(e) => {
+            if *feed_ok {
+                tracing::warn!(error = %e, "change feed unreachable; serving from cache");
+                *feed_ok = false;
+            }
+        }
+    }
+    seen.retain(|_, at| at.elapsed() < Duration::from_secs(30));
+}
+
+/// Keeps a PostgreSQL `LISTEN` on the change channel, reconnecting with backoff, and
+/// pokes the follower on every notification (and once after each reconnect, to
+/// catch what happened while disconnected).
+pub async fn listen_changes(
+    url: String,
+    tx: tokio::sync::mpsc::Sender<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+            l.listen(tenantgate_core::store::CHANGE_CHANNEL).await?;
+            let _ = tx.try_send(());
+            loop {
+                l.recv().await?;
+                let _ = tx.try_send(());
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            res = attempt => {
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "change LISTEN lost; reconnecting");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -177,25 +237,45 @@ async fn apply_change(shared: &ProxyShared, c: &tenantgate_core::store::Change) 
     }
 }
 
-/// Flushes usage every `interval`, backing off while the store is down.
+/// Flushes usage every `interval` (or early when the recording maps grow past their
+/// bound). While the store is down the flush attempts back off (up to 30 s), but every
+/// tick still seals the new usage and spools it, so memory stays bounded and a crash
+/// loses at most one interval.
 pub async fn flush_loop(
     shared: ProxyShared,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut wait = interval;
+    let meter = shared.meter.clone();
+    let mut backoff = interval;
+    let mut retry_at = Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                match shared.meter.flush(&shared.store).await {
-                    Ok(()) => wait = interval,
-                    Err(e) => {
-                        wait = (wait * 2).min(Duration::from_secs(30));
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "usage flush failed");
-                    }
-                }
-            }
+            _ = tokio::time::sleep(interval) => {}
+            _ = meter.seal_requested() => {}
             _ = shutdown.changed() => break,
+        }
+        if Instant::now() < retry_at {
+            meter.seal_and_spill().await;
+            continue;
+        }
+        match meter.flush(&shared.store).await {
+            Ok(()) => {
+                backoff = interval;
+                retry_at = Instant::now();
+            }
+            Err(e) => {
+                backoff = (backoff * 2).min(Duration::from_secs(30)).max(interval);
+                retry_at = Instant::now() + backoff;
+                let st = meter.stats();
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    pending_requests = st.pending_requests,
+                    spool_bytes = st.spool_bytes,
+                    "usage flush failed"
+                );
+            }
         }
     }
 }
@@ -257,9 +337,17 @@ pub fn start_background(
         .map_err(|e| format!("proxy.admin_listen {}: {e}", cfg.proxy.admin_listen))?;
     let jwt = shared.jwt.clone();
     rt.spawn(async move { jwt.warm_up().await });
+    let notified = if shared.store.backend() == tenantgate_core::store::Backend::Postgres {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        rt.spawn(listen_changes(cfg.store.url.clone(), tx, shutdown.clone()));
+        Some(rx)
+    } else {
+        None
+    };
     rt.spawn(follow_changes(
         shared.clone(),
         Duration::from_millis(cfg.proxy.change_poll_interval_ms),
+        notified,
         shutdown.clone(),
     ));
     rt.spawn(flush_loop(
@@ -307,7 +395,8 @@ pub fn pingora_server(
 }
 
 /// Runs Pingora until a shutdown signal, then stops the background work and flushes
-/// the remaining usage (retrying for a few seconds). Blocking.
+/// the remaining usage (retrying for a few seconds; what still cannot reach the store
+/// is spooled to disk for the next start). Blocking.
 pub fn run_until_shutdown(
     rt: &tokio::runtime::Handle,
     server: Server,
@@ -319,20 +408,42 @@ pub fn run_until_shutdown(
     let _ = shutdown_tx.send(true);
     let meter = shared.meter.clone();
     let store = shared.store.clone();
-    rt.block_on(async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match meter.flush(&store).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "final usage flush failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, pending = meter.pending_requests(), "final usage flush failed; usage lost");
-                    break;
-                }
+    rt.block_on(final_flush(meter, store, Duration::from_secs(5)));
+}
+
+/// The shutdown flush: retries until `within` passes, then spools what is left.
+pub async fn final_flush(meter: Arc<Meter>, store: Store, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt =
+            tokio::time::timeout(left.max(Duration::from_millis(100)), meter.flush(&store))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match attempt {
+            Ok(()) => {
+                tracing::info!(flushed = meter.stats().flushed_requests, "usage flushed");
+                return;
+            }
+            Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
+                tracing::warn!(error = %e, "final usage flush failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "final usage flush failed; spooling what is left");
+                break;
             }
         }
-    });
+    }
+    match meter.spool_all().await {
+        Ok(n) => tracing::warn!(
+            spooled_requests = n,
+            "usage spooled to disk; the next start replays it into the store"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            pending = meter.pending_requests(),
+            "final usage flush failed and the spool is unusable; usage lost"
+        ),
+    }
 }

@@ -132,6 +132,8 @@ struct Inner {
     verified: Cache<TokenHash, Arc<Identity>>,
     rejected: Cache<TokenHash, JwtError>,
     signature_checks: AtomicU64,
+    /// Bumped by every invalidation; results computed across one are not cached.
+    invalidations: AtomicU64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -245,6 +247,7 @@ impl JwtVerifier {
                 verified,
                 rejected,
                 signature_checks: AtomicU64::new(0),
+                invalidations: AtomicU64::new(0),
             }),
         }
     }
@@ -277,7 +280,14 @@ impl JwtVerifier {
         if let Some(err) = self.inner.rejected.get(&hash) {
             return Err(err);
         }
-        match self.verify_uncached(token).await {
+        let generation = self.inner.invalidations.load(Ordering::Acquire);
+        let result = self.verify_uncached(token).await;
+        // An invalidation while we verified (with keys that may be gone now): answer,
+        // but remember nothing.
+        if self.inner.invalidations.load(Ordering::Acquire) != generation {
+            return result.map(Arc::new);
+        }
+        match result {
             Ok(id) => {
                 let id = Arc::new(id);
                 // A token accepted only thanks to the leeway is not cached at all.
@@ -303,6 +313,7 @@ impl JwtVerifier {
             return;
         };
         state.mark_stale();
+        self.inner.invalidations.fetch_add(1, Ordering::AcqRel);
         let owned = issuer.to_owned();
         if let Err(e) = self
             .inner

@@ -1169,3 +1169,21 @@ async fn timing() {
         started.elapsed() / tokens.len() as u32
     );
 }
+
+#[tokio::test]
+async fn result_computed_across_an_invalidation_is_not_cached() {
+    let key = SigningKey::generate().unwrap();
+    let source = FakeSource::with(Ok(vec![jwk_of(&key)]), Duration::from_millis(200));
+    let v = verifier(vec![spec(source.clone())]);
+    let token = key.sign(&claims()).unwrap();
+    let pending = tokio::spawn({
+        let (v, token) = (v.clone(), token.clone());
+        async move { v.verify(&token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The key is revoked while the first verification waits for the keys.
+    v.invalidate_issuer_keys(ISS);
+    pending.await.unwrap().unwrap();
+    source.set(Ok(vec![jwk_of(&SigningKey::generate().unwrap())]));
+    assert_eq!(err(&v, &token).await, JwtError::UnknownKey);
+}

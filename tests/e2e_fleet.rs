@@ -1,0 +1,100 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Fleet mode on PostgreSQL: separate admin, demo and proxy processes. Changes made
+//! through the admin API reach every proxy within a second (LISTEN/NOTIFY plus the
+//! polled change feed).
+
+mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use common::eventually;
+use serde_json::json;
+use std::time::Duration;
+use tenantgate_core::testing::TestDb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_proxy_within_a_second() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut f = fleet::Fleet::start(&db.url, 2, "").await;
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"id": "fleetco", "name": "F", "tier": "pro"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants/fleetco/api-keys",
+            Some(json!({"name": "k", "role": "developer"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_owned();
+    let key_id = v["id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let (st, v) = f.get(i, "/api/v1/whoami", &key).await;
+        assert_eq!(st, 200, "proxy {i}: {v}");
+        assert_eq!(v["tenant_id"], "fleetco");
+    }
+
+    // Policy change: both proxies deny within 1 s.
+    let (st, _) = f
+        .admin(
+            "PUT",
+            "/v1/tenants/fleetco/policies/developer",
+            Some(json!({"permissions": [{"action": "create", "resource": "resources"}]})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    for i in 0..2 {
+        let took = eventually(Duration::from_secs(1), || async {
+            f.get(i, "/api/v1/whoami", &key).await.0 == 403
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "policy change did not reach proxy {i} within 1 s"
+        );
+    }
+    f.admin(
+        "PUT",
+        "/v1/tenants/fleetco/policies/developer",
+        Some(json!({"permissions": [{"action": "*", "resource": "*"}]})),
+    )
+    .await;
+    for i in 0..2 {
+        assert!(eventually(Duration::from_secs(1), || async {
+            f.get(i, "/api/v1/whoami", &key).await.0 == 200
+        })
+        .await
+        .is_some());
+    }
+
+    // Revocation: both proxies reject within 1 s.
+    let (st, _) = f
+        .admin(
+            "DELETE",
+            &format!("/v1/tenants/fleetco/api-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    for i in 0..2 {
+        let took = eventually(Duration::from_secs(1), || async {
+            f.get(i, "/api/v1/whoami", &key).await.1["error"]["code"] == "invalid_api_key"
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "revocation did not reach proxy {i} within 1 s"
+        );
+    }
+
+    f.stop_all();
+    db.cleanup().await;
+}
