@@ -7,6 +7,8 @@ use crate::ratelimit::Decision;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reject {
     BadRequest(&'static str),
+    /// The request's header section is larger than the proxy accepts.
+    HeadersTooLarge,
     NoCredential,
     InvalidToken,
     InvalidApiKey,
@@ -26,6 +28,7 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             Reject::BadRequest(_) => 400,
+            Reject::HeadersTooLarge => 431,
             Reject::NoCredential
             | Reject::InvalidToken
             | Reject::InvalidApiKey
@@ -42,6 +45,7 @@ impl Reject {
     pub fn code(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "bad_request",
+            Reject::HeadersTooLarge => "headers_too_large",
             Reject::NoCredential => "unauthorized",
             Reject::InvalidToken | Reject::AmbiguousCredential => "invalid_token",
             Reject::InvalidApiKey => "invalid_api_key",
@@ -59,6 +63,7 @@ impl Reject {
     pub fn message(&self) -> &'static str {
         match self {
             Reject::BadRequest(m) => m,
+            Reject::HeadersTooLarge => "the request headers are too large",
             Reject::NoCredential => {
                 "a credential is required: Authorization: Bearer <token> or X-API-Key"
             }

@@ -34,6 +34,8 @@ pub struct GateOptions {
     /// Request bodies up to this size are drained before a rejection so the
     /// connection can be kept; larger ones close it.
     pub max_drain_bytes: usize,
+    /// Largest accepted request header section (names + values), bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for GateOptions {
@@ -43,6 +45,7 @@ impl Default for GateOptions {
             read_timeout: Duration::from_secs(30),
             upstream_idle_timeout: Duration::from_secs(60),
             max_drain_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -116,6 +119,15 @@ impl Gate {
 
     /// Stages 1–6. `Ok` means: proxy it.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), Reject> {
+        let header_bytes: usize = session
+            .req_header()
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.opts.max_header_bytes {
+            return Err(Reject::HeadersTooLarge);
+        }
         let path = session.req_header().uri.path().to_owned();
         check_path(&path).map_err(Reject::BadRequest)?;
         let route = self.routes.find(&path).cloned().ok_or(Reject::NoRoute)?;

@@ -33,11 +33,9 @@ pub struct JwksUrlSource {
 }
 
 impl JwksUrlSource {
-    /// Fails on a URL that is not `http://` or `https://`. TLS is rustls on the
-    /// aws-lc-rs provider with the webpki root certificates.
+    /// Fails on a URL that is not `http://` or `https://`. TLS is rustls with the
+    /// webpki root certificates.
     pub fn new(url: &str) -> Result<Self, String> {
-        // Idempotent: the first call in the process installs the provider.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let parsed =
             reqwest::Url::parse(url).map_err(|e| format!("invalid JWKS URL {url:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
