@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     pub cache_ttl_seconds: u64,
     /// How long an unknown API key prefix is remembered as unknown.
     pub negative_cache_ttl_ms: u64,
+    /// While the store is unreachable, cached entries keep serving up to this age;
+    /// past it a lookup must reach the store or the request fails closed (503).
+    pub max_staleness_seconds: u64,
     /// How often a standalone proxy polls the store's change feed.
     pub change_poll_interval_ms: u64,
     /// Per-tenant metric labels are kept for the busiest K tenants; the rest are `other`.
@@ -71,6 +74,7 @@ impl Default for ProxyConfig {
             upstream_read_timeout_ms: 30_000,
             cache_ttl_seconds: 60,
             negative_cache_ttl_ms: 2_000,
+            max_staleness_seconds: 600,
             change_poll_interval_ms: 200,
             metrics_top_tenants: 20,
             max_token_bytes: 8_192,
@@ -413,6 +417,12 @@ impl Config {
             return e(
                 "proxy.change_poll_interval_ms",
                 "must be between 1 and 60000",
+            );
+        }
+        if self.proxy.max_staleness_seconds < self.proxy.cache_ttl_seconds {
+            return e(
+                "proxy.max_staleness_seconds",
+                "must be at least proxy.cache_ttl_seconds",
             );
         }
         if self.proxy.max_token_bytes < 256 {

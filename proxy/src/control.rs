@@ -59,10 +59,49 @@ pub struct CacheStats {
 /// One cached map with coalesced loads, negative entries and refresh-ahead.
 pub struct Cached<K, T> {
     name: &'static str,
+    /// Shared by all caches: until this instant (ms since `epoch`) misses fail fast
+    /// instead of each waiting on a store that just failed.
+    breaker: Arc<Breaker>,
     cache: Cache<K, Arc<Entry<T>>>,
     refreshing: moka::sync::Cache<K, ()>,
     settings: CacheSettings,
     pub stats: Arc<CacheStats>,
+}
+
+/// After a failed load, misses fail fast for a short while (the store is down;
+/// one background probe per window finds out when it is back).
+#[derive(Debug)]
+pub struct Breaker {
+    epoch: Instant,
+    open_until_ms: AtomicU64,
+    window: Duration,
+}
+
+impl Breaker {
+    pub fn new(window: Duration) -> Self {
+        Breaker {
+            epoch: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            window,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self) {
+        let until = self.now_ms() + u64::try_from(self.window.as_millis()).unwrap_or(1_000);
+        self.open_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.open_until_ms.store(0, Ordering::Relaxed);
+    }
 }
 
 impl<K, T> Cached<K, T>
@@ -70,9 +109,10 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Send + Sync + 'static,
 {
-    pub fn new(name: &'static str, settings: CacheSettings) -> Self {
+    pub fn new(name: &'static str, settings: CacheSettings, breaker: Arc<Breaker>) -> Self {
         Cached {
             name,
+            breaker,
             cache: Cache::builder().max_capacity(settings.max_entries).build(),
             refreshing: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -114,6 +154,10 @@ where
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if self.breaker.is_open() {
+            self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Unavailable);
+        }
         let stats = self.stats.clone();
         let res = self
             .cache
@@ -131,8 +175,12 @@ where
             })
             .await;
         match res {
-            Ok(e) => Ok(e.value.clone()),
+            Ok(e) => {
+                self.breaker.reset();
+                Ok(e.value.clone())
+            }
             Err(err) => {
+                self.breaker.trip();
                 tracing::warn!(cache = self.name, error = %err, "control-plane load failed");
                 Err(Unavailable)
             }
@@ -204,12 +252,13 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn new(store: Store, settings: CacheSettings) -> Self {
+        let breaker = Arc::new(Breaker::new(Duration::from_millis(500)));
         ControlPlane {
             store,
-            tenants: Cached::new("tenants", settings.clone()),
-            keys: Cached::new("api_keys", settings.clone()),
-            policies: Cached::new("policies", settings.clone()),
-            limits: Cached::new("rate_limits", settings),
+            tenants: Cached::new("tenants", settings.clone(), breaker.clone()),
+            keys: Cached::new("api_keys", settings.clone(), breaker.clone()),
+            policies: Cached::new("policies", settings.clone(), breaker.clone()),
+            limits: Cached::new("rate_limits", settings, breaker),
         }
     }
 
@@ -308,5 +357,140 @@ impl ControlPlane {
             (self.policies.name(), self.policies.stats.clone()),
             (self.limits.name(), self.limits.stats.clone()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn settings(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSettings {
+        CacheSettings {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(neg_ms),
+            max_staleness: Duration::from_millis(stale_ms),
+            max_entries: 1000,
+        }
+    }
+
+    fn cache(s: CacheSettings) -> Cached<String, u32> {
+        Cached::new(
+            "test",
+            s,
+            Arc::new(Breaker::new(Duration::from_millis(200))),
+        )
+    }
+
+    #[tokio::test]
+    async fn misses_are_coalesced_and_hits_do_not_load() {
+        let c = Arc::new(cache(settings(60_000, 1_000, 600_000)));
+        let loads = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let c = c.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                c.get(&"k".to_owned(), move || {
+                    let loads = loads.clone();
+                    async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Some(7))
+                    }
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().as_deref(), Some(&7));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_cached_negatively_for_a_short_time() {
+        let c = cache(settings(60_000, 100, 600_000));
+        let loads = Arc::new(AtomicU64::new(0));
+        let load = {
+            let loads = loads.clone();
+            move || {
+                let loads = loads.clone();
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok(None)
+                }
+            }
+        };
+        for _ in 0..10 {
+            assert!(c
+                .get(&"nope".to_owned(), load.clone())
+                .await
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(c.stats.negative_hits.load(Ordering::SeqCst), 9);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(c.get(&"nope".to_owned(), load).await.unwrap().is_none());
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_serve_while_the_store_is_down_until_max_staleness() {
+        let c = cache(settings(50, 50, 400));
+        let down = Arc::new(AtomicBool::new(false));
+        let load = {
+            let down = down.clone();
+            move || {
+                let down = down.clone();
+                async move {
+                    if down.load(Ordering::SeqCst) {
+                        Err(StoreError::Unavailable("down".into()))
+                    } else {
+                        Ok(Some(1))
+                    }
+                }
+            }
+        };
+        let k = "t".to_owned();
+        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
+        down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // past the TTL: still served (a background refresh fails quietly)
+        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // past max staleness: fail closed
+        assert_eq!(c.get(&k, load.clone()).await, Err(Unavailable));
+        // an unknown key while down: fail closed, fast (breaker)
+        let started = Instant::now();
+        assert_eq!(
+            c.get(&"other".to_owned(), load.clone()).await,
+            Err(Unavailable)
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // recovery
+        down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(c.get(&k, load).await.unwrap().as_deref(), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn invalidation_forces_a_reload() {
+        let c = cache(settings(60_000, 1_000, 600_000));
+        let v = Arc::new(AtomicU64::new(1));
+        let load = {
+            let v = v.clone();
+            move || {
+                let v = v.clone();
+                async move { Ok(Some(v.load(Ordering::SeqCst) as u32)) }
+            }
+        };
+        let k = "x".to_owned();
+        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
+        v.store(2, Ordering::SeqCst);
+        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
+        c.invalidate(&k).await;
+        assert_eq!(c.get(&k, load).await.unwrap().as_deref(), Some(&2));
     }
 }

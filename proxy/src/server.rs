@@ -65,6 +65,7 @@ pub fn build_gate(
     let settings = CacheSettings {
         ttl: Duration::from_secs(cfg.proxy.cache_ttl_seconds),
         negative_ttl: Duration::from_millis(cfg.proxy.negative_cache_ttl_ms),
+        max_staleness: Duration::from_secs(cfg.proxy.max_staleness_seconds),
         ..CacheSettings::default()
     };
     let control = Arc::new(ControlPlane::new(store.clone(), settings));
@@ -256,10 +257,19 @@ pub async fn flush_loop(
             _ = shutdown.changed() => break,
         }
         if Instant::now() < retry_at {
-            meter.seal_and_spill().await;
+            tokio::select! {
+                _ = meter.seal_and_spill() => {}
+                _ = shutdown.changed() => break,
+            }
             continue;
         }
-        match meter.flush(&shared.store).await {
+        // A flush against a hanging store must not hold up the shutdown flush; the
+        // meter is safe to interrupt (a batch leaves its queue only once applied).
+        let res = tokio::select! {
+            r = meter.flush(&shared.store) => r,
+            _ = shutdown.changed() => break,
+        };
+        match res {
             Ok(()) => {
                 backoff = interval;
                 retry_at = Instant::now();
@@ -435,7 +445,10 @@ pub async fn final_flush(meter: Arc<Meter>, store: Store, within: Duration) {
             }
         }
     }
-    match meter.spool_all().await {
+    let spooled = tokio::time::timeout(Duration::from_secs(5), meter.spool_all())
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()));
+    match spooled {
         Ok(n) => tracing::warn!(
             spooled_requests = n,
             "usage spooled to disk; the next start replays it into the store"
