@@ -375,7 +375,14 @@ impl Config {
                 } else {
                     key
                 };
-                err(&key, e.inner().to_string().replace('\n', " "))
+                let msg = e.inner().to_string().replace('\n', " ");
+                let msg = msg.trim();
+                // toml repeats the key at the end; it is already in front.
+                let msg = msg
+                    .strip_suffix(&format!("in `{key}`"))
+                    .map(str::trim_end)
+                    .unwrap_or(msg);
+                err(&key, msg.to_owned())
             })?;
         config
             .validate()

@@ -1,0 +1,79 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The binary's command line: config validation and its exit codes.
+
+use std::process::Command;
+
+fn tg(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tenantgate"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("tg_cli_{}", tenantgate_core::secrets::random_token(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs() {
+    for f in ["config/tenantgate.toml", "config/fleet.example.toml"] {
+        let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+        let (code, out, err) = tg(&["check-config", &path], &[]);
+        assert_eq!(code, 0, "{f}: {err}");
+        assert!(out.contains("ok"), "{out}");
+    }
+}
+
+#[test]
+fn bad_configs_exit_2_naming_the_key_in_one_line() {
+    let cases = [
+        ("[metering]\nflush_interval_ms = \"abc\"\n", "metering.flush_interval_ms"),
+        ("[proxy]\nlisten = \"nope\"\n", "proxy.listen"),
+        ("[ratelimit]\nbackend = \"memcached\"\n", "ratelimit.backend"),
+        ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+        ("[[routes]]\nprefix = \"/a/\"\nupstream = \"nohost\"\n", "routes[0].upstream"),
+        ("[proxy\n", "line"),
+    ];
+    for (text, key) in cases {
+        let p = write("bad.toml", text);
+        let (code, _, err) = tg(&["check-config", &p], &[]);
+        assert_eq!(code, 2, "{text:?}: {err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+        assert!(err.contains(&p), "names the file: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn admin_without_a_token_fails_naming_the_key() {
+    let p = write("admin.toml", "[admin]\nlisten = \"127.0.0.1:1\"\n");
+    let (code, _, err) = tg(&["admin", "--config", &p], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("admin.bootstrap_token"), "{err}");
+}
+
+#[test]
+fn env_overrides_are_validated_too() {
+    let p = write("ok.toml", "");
+    let (code, _, err) = tg(&["check-config", &p], &[("TENANTGATE__PROXY__THREADS", "0")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("proxy.threads"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = tg(&["check-config", "/nonexistent/tenantgate.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/tenantgate.toml"), "{err}");
+}
