@@ -10,7 +10,11 @@ use tenantgate_core::store::Store;
 mod up;
 
 #[derive(Parser)]
-#[command(name = "tenantgate", version, about = "Multi-tenancy enforcing edge proxy")]
+#[command(
+    name = "tenantgate",
+    version,
+    about = "Multi-tenancy enforcing edge proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -182,7 +186,11 @@ fn run(cli: Cli) -> Result<(), Fatal> {
                 path.display(),
                 cfg.routes.len(),
                 cfg.jwt.issuers.len(),
-                if cfg.store.url.starts_with("sqlite:") { "sqlite" } else { "postgres" }
+                if cfg.store.url.starts_with("sqlite:") {
+                    "sqlite"
+                } else {
+                    "postgres"
+                }
             );
             Ok(())
         }
@@ -227,7 +235,11 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             init_logging(&cfg);
             let rt = control_runtime()?;
             rt.block_on(async {
-                let url = cfg.upstream_demo.store_url.clone().unwrap_or(cfg.store.url.clone());
+                let url = cfg
+                    .upstream_demo
+                    .store_url
+                    .clone()
+                    .unwrap_or(cfg.store.url.clone());
                 let state = tenantgate_demo::init(&url)
                     .await
                     .map_err(|e| Fatal::runtime(format!("upstream_demo: {e}")))?;
@@ -248,7 +260,8 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             let rt = control_runtime()?;
             let store = rt.block_on(open_store(&cfg.store.url, cfg.store.max_connections))?;
             let (gate, balancers, shared) =
-                tenantgate_proxy::server::build_gate(&cfg, store, &cfg.routes).map_err(Fatal::runtime)?;
+                tenantgate_proxy::server::build_gate(&cfg, store, &cfg.routes)
+                    .map_err(Fatal::runtime)?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tenantgate_proxy::server::start_background(rt.handle(), &cfg, &shared, rx)
                 .map_err(Fatal::runtime)?;

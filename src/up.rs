@@ -1,7 +1,8 @@
 //! `tenantgate up`: the whole stack in one process on the embedded defaults.
 
 use crate::{
-    bind, check_listen_free, control_runtime, effective_routes, init_logging, load, open_store, Fatal,
+    bind, check_listen_free, control_runtime, effective_routes, init_logging, load, open_store,
+    Fatal,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -14,13 +15,17 @@ const TOKEN_SETTING: &str = "bootstrap_token_sha256";
 pub const DEMO_TENANT: &str = "demo";
 
 /// The admin token's digest, and the token itself when it was generated just now.
-async fn resolve_bootstrap(cfg: &Config, store: &Store) -> Result<([u8; 32], Option<String>), Fatal> {
+async fn resolve_bootstrap(
+    cfg: &Config,
+    store: &Store,
+) -> Result<([u8; 32], Option<String>), Fatal> {
     if let Some(t) = &cfg.admin.bootstrap_token {
         return Ok((Sha256::digest(t.as_bytes()).into(), None));
     }
     let err = |e: tenantgate_core::StoreError| Fatal::runtime(format!("store.url: {e}"));
     let decode = |hexed: &str| -> Result<[u8; 32], Fatal> {
-        let v = hex::decode(hexed).map_err(|_| Fatal::runtime("stored bootstrap token digest is corrupt"))?;
+        let v = hex::decode(hexed)
+            .map_err(|_| Fatal::runtime("stored bootstrap token digest is corrupt"))?;
         v.try_into()
             .map_err(|_| Fatal::runtime("stored bootstrap token digest is corrupt"))
     };
@@ -47,7 +52,8 @@ async fn resolve_bootstrap(cfg: &Config, store: &Store) -> Result<([u8; 32], Opt
 
 /// On first start: the `demo` tenant and a developer key for it (returned once).
 async fn seed_demo(cfg: &Config, store: &Store) -> Result<Option<String>, Fatal> {
-    let err = |e: tenantgate_core::StoreError| Fatal::runtime(format!("seeding the demo tenant: {e}"));
+    let err =
+        |e: tenantgate_core::StoreError| Fatal::runtime(format!("seeding the demo tenant: {e}"));
     if store.get_tenant(DEMO_TENANT).await.map_err(err)?.is_some() {
         return Ok(None);
     }
@@ -99,7 +105,11 @@ pub fn run(path: Option<&Path>) -> Result<(), Fatal> {
     let admin_state = rt
         .block_on(tenantgate_admin::build_state(store.clone(), opts))
         .map_err(|e| Fatal::runtime(e.to_string()))?;
-    let demo_url = cfg.upstream_demo.store_url.clone().unwrap_or(cfg.store.url.clone());
+    let demo_url = cfg
+        .upstream_demo
+        .store_url
+        .clone()
+        .unwrap_or(cfg.store.url.clone());
     let demo_state = rt
         .block_on(tenantgate_demo::init(&demo_url))
         .map_err(|e| Fatal::runtime(format!("upstream_demo: {e}")))?;
@@ -111,7 +121,8 @@ pub fn run(path: Option<&Path>) -> Result<(), Fatal> {
 
     let routes = effective_routes(&cfg);
     let (gate, balancers, shared) =
-        tenantgate_proxy::server::build_gate(&cfg, store.clone(), &routes).map_err(Fatal::runtime)?;
+        tenantgate_proxy::server::build_gate(&cfg, store.clone(), &routes)
+            .map_err(Fatal::runtime)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tenantgate_proxy::server::start_background(rt.handle(), &cfg, &shared, rx.clone())
         .map_err(Fatal::runtime)?;
@@ -146,10 +157,22 @@ fn print_banner(cfg: &Config, new_token: Option<&str>, demo_key: Option<&str>) {
     let proxy = cfg.proxy.listen;
     let mut s = String::new();
     s.push_str("tenantgate is up\n");
-    s.push_str(&format!("  proxy          http://{proxy}   (health, metrics: http://{}/health)\n", cfg.proxy.admin_listen));
-    s.push_str(&format!("  admin API      http://{}/v1\n", cfg.admin.listen));
-    s.push_str(&format!("  demo upstream  http://{}\n", cfg.upstream_demo.listen));
-    s.push_str(&format!("  store          {}\n", crate::redact_url(&cfg.store.url)));
+    s.push_str(&format!(
+        "  proxy          http://{proxy}   (health, metrics: http://{}/health)\n",
+        cfg.proxy.admin_listen
+    ));
+    s.push_str(&format!(
+        "  admin API      http://{}/v1\n",
+        cfg.admin.listen
+    ));
+    s.push_str(&format!(
+        "  demo upstream  http://{}\n",
+        cfg.upstream_demo.listen
+    ));
+    s.push_str(&format!(
+        "  store          {}\n",
+        crate::redact_url(&cfg.store.url)
+    ));
     match new_token {
         Some(t) => s.push_str(&format!(
             "  admin token    {t}\n                 (shown once; only its digest is stored. Set TENANTGATE_ADMIN_TOKEN to choose your own.)\n"
@@ -163,9 +186,13 @@ fn print_banner(cfg: &Config, new_token: Option<&str>, demo_key: Option<&str>) {
     }
     match demo_key {
         Some(k) => {
-            s.push_str(&format!("  demo API key   {k}   (tenant `demo`, role developer; shown once)\n"));
+            s.push_str(&format!(
+                "  demo API key   {k}   (tenant `demo`, role developer; shown once)\n"
+            ));
             s.push_str("\nTry:\n");
-            s.push_str(&format!("  curl -s -H 'X-API-Key: {k}' http://{proxy}/api/v1/whoami\n"));
+            s.push_str(&format!(
+                "  curl -s -H 'X-API-Key: {k}' http://{proxy}/api/v1/whoami\n"
+            ));
             s.push_str(&format!(
                 "  curl -s -H 'X-API-Key: {k}' -H 'content-type: application/json' -d '{{\"name\":\"hello\"}}' http://{proxy}/api/v1/resources\n"
             ));

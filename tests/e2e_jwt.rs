@@ -22,12 +22,18 @@ fn claims(tenant: &str, aud: &str, iss: &str, exp: i64) -> Value {
 
 /// A kid-less RS256 token (the PEM-file issuer has exactly one key).
 fn sign(key: &SigningKey, claims: &Value) -> String {
-    key.sign_with_header(&json!({"alg": "RS256", "typ": "JWT"}), claims).unwrap()
+    key.sign_with_header(&json!({"alg": "RS256", "typ": "JWT"}), claims)
+        .unwrap()
 }
 
 async fn status_with_bearer(s: &common::Stack, token: &str) -> (u16, Value) {
     let (st, _, v) = s
-        .call("GET", "/api/v1/whoami", &[("authorization", &format!("Bearer {token}"))], None)
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            &[("authorization", &format!("Bearer {token}"))],
+            None,
+        )
         .await;
     (st, v)
 }
@@ -35,7 +41,10 @@ async fn status_with_bearer(s: &common::Stack, token: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_tokens_and_external_issuer_tokens() {
     let idp = SigningKey::generate().unwrap();
-    let dir = std::env::temp_dir().join(format!("tg_jwt_e2e_{}", tenantgate_core::secrets::random_token(8)));
+    let dir = std::env::temp_dir().join(format!(
+        "tg_jwt_e2e_{}",
+        tenantgate_core::secrets::random_token(8)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let pem_path = dir.join("idp.pem");
     let pem = idp.public_key_pem().unwrap();
@@ -82,12 +91,39 @@ async fn login_tokens_and_external_issuer_tokens() {
         assert_eq!(v["error"]["code"], "invalid_token", "{v}");
     };
     // expired (beyond leeway), wrong audience, wrong issuer
-    expect_invalid(status_with_bearer(&s, &sign(&idp, &claims(&t, "tenantgate", IDP, now() - 3600))).await);
-    expect_invalid(status_with_bearer(&s, &sign(&idp, &claims(&t, "someone-else", IDP, now() + 300))).await);
-    expect_invalid(status_with_bearer(&s, &sign(&idp, &claims(&t, "tenantgate", "https://evil.test", now() + 300))).await);
+    expect_invalid(
+        status_with_bearer(
+            &s,
+            &sign(&idp, &claims(&t, "tenantgate", IDP, now() - 3600)),
+        )
+        .await,
+    );
+    expect_invalid(
+        status_with_bearer(
+            &s,
+            &sign(&idp, &claims(&t, "someone-else", IDP, now() + 300)),
+        )
+        .await,
+    );
+    expect_invalid(
+        status_with_bearer(
+            &s,
+            &sign(
+                &idp,
+                &claims(&t, "tenantgate", "https://evil.test", now() + 300),
+            ),
+        )
+        .await,
+    );
     // signed by another key
     let other = SigningKey::generate().unwrap();
-    expect_invalid(status_with_bearer(&s, &sign(&other, &claims(&t, "tenantgate", IDP, now() + 300))).await);
+    expect_invalid(
+        status_with_bearer(
+            &s,
+            &sign(&other, &claims(&t, "tenantgate", IDP, now() + 300)),
+        )
+        .await,
+    );
     // alg none
     let seg = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
     let none = format!(
@@ -106,10 +142,22 @@ async fn login_tokens_and_external_issuer_tokens() {
     expect_invalid(status_with_bearer(&s, &hs).await);
     // tampered payload: another tenant, original signature
     let parts: Vec<&str> = good.split('.').collect();
-    let forged = format!("{}.{}.{}", parts[0], seg(&claims("other", "tenantgate", IDP, now() + 300)), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        seg(&claims("other", "tenantgate", IDP, now() + 300)),
+        parts[2]
+    );
     expect_invalid(status_with_bearer(&s, &forged).await);
     // a token for a tenant that does not exist
-    let ghost = sign(&idp, &claims("ghost-tenant", "tenantgate", IDP, now() + 300));
+    let ghost = sign(
+        &idp,
+        &claims("ghost-tenant", "tenantgate", IDP, now() + 300),
+    );
     let (st, v) = status_with_bearer(&s, &ghost).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("unknown_tenant")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("unknown_tenant")),
+        "{v}"
+    );
 }

@@ -42,7 +42,10 @@ async fn api_key_path_scrubs_injects_and_isolates_tenants() {
     assert_eq!(v["request_id"], "req-e2e-1");
     let seen = v["headers"].as_object().unwrap();
     assert!(!seen.contains_key("x-tenant-assertion"), "{v}");
-    assert!(!seen.contains_key("x-api-key"), "the secret must not reach the upstream: {v}");
+    assert!(
+        !seen.contains_key("x-api-key"),
+        "the secret must not reach the upstream: {v}"
+    );
     assert_eq!(seen["x-tenant-id"], "acme");
     assert_eq!(h.get("x-request-id").unwrap(), "req-e2e-1");
     for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
@@ -51,13 +54,23 @@ async fn api_key_path_scrubs_injects_and_isolates_tenants() {
 
     // Bearer tg_… is an API key too.
     let (st, _, v) = s
-        .call("GET", "/api/v1/whoami", &[("authorization", &format!("Bearer {kb}"))], None)
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            &[("authorization", &format!("Bearer {kb}"))],
+            None,
+        )
         .await;
     assert_eq!((st, v["tenant_id"].as_str()), (200, Some("globex")));
 
     // Create as acme; globex can neither read, update nor delete it.
     let (st, _, created) = s
-        .call("POST", "/api/v1/resources", &[("x-api-key", &ka)], Some(json!({"name": "doc", "data": {"x": 1}})))
+        .call(
+            "POST",
+            "/api/v1/resources",
+            &[("x-api-key", &ka)],
+            Some(json!({"name": "doc", "data": {"x": 1}})),
+        )
         .await;
     assert_eq!(st, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -66,14 +79,24 @@ async fn api_key_path_scrubs_injects_and_isolates_tenants() {
     assert_eq!(s.with_key("GET", &path, &kb).await.0, 404);
     assert_eq!(s.with_key("DELETE", &path, &kb).await.0, 404);
     let (st, _, _) = s
-        .call("PUT", &path, &[("x-api-key", &kb)], Some(json!({"name": "pwned"})))
+        .call(
+            "PUT",
+            &path,
+            &[("x-api-key", &kb)],
+            Some(json!({"name": "pwned"})),
+        )
         .await;
     assert_eq!(st, 404);
     let (_, list_b) = s.with_key("GET", "/api/v1/resources", &kb).await;
     assert_eq!(list_b.as_array().unwrap().len(), 0);
     // Spoofing the tenant header does not help either.
     let (st, _, _) = s
-        .call("GET", &path, &[("x-api-key", &kb), ("x-tenant-id", "acme")], None)
+        .call(
+            "GET",
+            &path,
+            &[("x-api-key", &kb), ("x-tenant-id", "acme")],
+            None,
+        )
         .await;
     assert_eq!(st, 404);
     let (_, still) = s.with_key("GET", &path, &ka).await;
@@ -82,7 +105,12 @@ async fn api_key_path_scrubs_injects_and_isolates_tenants() {
     // read_only reads but cannot write.
     assert_eq!(s.with_key("GET", &path, &kro).await.0, 200);
     let (st, _, v) = s
-        .call("POST", "/api/v1/resources", &[("x-api-key", &kro)], Some(json!({"name": "no"})))
+        .call(
+            "POST",
+            "/api/v1/resources",
+            &[("x-api-key", &kro)],
+            Some(json!({"name": "no"})),
+        )
         .await;
     assert_eq!(st, 403);
     assert_eq!(v["error"]["code"], "forbidden");
@@ -98,28 +126,55 @@ async fn error_codes_follow_the_contract() {
     let (k, _) = s.key(&t, "developer").await;
 
     let (st, h, v) = s.call("GET", "/api/v1/whoami", &[], None).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     assert_eq!(h.get("www-authenticate").unwrap(), "Bearer");
     // a well-formed but unknown key, a malformed key, a revoked prefix
     let fake = tenantgate_core::secrets::generate_api_key().key;
     let (st, v) = s.with_key("GET", "/api/v1/whoami", &fake).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     let (st, v) = s.with_key("GET", "/api/v1/whoami", "tg_nope").await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     let tampered = format!("{}X", &k[..k.len() - 1]);
     let (st, v) = s.with_key("GET", "/api/v1/whoami", &tampered).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     let (st, _, v) = s
-        .call("GET", "/api/v1/whoami", &[("authorization", "Bearer not.a.jwt")], None)
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            &[("authorization", "Bearer not.a.jwt")],
+            None,
+        )
         .await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("invalid_token")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
     // two different credentials
     let (st, _, _) = s
-        .call("GET", "/api/v1/whoami", &[("authorization", "Bearer a.b.c"), ("x-api-key", &k)], None)
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            &[("authorization", "Bearer a.b.c"), ("x-api-key", &k)],
+            None,
+        )
         .await;
     assert_eq!(st, 401);
     // no route
-    let (st, _, v) = s.call("GET", "/nothing/here", &[("x-api-key", &k)], None).await;
+    let (st, _, v) = s
+        .call("GET", "/nothing/here", &[("x-api-key", &k)], None)
+        .await;
     assert_eq!((st, v["error"]["code"].as_str()), (404, Some("no_route")));
 
     // The connection survives a 401 (keep-alive): many rejections on one client.
@@ -129,7 +184,11 @@ async fn error_codes_follow_the_contract() {
 
     // Suspended tenant, then active again.
     let (st, _) = s
-        .admin("PATCH", &format!("/v1/tenants/{t}"), Some(json!({"status": "suspended"})))
+        .admin(
+            "PATCH",
+            &format!("/v1/tenants/{t}"),
+            Some(json!({"status": "suspended"})),
+        )
         .await;
     assert_eq!(st, 200);
     let took = eventually(Duration::from_secs(1), || async {
@@ -137,17 +196,28 @@ async fn error_codes_follow_the_contract() {
     })
     .await;
     assert!(took.is_some(), "suspension not effective within 1 s");
-    s.admin("PATCH", &format!("/v1/tenants/{t}"), Some(json!({"status": "active"})))
-        .await;
-    assert!(eventually(Duration::from_secs(1), || async { s.with_key("GET", "/api/v1/whoami", &k).await.0 == 200 })
-        .await
-        .is_some());
+    s.admin(
+        "PATCH",
+        &format!("/v1/tenants/{t}"),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(1), || async {
+        s.with_key("GET", "/api/v1/whoami", &k).await.0 == 200
+    })
+    .await
+    .is_some());
 
     // Deleted tenant: its keys stop working.
-    assert_eq!(s.admin("DELETE", &format!("/v1/tenants/{t}"), None).await.0, 204);
-    assert!(eventually(Duration::from_secs(1), || async { s.with_key("GET", "/api/v1/whoami", &k).await.0 == 401 })
-        .await
-        .is_some());
+    assert_eq!(
+        s.admin("DELETE", &format!("/v1/tenants/{t}"), None).await.0,
+        204
+    );
+    assert!(eventually(Duration::from_secs(1), || async {
+        s.with_key("GET", "/api/v1/whoami", &k).await.0 == 401
+    })
+    .await
+    .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +236,10 @@ async fn revocation_rotation_and_policy_changes_apply_within_a_second() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    let took = eventually(Duration::from_secs(1), || async { s.with_key("GET", "/api/v1/whoami", &k).await.0 == 403 }).await;
+    let took = eventually(Duration::from_secs(1), || async {
+        s.with_key("GET", "/api/v1/whoami", &k).await.0 == 403
+    })
+    .await;
     assert!(took.is_some(), "policy change not effective within 1 s");
     s.admin(
         "PUT",
@@ -174,13 +247,19 @@ async fn revocation_rotation_and_policy_changes_apply_within_a_second() {
         Some(json!({"permissions": [{"action": "*", "resource": "*"}]})),
     )
     .await;
-    assert!(eventually(Duration::from_secs(1), || async { s.with_key("GET", "/api/v1/whoami", &k).await.0 == 200 })
-        .await
-        .is_some());
+    assert!(eventually(Duration::from_secs(1), || async {
+        s.with_key("GET", "/api/v1/whoami", &k).await.0 == 200
+    })
+    .await
+    .is_some());
 
     // Rotation with grace: both work, then revoke the new one.
     let (st, v) = s
-        .admin("POST", &format!("/v1/tenants/{t}/api-keys/{kid}/rotate"), Some(json!({"grace_seconds": 60})))
+        .admin(
+            "POST",
+            &format!("/v1/tenants/{t}/api-keys/{kid}/rotate"),
+            Some(json!({"grace_seconds": 60})),
+        )
         .await;
     assert_eq!(st, 201, "{v}");
     let k2 = v["key"].as_str().unwrap().to_owned();
@@ -188,7 +267,9 @@ async fn revocation_rotation_and_policy_changes_apply_within_a_second() {
     assert_eq!(s.with_key("GET", "/api/v1/whoami", &k).await.0, 200);
     assert_eq!(s.with_key("GET", "/api/v1/whoami", &k2).await.0, 200);
 
-    let (st, _) = s.admin("DELETE", &format!("/v1/tenants/{t}/api-keys/{k2_id}"), None).await;
+    let (st, _) = s
+        .admin("DELETE", &format!("/v1/tenants/{t}/api-keys/{k2_id}"), None)
+        .await;
     assert_eq!(st, 204);
     let took = eventually(Duration::from_secs(1), || async {
         s.with_key("GET", "/api/v1/whoami", &k2).await.1["error"]["code"] == "invalid_api_key"
@@ -197,11 +278,19 @@ async fn revocation_rotation_and_policy_changes_apply_within_a_second() {
     assert!(took.is_some(), "revocation not effective within 1 s");
 
     // Rotation without grace: the old key dies at once.
-    let (st, v) = s.admin("POST", &format!("/v1/tenants/{t}/api-keys/{kid}/rotate"), None).await;
+    let (st, v) = s
+        .admin(
+            "POST",
+            &format!("/v1/tenants/{t}/api-keys/{kid}/rotate"),
+            None,
+        )
+        .await;
     assert_eq!(st, 201, "{v}");
-    assert!(eventually(Duration::from_secs(1), || async { s.with_key("GET", "/api/v1/whoami", &k).await.0 == 401 })
-        .await
-        .is_some());
+    assert!(eventually(Duration::from_secs(1), || async {
+        s.with_key("GET", "/api/v1/whoami", &k).await.0 == 401
+    })
+    .await
+    .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,20 +301,33 @@ async fn rate_limit_429_then_other_tenant_unaffected() {
     let (ka, _) = s.key(&a, "developer").await;
     let (kb, _) = s.key(&b, "developer").await;
     let (st, v) = s
-        .admin("PUT", &format!("/v1/tenants/{a}/rate-limit"), Some(json!({"max_requests": 5, "window_seconds": 60})))
+        .admin(
+            "PUT",
+            &format!("/v1/tenants/{a}/rate-limit"),
+            Some(json!({"max_requests": 5, "window_seconds": 60})),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     // wait for the change to reach the proxy's cache
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut codes = Vec::new();
     for _ in 0..6 {
-        codes.push(s.call("GET", "/api/v1/whoami", &[("x-api-key", &ka)], None).await);
+        codes.push(
+            s.call("GET", "/api/v1/whoami", &[("x-api-key", &ka)], None)
+                .await,
+        );
     }
     let statuses: Vec<u16> = codes.iter().map(|c| c.0).collect();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429], "{statuses:?}");
     let (_, h, v) = &codes[5];
     assert_eq!(v["error"]["code"], "rate_limited");
-    let retry: u64 = h.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    let retry: u64 = h
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     assert_eq!(h.get("ratelimit-remaining").unwrap(), "0");
     assert_eq!(codes[4].1.get("ratelimit-remaining").unwrap(), "0");
@@ -245,19 +347,32 @@ async fn sigterm_exits_zero_and_usage_is_metered() {
     }
     for _ in 0..3 {
         let (st, _, _) = s
-            .call("POST", "/api/v1/resources", &[("x-api-key", &kro)], Some(json!({"name": "x"})))
+            .call(
+                "POST",
+                "/api/v1/resources",
+                &[("x-api-key", &kro)],
+                Some(json!({"name": "x"})),
+            )
             .await;
         assert_eq!(st, 403);
     }
     let status = s.sigterm();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        s.log()
+    );
 
     // Restart on the same data: the usage is there, exactly.
     let dir = s.dir.clone();
     drop(s);
     let s2 = stack().dir(dir).start().await;
     let (st, v) = s2
-        .admin("GET", &format!("/v1/tenants/{t}/usage?granularity=day"), None)
+        .admin(
+            "GET",
+            &format!("/v1/tenants/{t}/usage?granularity=day"),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["totals"]["requests"], 10, "{v}");
