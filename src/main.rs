@@ -252,7 +252,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         }
         Cmd::Proxy { config } => {
             let cfg = load(config.as_deref())?;
-            check_supported(&cfg, &source_name(config.as_deref()))?;
             init_logging(&cfg);
             if cfg.routes.is_empty() {
                 tracing::warn!("no [[routes]] configured: every request will be 404 no_route");
@@ -274,19 +273,6 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         }
         Cmd::Up { config } => up::run(config.as_deref()),
     }
-}
-
-/// Settings the config model accepts but this build cannot honour yet.
-pub fn check_supported(cfg: &Config, source: &str) -> Result<(), Fatal> {
-    if cfg.ratelimit.backend == tenantgate_core::config::RateLimitBackend::Redis {
-        return Err(Fatal {
-            code: 2,
-            message: format!(
-                "config error in {source}: ratelimit.backend: \"redis\" is not available in this build yet; use \"local\""
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Pingora binds late and aborts on failure; check first so the error is ours.

@@ -87,7 +87,6 @@ async fn seed_demo(cfg: &Config, store: &Store) -> Result<Option<String>, Fatal>
 
 pub fn run(path: Option<&Path>) -> Result<(), Fatal> {
     let cfg = load(path)?;
-    crate::check_supported(&cfg, &crate::source_name(path))?;
     init_logging(&cfg);
     let rt = control_runtime()?;
     let store = rt.block_on(open_store(&cfg.store.url, cfg.store.max_connections))?;

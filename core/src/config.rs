@@ -144,10 +144,26 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Option<String>,
+    /// Budget of one rate-limit call; past it the call counts as failed (circuit breaker).
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Prefix of every key tenantgate writes.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            timeout_ms: 10,
+            connect_timeout_ms: 250,
+            key_prefix: "tenantgate:rl".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -472,6 +488,15 @@ impl Config {
             {
                 return e("redis.url", "must start with redis:// or rediss://");
             }
+        }
+        if !(1..=10_000).contains(&self.redis.timeout_ms) {
+            return e("redis.timeout_ms", "must be between 1 and 10000");
+        }
+        if !(1..=60_000).contains(&self.redis.connect_timeout_ms) {
+            return e("redis.connect_timeout_ms", "must be between 1 and 60000");
+        }
+        if self.redis.key_prefix.is_empty() {
+            return e("redis.key_prefix", "must not be empty");
         }
         if self.ratelimit.backend == RateLimitBackend::Redis && self.redis.url.is_none() {
             return e("redis.url", "required when ratelimit.backend = \"redis\"");

@@ -43,6 +43,8 @@ impl Default for CacheSettings {
 
 struct Entry<T> {
     value: Option<Arc<T>>,
+    /// When the load that produced this entry began (older than a change ⇒ stale).
+    started_at: Instant,
     loaded_at: Instant,
 }
 
@@ -162,9 +164,11 @@ where
         let res = self
             .cache
             .try_get_with(key.clone(), async move {
+                let started_at = Instant::now();
                 match load().await {
                     Ok(v) => Ok(Arc::new(Entry {
                         value: v.map(Arc::new),
+                        started_at,
                         loaded_at: Instant::now(),
                     })),
                     Err(e) => {
@@ -201,6 +205,7 @@ where
         let refreshing = self.refreshing.clone();
         let name = self.name;
         tokio::spawn(async move {
+            let started_at = Instant::now();
             match load().await {
                 Ok(v) => {
                     cache
@@ -208,6 +213,7 @@ where
                             key.clone(),
                             Arc::new(Entry {
                                 value: v.map(Arc::new),
+                                started_at,
                                 loaded_at: Instant::now(),
                             }),
                         )
@@ -220,15 +226,22 @@ where
         });
     }
 
-    /// Drops `key` now and once more shortly after, so a load that was already in
-    /// flight when the change happened cannot leave the old value behind.
+    /// Drops `key` now, and shortly after drops it again if the entry then cached
+    /// came from a load that began before the change (it may hold the old value).
+    /// Entries loaded after the change stay, so they keep serving if the store
+    /// goes down.
     pub async fn invalidate(&self, key: &K) {
+        let changed_at = Instant::now();
         self.cache.invalidate(key).await;
         let cache = self.cache.clone();
         let key = key.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            cache.invalidate(&key).await;
+            if let Some(e) = cache.get(&key).await {
+                if e.started_at < changed_at {
+                    cache.invalidate(&key).await;
+                }
+            }
         });
     }
 

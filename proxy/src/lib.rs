@@ -7,6 +7,7 @@ pub mod control;
 pub mod credential;
 pub mod headers;
 pub mod jwt;
+pub mod limiter;
 pub mod meter;
 pub mod metrics;
 pub mod ratelimit;

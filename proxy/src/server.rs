@@ -5,6 +5,7 @@
 
 use crate::control::{CacheSettings, ControlPlane};
 use crate::jwt::{IssuerSpec, JwtVerifier};
+use crate::limiter::{Limiter, RedisLimiterOptions};
 use crate::meter::Meter;
 use crate::metrics::ProxyMetrics;
 use crate::ratelimit::{LocalLimiter, MonotonicClock};
@@ -22,7 +23,7 @@ use pingora::services::background::{background_service, GenBackgroundService};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::config::{Config, RouteConfig};
+use tenantgate_core::config::{Config, RateLimitBackend, RouteConfig};
 use tenantgate_core::store::Store;
 use tokio::sync::watch;
 
@@ -35,6 +36,8 @@ pub struct ProxyShared {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Arc<LocalLimiter>,
+    /// The rate limiter the gate uses (local, or Redis with the local one as fallback).
+    pub rate: Limiter,
     pub login_issuer: String,
 }
 
@@ -87,11 +90,31 @@ pub fn build_gate(
     let metrics =
         Arc::new(ProxyMetrics::new(cfg.proxy.metrics_top_tenants).map_err(|e| e.to_string())?);
     let limiter = Arc::new(LocalLimiter::new(Arc::new(MonotonicClock::default())));
+    let rate = match cfg.ratelimit.backend {
+        RateLimitBackend::Local => Limiter::local(limiter.clone()),
+        RateLimitBackend::Redis => {
+            let url = cfg.redis.url.as_deref().ok_or_else(|| {
+                "redis.url: required when ratelimit.backend = \"redis\"".to_owned()
+            })?;
+            Limiter::redis_lazy(
+                url,
+                meter.node_id(),
+                cfg.ratelimit.fail_mode,
+                limiter.clone(),
+                RedisLimiterOptions {
+                    key_prefix: cfg.redis.key_prefix.clone(),
+                    call_timeout: Duration::from_millis(cfg.redis.timeout_ms),
+                    connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
+                    ..RedisLimiterOptions::default()
+                },
+            )?
+        }
+    };
     let gate = Gate {
         routes: RouteTable::from_routes(built),
         control: control.clone(),
         jwt: jwt.clone(),
-        limiter: limiter.clone(),
+        limiter: rate.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
         pepper: cfg.api_key_pepper().map(<[u8]>::to_vec),
@@ -108,6 +131,7 @@ pub fn build_gate(
         meter,
         metrics,
         limiter,
+        rate,
         login_issuer: cfg.admin.issuer.clone(),
     };
     Ok((gate, balancers, shared))
@@ -329,10 +353,9 @@ async fn health(State(s): State<ProxyShared>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<ProxyShared>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&s.control, &s.meter),
-    )
+    let mut body = s.metrics.render(&s.control, &s.meter);
+    body.push_str(&s.rate.stats().render_prometheus());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 /// Starts the background tasks and the admin listener on `rt`.
@@ -366,6 +389,7 @@ pub fn start_background(
         shutdown.clone(),
     ));
     rt.spawn(sweep_loop(shared.clone(), shutdown.clone()));
+    shared.rate.spawn_background(rt, shutdown.clone());
     let app = admin_router(shared.clone());
     let mut sd = shutdown;
     rt.spawn(async move {

@@ -9,9 +9,10 @@ use crate::control::ControlPlane;
 use crate::credential::{self, Credential};
 use crate::headers::{self, AuthMethod, Principal, X_API_KEY, X_REQUEST_ID};
 use crate::jwt::JwtVerifier;
+use crate::limiter::{LimitError, Limiter};
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
-use crate::ratelimit::{Decision, LocalLimiter};
+use crate::ratelimit::Decision;
 use crate::reject::Reject;
 use crate::route::{check_path, Route, RouteTable};
 use async_trait::async_trait;
@@ -54,7 +55,7 @@ pub struct Gate {
     pub routes: RouteTable,
     pub control: Arc<ControlPlane>,
     pub jwt: Arc<JwtVerifier>,
-    pub limiter: Arc<LocalLimiter>,
+    pub limiter: Limiter,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub pepper: Option<Vec<u8>>,
@@ -178,7 +179,11 @@ impl Gate {
             .map_err(|_| Reject::Unavailable)?
             .map(|l| *l)
             .unwrap_or_else(|| tenant.tier.default_rate_limit());
-        let decision = self.limiter.check(&tenant.id, &limit);
+        let decision = self
+            .limiter
+            .check(&tenant.id, &limit)
+            .await
+            .map_err(|LimitError::Unavailable| Reject::Unavailable)?;
         ctx.decision = Some(decision);
         if !decision.allowed {
             return Err(Reject::RateLimited(decision));
