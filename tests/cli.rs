@@ -18,7 +18,10 @@ fn tg(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 fn write(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("tg_cli_{}", tenantgate_core::secrets::random_token(8)));
+    let dir = std::env::temp_dir().join(format!(
+        "tg_cli_{}",
+        tenantgate_core::secrets::random_token(8)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -38,11 +41,20 @@ fn check_config_accepts_the_shipped_configs() {
 #[test]
 fn bad_configs_exit_2_naming_the_key_in_one_line() {
     let cases = [
-        ("[metering]\nflush_interval_ms = \"abc\"\n", "metering.flush_interval_ms"),
+        (
+            "[metering]\nflush_interval_ms = \"abc\"\n",
+            "metering.flush_interval_ms",
+        ),
         ("[proxy]\nlisten = \"nope\"\n", "proxy.listen"),
-        ("[ratelimit]\nbackend = \"memcached\"\n", "ratelimit.backend"),
+        (
+            "[ratelimit]\nbackend = \"memcached\"\n",
+            "ratelimit.backend",
+        ),
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
-        ("[[routes]]\nprefix = \"/a/\"\nupstream = \"nohost\"\n", "routes[0].upstream"),
+        (
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"nohost\"\n",
+            "routes[0].upstream",
+        ),
         ("[proxy\n", "line"),
     ];
     for (text, key) in cases {
@@ -66,7 +78,10 @@ fn admin_without_a_token_fails_naming_the_key() {
 #[test]
 fn env_overrides_are_validated_too() {
     let p = write("ok.toml", "");
-    let (code, _, err) = tg(&["check-config", &p], &[("TENANTGATE__PROXY__THREADS", "0")]);
+    let (code, _, err) = tg(
+        &["check-config", &p],
+        &[("TENANTGATE__PROXY__THREADS", "0")],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("proxy.threads"), "{err}");
 }

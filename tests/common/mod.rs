@@ -161,16 +161,30 @@ impl Stack {
                         break;
                     }
                 }
-                assert!(Instant::now() < deadline, "{url} not ready; log:\n{}", self.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} not ready; log:\n{}",
+                    self.log()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         // The proxy port itself (Pingora binds a little after the admin listener).
         loop {
-            if self.http.get(format!("{}/", self.proxy)).send().await.is_ok() {
+            if self
+                .http
+                .get(format!("{}/", self.proxy))
+                .send()
+                .await
+                .is_ok()
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "proxy not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "proxy not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -180,7 +194,13 @@ impl Stack {
         self.admin_as(TOKEN, method, path, body).await
     }
 
-    pub async fn admin_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn admin_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .http
@@ -220,7 +240,10 @@ impl Stack {
             )
             .await;
         assert_eq!(s, 201, "{v}");
-        (v["key"].as_str().unwrap().to_owned(), v["id"].as_str().unwrap().to_owned())
+        (
+            v["key"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// A proxied request: `(status, headers, json body)`.
@@ -243,7 +266,11 @@ impl Stack {
         let status = r.status().as_u16();
         let h = r.headers().clone();
         let text = r.text().await.unwrap();
-        (status, h, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (
+            status,
+            h,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn with_key(&self, method: &str, path: &str, key: &str) -> (u16, Value) {
