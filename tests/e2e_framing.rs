@@ -11,7 +11,8 @@ use std::time::Duration;
 fn raw(base: &str, data: &[u8]) -> String {
     let addr = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     s.write_all(data).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
@@ -25,7 +26,9 @@ fn raw(base: &str, data: &[u8]) -> String {
 }
 
 fn status_lines(resp: &str) -> Vec<&str> {
-    resp.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect()
+    resp.lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,14 +64,21 @@ async fn framing_abuse_is_refused() {
     assert!(!smuggle.contains("\"tenant_id\":\"evil\""), "{smuggle}");
     // Oversized header section: 431 in the JSON shape (or refused by the HTTP layer).
     assert!(
-        big.starts_with("HTTP/1.1 431") && big.contains("headers_too_large") || big.starts_with("HTTP/1.1 400"),
+        big.starts_with("HTTP/1.1 431") && big.contains("headers_too_large")
+            || big.starts_with("HTTP/1.1 400"),
         "{big}"
     );
     assert!(dup_cl.starts_with("HTTP/1.1 400"), "{dup_cl}");
     assert!(space.starts_with("HTTP/1.1 400"), "{space}");
-    assert!(dots.starts_with("HTTP/1.1 400") && dots.contains("bad_request"), "{dots}");
+    assert!(
+        dots.starts_with("HTTP/1.1 400") && dots.contains("bad_request"),
+        "{dots}"
+    );
     assert!(encoded.starts_with("HTTP/1.1 400"), "{encoded}");
-    assert!(fold.starts_with("HTTP/1.1 400") || !fold.contains("\"tenant_id\":\"evil\""), "{fold}");
+    assert!(
+        fold.starts_with("HTTP/1.1 400") || !fold.contains("\"tenant_id\":\"evil\""),
+        "{fold}"
+    );
 
     // The proxy is still healthy and correct afterwards.
     let (st, v) = s.with_key("GET", "/api/v1/whoami", &key).await;
