@@ -114,7 +114,7 @@ async fn two_proxies_share_one_redis_limit() {
         db.cleanup().await;
         return;
     }
-    let mut f = fleet::Fleet::start(
+    let f = fleet::Fleet::start(
         &db.url,
         2,
         "[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout_ms = 200\n[ratelimit]\nbackend = \"redis\"\nfail_mode = \"open\"\n",

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench load_helper -- keygen --dir DIR
 //! cargo bench --bench load_helper -- mint   --dir DIR --out FILE --count N [--tenants N]
-//!                                           [--tenant-prefix P] [--tenant T] [--exp-secs S]
+//!                                           [--tenant-prefix P] [--tenant T] [--exp-in S]
 //! cargo bench --bench load_helper -- setup  --admin URL --token T --out DIR
 //!                                           [--tenants N] [--keys-per-tenant K]
 //! cargo bench --bench load_helper -- seed   --db URL --out FILE
@@ -15,7 +15,8 @@
 //!   `kid`, `public.pem` (tenantgate `public_key_file`, HAProxy `jwt_verify`) and
 //!   `jwks.json` (Envoy `local_jwks`). Kept if already there.
 //! - `mint`: `count` distinct RS256 tokens (one per line), round-robin over the
-//!   tenants `{prefix}000`…, role `developer`, signed on all cores.
+//!   tenants `{prefix}000`…, role `developer`, signed on all cores; `exp` is
+//!   `--exp-in` seconds from now (default a day; negative: already expired).
 //! - `setup`: through the admin API: `tenants` enterprise tenants `bench-000`… with
 //!   `keys-per-tenant` developer keys each and a 10^9/s rate limit (`keys.txt`), a
 //!   one-key tenant `bench-solo` (`solo.txt`) and a tenant `bench-tiny` limited to
@@ -154,7 +155,14 @@ fn mint(a: &Args) -> Res<()> {
     let tenants = a.num("tenants", 100)?.max(1) as usize;
     let prefix = a.opt("tenant-prefix").unwrap_or("bench-").to_owned();
     let fixed = a.opt("tenant").map(str::to_owned);
-    let exp = chrono::Utc::now().timestamp() + a.num("exp-secs", 86_400)? as i64;
+    let exp_in: i64 = match a.opt("exp-in") {
+        None => 86_400,
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("--exp-in: not a number: {v}"))?,
+    };
+    let now = chrono::Utc::now().timestamp();
+    let exp = now + exp_in;
     let key = load_key(&dir)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     // A per-run nonce keeps tokens of different mint runs distinct.
@@ -178,7 +186,7 @@ fn mint(a: &Args) -> Res<()> {
                             let claims = json!({
                                 "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{i}"),
                                 "tenant_id": tenant, "role": "developer",
-                                "iat": exp - 86_400, "exp": exp, "jti": format!("{nonce}-{i}"),
+                                "iat": now - 60, "exp": exp, "jti": format!("{nonce}-{i}"),
                             });
                             key.sign(&claims).expect("sign")
                         })

@@ -39,9 +39,9 @@ while (($#)); do
 done
 
 if ((QUICK)); then
-    DUR=3 WARM=1 UNCACHED_TOKENS=40000 SCALE_WARM=12
+    DUR=3 WARM=1 SCALE_WARM=12
 else
-    DUR=10 WARM=2 UNCACHED_TOKENS=150000 SCALE_WARM=20
+    DUR=10 WARM=2 SCALE_WARM=20
 fi
 WRK_THREADS=2 WRK_CONNS=64
 N_TENANTS=100 KEYS_PER_TENANT=10
@@ -161,16 +161,18 @@ for l in sys.stdin:
 [ -x "$HELPER" ] || die "could not build the load helper (cargo bench --bench load_helper --no-run)"
 
 # ---- keys and tokens (cached across runs; tokens live 24 h, remade after 12 h) --------
+# The uncached-JWT rows need every request to be fully verified. Minting a distinct
+# RS256 token per request is far too slow (~1 ms of CPU each), so they use tokens that
+# expired two seconds ago: tenantgate accepts them within its leeway (60 s here) but
+# never caches a token that is valid only thanks to the leeway, so each request pays
+# hash + cache misses + parse + signature + claims. Envoy's rows use a provider
+# without a verified-token cache; HAProxy 2.6 has no such cache at all.
 KEYDIR="$CACHE/keys"
 "$HELPER" keygen --dir "$KEYDIR"
 fresh() { [ -s "$1" ] && [ -z "$(find "$1" -mmin +720)" ]; }
 JWT_CACHED="$CACHE/jwt-cached.txt"
-JWT_UNCACHED="$CACHE/jwt-uncached-$UNCACHED_TOKENS.txt"
+JWT_LEEWAY="$WORK/jwt-leeway.txt"
 fresh "$JWT_CACHED" || "$HELPER" mint --dir "$KEYDIR" --out "$JWT_CACHED" --count 1000 --tenants "$N_TENANTS"
-if ! fresh "$JWT_UNCACHED"; then
-    log "minting $UNCACHED_TOKENS distinct RS256 tokens (once; cached for 12 h)"
-    "$HELPER" mint --dir "$KEYDIR" --out "$JWT_UNCACHED" --count "$UNCACHED_TOKENS" --tenants "$N_TENANTS"
-fi
 "$HELPER" mint --dir "$KEYDIR" --out "$WORK/jwt-tiny.txt" --count 1 --tenant bench-tiny 2>/dev/null
 NONE_FILE="$WORK/none.txt"
 : >"$NONE_FILE"
@@ -214,6 +216,9 @@ data_dir = "$WORK/data"
 
 [log]
 level = "warn"
+
+[jwt]
+leeway_seconds = 60
 
 [[jwt.issuers]]
 issuer = "https://idp.bench.local"
@@ -341,9 +346,10 @@ run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
     "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200
 run tg_jwt_cached "JWT cached, 1000 tokens" tenantgate jwt "$TGP" \
     "$U:$TG_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+"$HELPER" mint --dir "$KEYDIR" --out "$JWT_LEEWAY" --count 1000 --tenants "$N_TENANTS" --exp-in -2 2>/dev/null
 perf_run jwt_uncached "$TGP"
-run tg_jwt_uncached "JWT uncached (each token once)" tenantgate jwt_uncached "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
+run tg_jwt_uncached "JWT uncached (full verify each request)" tenantgate jwt_uncached "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$JWT_LEEWAY" bearer seq 200 "$JWT_CACHED"
 perf_done jwt_uncached
 run tg_401 "401 no credential" tenantgate 401 "$TGP" \
     "$U:$TG_PORT/api/v1/echo" "$NONE_FILE" none seq 401
@@ -355,10 +361,8 @@ run tg_429 "429 (tenant over its limit)" tenantgate 429 "$TGP" \
 if ((PEERS)); then
     run hap_pass "HAProxy passthrough" haproxy passthrough "$HAPROXY_PID" \
         "$U:$HAPROXY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
-    run hap_jwt "HAProxy JWT (1000 tokens)" haproxy jwt "$HAPROXY_PID" \
+    run hap_jwt "HAProxy JWT (1000 tokens; never cached)" haproxy jwt "$HAPROXY_PID" \
         "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
-    run hap_jwt_uncached "HAProxy JWT (each token once)" haproxy jwt_uncached "$HAPROXY_PID" \
-        "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
     run hap_401 "HAProxy 401 no credential" haproxy 401 "$HAPROXY_PID" \
         "$U:$HAPROXY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
     run hap_429 "HAProxy 429" haproxy 429 "$HAPROXY_PID" \
@@ -366,10 +370,10 @@ if ((PEERS)); then
     if [ -n "$ENVOY_PID" ]; then
         run env_pass "Envoy passthrough" envoy passthrough "$ENVOY_PID" \
             "$U:$ENVOY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
-        run env_jwt "Envoy JWT (1000 tokens)" envoy jwt "$ENVOY_PID" \
+        run env_jwt "Envoy JWT (1000 tokens, token cache)" envoy jwt "$ENVOY_PID" \
             "$U:$ENVOY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
-        run env_jwt_uncached "Envoy JWT (each token once)" envoy jwt_uncached "$ENVOY_PID" \
-            "$U:$ENVOY_PORT/api/v1/echo" "$JWT_UNCACHED" bearer seq 200 "$JWT_CACHED"
+        run env_jwt_uncached "Envoy JWT, no token cache" envoy jwt_uncached "$ENVOY_PID" \
+            "$U:$ENVOY_PORT/nocache/echo" "$JWT_CACHED" bearer seq 200
         run env_401 "Envoy 401 no credential" envoy 401 "$ENVOY_PID" \
             "$U:$ENVOY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
         run env_429 "Envoy 429" envoy 429 "$ENVOY_PID" \

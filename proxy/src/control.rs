@@ -257,6 +257,10 @@ where
 /// The caches the hot path reads.
 pub struct ControlPlane {
     store: Store,
+    /// Age of the last applied change when it was applied (commit → invalidation), ms.
+    last_change_lag_ms: AtomicU64,
+    max_change_lag_ms: AtomicU64,
+    changes_applied: AtomicU64,
     pub tenants: Cached<String, Tenant>,
     pub keys: Cached<String, ApiKeyRecord>,
     pub policies: Cached<(String, String), Policy>,
@@ -268,6 +272,9 @@ impl ControlPlane {
         let breaker = Arc::new(Breaker::new(Duration::from_millis(500)));
         ControlPlane {
             store,
+            last_change_lag_ms: AtomicU64::new(0),
+            max_change_lag_ms: AtomicU64::new(0),
+            changes_applied: AtomicU64::new(0),
             tenants: Cached::new("tenants", settings.clone(), breaker.clone()),
             keys: Cached::new("api_keys", settings.clone(), breaker.clone()),
             policies: Cached::new("policies", settings.clone(), breaker.clone()),
@@ -337,6 +344,11 @@ impl ControlPlane {
 
     /// Applies one change event. Returns true when signing keys changed.
     pub async fn apply(&self, c: &Change) -> bool {
+        let lag = u64::try_from(tenantgate_core::time::now_ms().saturating_sub(c.created_at_ms))
+            .unwrap_or(0);
+        self.last_change_lag_ms.store(lag, Ordering::Relaxed);
+        self.max_change_lag_ms.fetch_max(lag, Ordering::Relaxed);
+        self.changes_applied.fetch_add(1, Ordering::Relaxed);
         match c.kind {
             ChangeKind::Tenant => {
                 self.tenants.invalidate(&c.tenant_id).await;
@@ -361,6 +373,25 @@ impl ControlPlane {
         self.keys.invalidate_all();
         self.policies.invalidate_all();
         self.limits.invalidate_all();
+    }
+
+    /// Prometheus text for change propagation: how stale the caches can be.
+    pub fn render_prometheus(&self) -> String {
+        let secs = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64 / 1000.0;
+        format!(
+            "# HELP tenantgate_proxy_change_lag_seconds Age of the last control-plane change when this proxy applied it\n\
+             # TYPE tenantgate_proxy_change_lag_seconds gauge\n\
+             tenantgate_proxy_change_lag_seconds {}\n\
+             # HELP tenantgate_proxy_change_lag_max_seconds Largest change age seen at application since start\n\
+             # TYPE tenantgate_proxy_change_lag_max_seconds gauge\n\
+             tenantgate_proxy_change_lag_max_seconds {}\n\
+             # HELP tenantgate_proxy_changes_applied_total Control-plane changes applied to the caches\n\
+             # TYPE tenantgate_proxy_changes_applied_total counter\n\
+             tenantgate_proxy_changes_applied_total {}\n",
+            secs(&self.last_change_lag_ms),
+            secs(&self.max_change_lag_ms),
+            self.changes_applied.load(Ordering::Relaxed)
+        )
     }
 
     pub fn all_stats(&self) -> [(&'static str, Arc<CacheStats>); 4] {

@@ -119,49 +119,85 @@ impl ProxyMetrics {
                 );
             }
         }
-        let now = tenantgate_core::time::now_ms();
-        let last = meter.last_flush_ms.load(Ordering::Relaxed);
-        let lag = if last == 0 {
-            0.0
-        } else {
-            (now - last) as f64 / 1000.0
-        };
+        let st = meter.stats();
         for (name, kind, help, v) in [
             (
                 "tenantgate_metering_recorded_total",
                 "counter",
                 "Requests recorded by metering",
-                meter.recorded.load(Ordering::Relaxed) as f64,
+                st.recorded as f64,
             ),
             (
                 "tenantgate_metering_flushed_total",
                 "counter",
                 "Requests flushed to the store",
-                meter.flushed_requests.load(Ordering::Relaxed) as f64,
+                st.flushed_requests as f64,
             ),
             (
                 "tenantgate_metering_dropped_total",
                 "counter",
-                "Requests dropped past the queue bound",
-                meter.dropped_requests.load(Ordering::Relaxed) as f64,
+                "Requests dropped past the memory and disk bounds",
+                st.dropped_requests as f64,
+            ),
+            (
+                "tenantgate_metering_dropped_batches_total",
+                "counter",
+                "Batches dropped past the memory and disk bounds",
+                st.dropped_batches as f64,
             ),
             (
                 "tenantgate_metering_flush_failures_total",
                 "counter",
                 "Failed flush attempts",
-                meter.flush_failures.load(Ordering::Relaxed) as f64,
+                st.flush_failures as f64,
+            ),
+            (
+                "tenantgate_metering_spool_errors_total",
+                "counter",
+                "Spool files that could not be written or read",
+                st.spool_write_errors as f64,
+            ),
+            (
+                "tenantgate_metering_spool_corrupt_lines_total",
+                "counter",
+                "Spool lines skipped as torn or corrupt",
+                st.spool_corrupt_lines as f64,
             ),
             (
                 "tenantgate_metering_pending_requests",
                 "gauge",
-                "Requests recorded and not yet flushed",
-                meter.pending_requests() as f64,
+                "Requests recorded and not yet in the store (memory and spool)",
+                st.pending_requests as f64,
+            ),
+            (
+                "tenantgate_metering_queued_batches",
+                "gauge",
+                "Sealed batches waiting in memory",
+                st.queued_batches as f64,
+            ),
+            (
+                "tenantgate_metering_spool_bytes",
+                "gauge",
+                "Bytes of usage spooled to disk",
+                st.spool_bytes as f64,
+            ),
+            (
+                "tenantgate_metering_spool_batches",
+                "gauge",
+                "Batches spooled to disk waiting for the store",
+                st.spool_batches as f64,
+            ),
+            (
+                "tenantgate_metering_spool_files",
+                "gauge",
+                "Spool files waiting for the store",
+                st.spool_files as f64,
             ),
             (
                 "tenantgate_metering_flush_lag_seconds",
                 "gauge",
-                "Seconds since the last successful flush",
-                lag,
+                "Seconds since metering was last fully caught up with the store",
+                st.flush_lag_ms as f64 / 1000.0,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

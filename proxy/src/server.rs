@@ -86,7 +86,11 @@ pub fn build_gate(
         .node_id
         .clone()
         .unwrap_or_else(|| format!("proxy-{}", uuid::Uuid::new_v4()));
-    let meter = Arc::new(Meter::new(node_id));
+    let meter = Arc::new(Meter::with_spool(
+        node_id,
+        cfg.store.data_dir.join("spool"),
+        crate::meter::SpoolLimits::default(),
+    ));
     let metrics =
         Arc::new(ProxyMetrics::new(cfg.proxy.metrics_top_tenants).map_err(|e| e.to_string())?);
     let limiter = Arc::new(LocalLimiter::new(Arc::new(MonotonicClock::default())));
@@ -355,6 +359,7 @@ async fn health(State(s): State<ProxyShared>) -> impl IntoResponse {
 async fn metrics(State(s): State<ProxyShared>) -> impl IntoResponse {
     let mut body = s.metrics.render(&s.control, &s.meter);
     body.push_str(&s.rate.stats().render_prometheus());
+    body.push_str(&s.control.render_prometheus());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
