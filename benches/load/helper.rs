@@ -20,7 +20,9 @@
 //! - `setup`: through the admin API: `tenants` enterprise tenants `bench-000`… with
 //!   `keys-per-tenant` developer keys each and a 10^9/s rate limit (`keys.txt`), a
 //!   one-key tenant `bench-solo` (`solo.txt`) and a tenant `bench-tiny` limited to
-//!   1 request per hour (`tiny.txt`).
+//!   1 request per hour (`tiny.txt`), and for the Redis over-admission runs
+//!   `bench-oa2` / `bench-oa4` limited to `OVERADMIT_LIMIT` per hour (`oa2.txt`,
+//!   `oa4.txt`).
 //! - `seed`: the scale data set written straight into a store with
 //!   `Store::create_tenant`/`create_api_key` (digests as the admin API makes them):
 //!   tenants `scale-00000`…, their keys in `--out`.
@@ -42,6 +44,8 @@ use tenantgate_core::store::{NewTenant, Store};
 pub const ISSUER: &str = "https://idp.bench.local";
 pub const AUDIENCE: &str = "tenantgate";
 const HIGH_LIMIT: u64 = 1_000_000_000;
+/// The hourly limit of the over-admission tenants (run.sh reads it from here).
+const OVERADMIT_LIMIT: u64 = 5_000;
 
 type Res<T> = Result<T, String>;
 
@@ -314,6 +318,13 @@ async fn setup(a: &Args) -> Res<()> {
     let solo = admin.key("bench-solo", "solo").await?;
     admin.tenant("bench-tiny", (1, 3600)).await?;
     let tiny = admin.key("bench-tiny", "tiny").await?;
+    // The over-admission runs: one tenant per proxy count, OVERADMIT_LIMIT per hour.
+    for n in [2, 4] {
+        let id = format!("bench-oa{n}");
+        admin.tenant(&id, (OVERADMIT_LIMIT, 3600)).await?;
+        let k = admin.key(&id, "oa").await?;
+        write(&out.join(format!("oa{n}.txt")), format!("{k}\n").as_bytes())?;
+    }
     // Interleave tenants so that consecutive requests hit different tenants.
     let mut interleaved = Vec::with_capacity(keys.len());
     for k in 0..per {
@@ -328,7 +339,7 @@ async fn setup(a: &Args) -> Res<()> {
     write(&out.join("solo.txt"), format!("{solo}\n").as_bytes())?;
     write(&out.join("tiny.txt"), format!("{tiny}\n").as_bytes())?;
     eprintln!(
-        "setup: {tenants} tenants x {per} keys (+ solo, tiny) in {:.1}s",
+        "setup: {tenants} tenants x {per} keys (+ solo, tiny, oa2, oa4) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,7 +1,7 @@
 -- Multi-tenant traffic for wrk: every request carries the next credential of a list,
 -- so consecutive requests come from different tenants and keys.
 --
---   wrk -t2 -c64 -d10s -s multi.lua URL -- FILE MODE ORDER THREADS [LABEL]
+--   wrk -t2 -c64 -d10s -s multi.lua URL -- FILE MODE ORDER THREADS [LABEL [OFFSET]]
 --
 -- FILE    one credential per line, or "-" for none
 -- MODE    apikey (X-API-Key: …), bearer (Authorization: Bearer …) or none
@@ -9,6 +9,7 @@
 --         of them no credential is sent twice (the uncached-JWT run relies on it);
 --         random: uniformly drawn
 -- THREADS the wrk -t value (for the stride)
+-- OFFSET  seq only: start at this index (to continue where an earlier run stopped)
 --
 -- done() prints one line `RESULT {json}`: requests, rps, latency percentiles (ms),
 -- socket errors, non-2xx/3xx count, and how many credentials were sent vs distinct.
@@ -28,6 +29,7 @@ local mode = "none"
 local order = "seq"
 local stride = 1
 local label = ""
+local offset = 0
 sent = 0
 
 function init(args)
@@ -36,6 +38,7 @@ function init(args)
    order = args[3] or "seq"
    stride = tonumber(args[4] or "1") or 1
    label = args[5] or ""
+   offset = tonumber(args[6] or "0") or 0
    if file ~= "-" then
       for line in io.lines(file) do
          if #line > 0 then
@@ -54,7 +57,7 @@ function request()
       if order == "random" then
          c = creds[math.random(n)]
       else
-         c = creds[((tid or 0) + sent * stride) % n + 1]
+         c = creds[(offset + (tid or 0) + sent * stride) % n + 1]
       end
       if mode == "apikey" then
          headers["X-API-Key"] = c

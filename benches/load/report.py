@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -108,7 +109,35 @@ def fmt_ns(ns):
     return f"{ns:.0f} ns"
 
 
+def annotate(argv):
+    """run.sh: one wrk RESULT line plus what the harness knows -> one results.jsonl row."""
+    line, rid, label, target, cls, expect, ticks, hz, creds, b0, b1, rep = argv
+    r = json.loads(line)
+    r.update(id=rid, label=label, target=target, cls=cls, expect=int(expect),
+             credentials=int(creds), rep=int(rep))
+    ticks, hz = int(ticks), int(hz)
+    r["cpu_us_per_req"] = round(ticks / hz * 1e6 / r["requests"], 1) if r["requests"] and ticks > 0 else None
+    # What else ran on the proxy's CPU meanwhile: other processes on the machine. The
+    # direct-upstream row has nothing of ours pinned there, so all its busy time counts.
+    busy0, tot0 = map(int, b0.split())
+    busy1, tot1 = map(int, b1.split())
+    own = ticks if target != "nginx" else 0
+    r["cpu_other_pct"] = round(100 * max(0, (busy1 - busy0) - own) / max(1, tot1 - tot0), 1)
+    print(json.dumps(r))
+
+
+def describe(argv):
+    r = json.loads(argv[0])
+    print("%-42s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms  CPU %s us/req  other load on CPU %s: %s%%  non-2xx %d"
+          % (r["label"], r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_us_per_req"], argv[1],
+             r["cpu_other_pct"], r["non_2xx"]))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--annotate":
+        return annotate(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--describe":
+        return describe(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--notes")
@@ -116,6 +145,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="benches/load/run.sh")
     ap.add_argument("--duration", default="10")
+    ap.add_argument("--reps", default="1")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--conns", default="64")
     a = ap.parse_args()
@@ -152,7 +182,7 @@ def main():
     w(f"- **Machine**: {m['nproc']} CPUs, {m['cpu']}, {m['mem']} RAM; {m['os']}, Linux {m['kernel']}")
     w(f"- **Versions**: tenantgate {v['tenantgate']}, HAProxy {v['haproxy']}, Envoy {v['envoy']}, "
       f"nginx {v['nginx']} (upstream), wrk {v['wrk']}")
-    w(f"- **Load**: wrk `-t{a.threads} -c{a.conns}`, {a.duration} s per scenario after a warm-up, "
+    w(f"- **Load**: wrk `-t{a.threads} -c{a.conns}`, best of {a.reps} run(s) of {a.duration} s per scenario after a warm-up, "
       "HTTP/1.1 keep-alive, `GET` of a ~12-byte JSON body; each request carries the next "
       "credential of its list (100 tenants × 10 keys, or 1000 JWTs over 100 tenants).")
     w("- **Pinning**: the proxy under test on CPU 0 with one worker (tenantgate `threads = 1`, "
@@ -164,8 +194,8 @@ def main():
       "with its verified-token cache, `local_ratelimit` per `x-tenant-id` descriptor, "
       "`header_mutation` scrub, `claim_to_headers` inject): `benches/load/conf/`.")
     w("")
-    w("| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | × passthrough | × HAProxy | × Envoy | non-2xx / errors |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | × passthrough | × HAProxy | × Envoy | non-2xx / errors | other load on CPU 0 |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         cls = PEER_CLASS.get(r["cls"])
         hap = env = None
@@ -180,7 +210,7 @@ def main():
         w(f"| {r['label']} | {r['target']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
           f"{cpu if cpu is not None else '–'} | {fmt_ratio(r['rps'], base_rps)} | "
           f"{fmt_ratio(r['rps'], hap['rps']) if hap else '–'} | "
-          f"{fmt_ratio(r['rps'], env['rps']) if env else '–'} | {status} |")
+          f"{fmt_ratio(r['rps'], env['rps']) if env else '–'} | {status} | {r.get('cpu_other_pct', '–')} % |")
     w("")
     w("× HAProxy / × Envoy compare a tenantgate row with the peer's row doing the same job; "
       "the peers have no API keys, so the API-key rows are compared with their JWT rows. "
@@ -215,6 +245,12 @@ def main():
     target("401 (no credential) / passthrough", ratio("tg_401", "tg_public"), lambda x: x >= 1.0, "≥ 1.0")
     target("401 (unknown key) / passthrough", ratio("tg_401_key", "tg_public"), lambda x: x >= 1.0, "≥ 1.0")
     target("429 / passthrough", ratio("tg_429", "tg_public"), lambda x: x >= 1.0, "≥ 1.0")
+    target("Redis backend / local limiter (both `tenantgate proxy`)", ratio("tg_redis_apikey", "tg_proxy_apikey"),
+           lambda x: x >= 0.85, "≥ 0.85")
+    for n in (2, 4):
+        oa = extra.get(f"overadmit_{n}")
+        target(f"over-admission with {n} proxies on Redis (% of the limit)", oa["over_pct"] if oa else None,
+               lambda x: x <= 1.0, "≤ 1 %")
     target("100k keys / 1 key (same process)", ratio("scale_all", "scale_1"), lambda x: x >= 0.90, "≥ 0.90")
     rs = extra.get("rss_scale")
     target("proxy RSS with 100k keys cached (MB)", rs["rss_kb"] / 1024 if rs else None, lambda x: x <= 150, "≤ 150")
@@ -226,6 +262,22 @@ def main():
     for c in checks:
         w(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} |")
     w("")
+
+    oas = [extra[k] for k in ("overadmit_2", "overadmit_4") if k in extra]
+    if oas:
+        w("## Over-admission on the Redis backend")
+        w("")
+        w("N `tenantgate proxy` processes with `[ratelimit] backend = \"redis\"` share one tenant "
+          "limited per hour; one wrk (`-t1 -c8`) per proxy hammers it at once, each request "
+          "with the tenant's key. Admitted = requests that were not refused; the bucket's refill "
+          "during the run (limit / 3600 per second) is allowed and subtracted.")
+        w("")
+        w("| proxies | limit | run | attempts | admitted | refill allowed | over-admitted | socket errors | live proxies seen |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for o in oas:
+            w(f"| {o['proxies']} | {o['limit']:,} | {o['duration_s']:.0f} s | {o['attempts']:,} | {o['admitted']:,} | "
+              f"{o['refill']} | {o['over_pct']:.3f} % | {o['socket_errors']} | {o['live_seen']} |")
+        w("")
 
     if rs:
         w("## Scale run")

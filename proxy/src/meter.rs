@@ -127,7 +127,129 @@ impl Counters {
 
 const SHARDS: usize = 32;
 
-type Shard = HashMap<String, Vec<(i64, Counters)>>;
+/// A fast hasher for tenant ids, seeded per process. Tenant ids are short and made
+/// by admins (not by clients), so SipHash's flooding resistance buys nothing here,
+/// while the hot path hashes each id twice (shard, then map).
+#[derive(Debug, Clone, Copy)]
+struct TenantHash(u64);
+
+const MUL: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl BuildHasher for TenantHash {
+    type Hasher = TenantHasher;
+    fn build_hasher(&self) -> TenantHasher {
+        TenantHasher(self.0)
+    }
+}
+
+struct TenantHasher(u64);
+
+impl TenantHasher {
+    #[inline]
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(MUL).rotate_left(26);
+    }
+}
+
+impl std::hash::Hasher for TenantHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // murmur3's finalizer: every input bit reaches the high and the low bits.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+fn random_seed() -> u64 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// A tenant's minutes since the last seal: the latest inline (the common case is one
+/// map lookup and no further pointer chase), earlier ones (an interval that spans a
+/// minute boundary, late requests) in `older`.
+#[derive(Debug)]
+struct Slots {
+    minute: i64,
+    cur: Counters,
+    older: Vec<(i64, Counters)>,
+}
+
+impl Slots {
+    fn new(minute: i64, s: &Sample) -> Self {
+        let mut cur = Counters::default();
+        cur.add(s);
+        Slots {
+            minute,
+            cur,
+            older: Vec::new(),
+        }
+    }
+
+    /// Adds a sample; true when it opened a new (tenant, minute) row.
+    #[inline]
+    fn add(&mut self, minute: i64, s: &Sample) -> bool {
+        if self.minute == minute {
+            self.cur.add(s);
+            return false;
+        }
+        if let Some((_, c)) = self.older.iter_mut().find(|(m, _)| *m == minute) {
+            c.add(s);
+            return false;
+        }
+        let mut c = Counters::default();
+        c.add(s);
+        if minute > self.minute {
+            let prev = std::mem::replace(&mut self.cur, c);
+            self.older.push((self.minute, prev));
+            self.minute = minute;
+        } else {
+            self.older.push((minute, c));
+        }
+        true
+    }
+
+    fn len(&self) -> usize {
+        1 + self.older.len()
+    }
+
+    fn requests(&self) -> u64 {
+        self.cur.requests + self.older.iter().map(|(_, c)| c.requests).sum::<u64>()
+    }
+
+    fn into_rows(self) -> impl Iterator<Item = (i64, Counters)> {
+        std::iter::once((self.minute, self.cur)).chain(self.older)
+    }
+}
+
+type Shard = HashMap<String, Slots, TenantHash>;
 
 /// One sealed batch of this process.
 #[derive(Debug, Clone)]
@@ -262,7 +384,8 @@ impl From<SpoolRow> for UsageDelta {
 
 pub struct Meter {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Picks the shard (a different seed from the maps' own hasher).
+    hasher: TenantHash,
     node_id: String,
     limits: SpoolLimits,
     /// The last sequence number handed out.
@@ -417,8 +540,13 @@ impl Meter {
 
     fn build(node_id: String, dir: Option<PathBuf>, limits: SpoolLimits) -> Self {
         Meter {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: {
+                let map_hash = TenantHash(random_seed());
+                (0..SHARDS)
+                    .map(|_| Mutex::new(HashMap::with_hasher(map_hash)))
+                    .collect()
+            },
+            hasher: TenantHash(random_seed()),
             node_id,
             limits,
             last_seq: AtomicI64::new(0),
@@ -462,19 +590,10 @@ impl Meter {
         let minute = s.at_unix_s.div_euclid(60) * 60;
         let idx = (self.hasher.hash_one(tenant_id) as usize) % SHARDS;
         let mut shard = lock(&self.shards[idx]);
-        let slots = match shard.get_mut(tenant_id) {
-            Some(v) => v,
-            None => shard.entry(tenant_id.to_owned()).or_default(),
-        };
-        let added = match slots.iter_mut().find(|(m, _)| *m == minute) {
-            Some((_, c)) => {
-                c.add(s);
-                false
-            }
+        let added = match shard.get_mut(tenant_id) {
+            Some(slots) => slots.add(minute, s),
             None => {
-                let mut c = Counters::default();
-                c.add(s);
-                slots.push((minute, c));
+                shard.insert(tenant_id.to_owned(), Slots::new(minute, s));
                 true
             }
         };
@@ -510,10 +629,14 @@ impl Meter {
         self.seal_wanted.store(false, Ordering::Release);
         let mut rows = Vec::new();
         for shard in &self.shards {
-            let taken = std::mem::take(&mut *lock(shard));
+            let taken = {
+                let mut g = lock(shard);
+                let hasher = *g.hasher();
+                std::mem::replace(&mut *g, HashMap::with_hasher(hasher))
+            };
             for (tenant, slots) in taken {
                 let n = slots.len();
-                for (minute, c) in slots {
+                for (minute, c) in slots.into_rows() {
                     rows.push(UsageDelta {
                         tenant_id: tenant.clone(),
                         bucket_start: minute,
@@ -848,12 +971,7 @@ impl Meter {
         let in_maps: u64 = self
             .shards
             .iter()
-            .map(|s| {
-                lock(s)
-                    .values()
-                    .flat_map(|v| v.iter().map(|(_, c)| c.requests))
-                    .sum::<u64>()
-            })
+            .map(|s| lock(s).values().map(Slots::requests).sum::<u64>())
             .sum();
         let queued = lock(&self.queue).requests;
         in_maps + queued + self.spool_requests.load(Ordering::Relaxed)
@@ -983,6 +1101,23 @@ mod tests {
         assert_eq!((rows[1].bucket_start, rows[1].requests), (180, 1));
         assert_eq!((rows[2].tenant_id.as_str(), rows[2].denied), ("b", 1));
         assert_eq!(m.pending_requests(), 4);
+        assert_eq!(m.live_rows.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn late_and_out_of_order_minutes_land_in_their_rows() {
+        let m = Meter::new("n1".into());
+        for t in [180, 120, 240, 130, 181, 60] {
+            m.record("a", &sample(t));
+        }
+        m.seal_batch();
+        let mut rows: Vec<(i64, u64)> = queued(&m)[0]
+            .1
+            .iter()
+            .map(|d| (d.bucket_start, d.requests))
+            .collect();
+        rows.sort_unstable();
+        assert_eq!(rows, vec![(60, 1), (120, 2), (180, 2), (240, 1)]);
         assert_eq!(m.live_rows.load(Ordering::Relaxed), 0);
     }
 
@@ -1424,6 +1559,17 @@ mod tests {
         let per = start.elapsed() / n;
         eprintln!("record: {per:?} per call over {} tenants", tenants.len());
         assert_eq!(m.pending_requests(), u64::from(n) + 1_000);
+    }
+
+    #[test]
+    fn tenants_spread_over_the_shards() {
+        let m = Meter::new("n".into());
+        for i in 0..3_200 {
+            m.record(&format!("tenant-{i}"), &sample(60));
+        }
+        let sizes: Vec<usize> = m.shards.iter().map(|s| lock(s).len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 3_200);
+        assert!(sizes.iter().all(|n| (50..=150).contains(n)), "{sizes:?}");
     }
 
     #[test]
