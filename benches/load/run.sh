@@ -519,7 +519,7 @@ if ((SCALE)); then
     wait_http "http://127.0.0.1:$SCALE_METRICS_PORT/health" 60 "$PID_tg_scale" || die "scale proxy did not start ($WORK/tg_scale.log)"
     SP=$PID_tg_scale
     log "scale: warming the caches with every key once (at most ${SCALE_WARM_MAX}s)"
-    key_misses() { curl -s "$U:$SCALE_METRICS_PORT/metrics" | awk '/cache="api_keys",event="miss"/ {print $2; exit}'; }
+    key_misses() { curl -s "$U:$SCALE_METRICS_PORT/metrics" | awk '/cache="api_keys",event="miss"/ && !n++ {print $2}'; }
     OFFSET=0 WARM_START=$SECONDS MISSES=0
     while ((SECONDS - WARM_START < SCALE_WARM_MAX)); do
         sent="$(pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d10s -s "$HERE/multi.lua" \

@@ -12,6 +12,7 @@ use crate::time::{from_ms, now_ms};
 use crate::usage::{UsageDelta, UsageRow, LATENCY_BUCKETS};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
@@ -978,42 +979,35 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        let lat_cols: Vec<String> = (0..LATENCY_BUCKETS).map(|i| format!("lat_b{i}")).collect();
-        let placeholders: Vec<String> = (0..LATENCY_BUCKETS)
-            .map(|i| format!("${}", i + 10))
-            .collect();
-        let updates: Vec<String> = lat_cols
-            .iter()
-            .map(|c| format!("{c} = usage_minute.{c} + excluded.{c}"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO usage_minute (tenant_id, bucket_start, requests, rate_limited, denied, upstream_errors, bytes_in, bytes_out, latency_sum_us, {}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {}) \
-             ON CONFLICT (tenant_id, bucket_start) DO UPDATE SET \
-             requests = usage_minute.requests + excluded.requests, \
-             rate_limited = usage_minute.rate_limited + excluded.rate_limited, \
-             denied = usage_minute.denied + excluded.denied, \
-             upstream_errors = usage_minute.upstream_errors + excluded.upstream_errors, \
-             bytes_in = usage_minute.bytes_in + excluded.bytes_in, \
-             bytes_out = usage_minute.bytes_out + excluded.bytes_out, \
-             latency_sum_us = usage_minute.latency_sum_us + excluded.latency_sum_us, {}",
-            lat_cols.join(", "),
-            placeholders.join(", "),
-            updates.join(", ")
-        );
+        // One row per (tenant, minute): a multi-row upsert may not touch a row twice.
+        let mut merged: Vec<UsageDelta> = Vec::with_capacity(deltas.len());
+        let mut index: HashMap<(&str, i64), usize> = HashMap::with_capacity(deltas.len());
         for d in deltas {
-            let mut q = sqlx::query(&sql)
-                .bind(&d.tenant_id)
-                .bind(d.bucket_start)
-                .bind(to_i64(d.requests))
-                .bind(to_i64(d.rate_limited))
-                .bind(to_i64(d.denied))
-                .bind(to_i64(d.upstream_errors))
-                .bind(to_i64(d.bytes_in))
-                .bind(to_i64(d.bytes_out))
-                .bind(to_i64(d.latency_sum_us));
-            for b in d.latency_buckets {
-                q = q.bind(to_i64(b));
+            match index.get(&(d.tenant_id.as_str(), d.bucket_start)) {
+                Some(&i) => merged[i].merge(d),
+                None => {
+                    index.insert((d.tenant_id.as_str(), d.bucket_start), merged.len());
+                    merged.push(d.clone());
+                }
+            }
+        }
+        for chunk in merged.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let sql = usage_upsert_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q
+                    .bind(d.tenant_id.as_str())
+                    .bind(d.bucket_start)
+                    .bind(to_i64(d.requests))
+                    .bind(to_i64(d.rate_limited))
+                    .bind(to_i64(d.denied))
+                    .bind(to_i64(d.upstream_errors))
+                    .bind(to_i64(d.bytes_in))
+                    .bind(to_i64(d.bytes_out))
+                    .bind(to_i64(d.latency_sum_us));
+                for b in d.latency_buckets {
+                    q = q.bind(to_i64(b));
+                }
             }
             q.execute(&mut *tx).await?;
         }
@@ -1060,6 +1054,45 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Rows per multi-row usage upsert: 200 × 33 parameters stays far below SQLite's
+/// (32 766) and PostgreSQL's (65 535) limits while one statement replaces hundreds
+/// of round trips.
+const USAGE_ROWS_PER_STATEMENT: usize = 200;
+
+/// `INSERT INTO usage_minute … VALUES (…), (…) … ON CONFLICT … DO UPDATE` adding the
+/// deltas of `rows` rows (numbered placeholders, so the same text serves both backends).
+fn usage_upsert_sql(rows: usize) -> String {
+    let lat_cols: Vec<String> = (0..LATENCY_BUCKETS).map(|i| format!("lat_b{i}")).collect();
+    let per_row = 9 + LATENCY_BUCKETS;
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let ps: Vec<String> = (1..=per_row)
+                .map(|c| format!("${}", r * per_row + c))
+                .collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    let updates: Vec<String> = lat_cols
+        .iter()
+        .map(|c| format!("{c} = usage_minute.{c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO usage_minute (tenant_id, bucket_start, requests, rate_limited, denied, upstream_errors, bytes_in, bytes_out, latency_sum_us, {}) \
+         VALUES {} \
+         ON CONFLICT (tenant_id, bucket_start) DO UPDATE SET \
+         requests = usage_minute.requests + excluded.requests, \
+         rate_limited = usage_minute.rate_limited + excluded.rate_limited, \
+         denied = usage_minute.denied + excluded.denied, \
+         upstream_errors = usage_minute.upstream_errors + excluded.upstream_errors, \
+         bytes_in = usage_minute.bytes_in + excluded.bytes_in, \
+         bytes_out = usage_minute.bytes_out + excluded.bytes_out, \
+         latency_sum_us = usage_minute.latency_sum_us + excluded.latency_sum_us, {}",
+        lat_cols.join(", "),
+        values.join(", "),
+        updates.join(", ")
+    )
 }
 
 fn to_i64(v: u64) -> i64 {

@@ -32,6 +32,22 @@ pub struct UsageDelta {
     pub latency_buckets: [u64; LATENCY_BUCKETS],
 }
 
+impl UsageDelta {
+    /// Adds `o`'s counts (same tenant and minute) to this one.
+    pub fn merge(&mut self, o: &UsageDelta) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.rate_limited = self.rate_limited.saturating_add(o.rate_limited);
+        self.denied = self.denied.saturating_add(o.denied);
+        self.upstream_errors = self.upstream_errors.saturating_add(o.upstream_errors);
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(o.latency_sum_us);
+        for (a, b) in self.latency_buckets.iter_mut().zip(o.latency_buckets) {
+            *a = a.saturating_add(b);
+        }
+    }
+}
+
 /// One stored minute (or an aggregate of several).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageRow {

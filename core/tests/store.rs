@@ -286,6 +286,47 @@ async fn usage_flushes_apply_once() {
 }
 
 #[tokio::test]
+async fn large_flushes_with_repeated_rows_add_up_exactly() {
+    each_backend(|s| async move {
+        // 450 tenant-minutes (several multi-row statements, the last one partial),
+        // each listed twice in the same flush, on top of existing rows.
+        let mut deltas = Vec::new();
+        for round in 0..2u64 {
+            for i in 0..450u64 {
+                let mut d = UsageDelta {
+                    tenant_id: format!("big{}", i % 150),
+                    bucket_start: 60 * (i / 150) as i64,
+                    requests: 1 + round,
+                    rate_limited: round,
+                    bytes_in: i,
+                    latency_sum_us: 10,
+                    ..Default::default()
+                };
+                d.latency_buckets[(i % 5) as usize] = 1 + round;
+                deltas.push(d);
+            }
+        }
+        assert!(s.apply_usage("bulk", 1, &deltas[..450]).await.unwrap());
+        assert!(s.apply_usage("bulk", 2, &deltas).await.unwrap());
+        assert!(!s.apply_usage("bulk", 2, &deltas).await.unwrap());
+        for t in [0u64, 77, 149] {
+            let rows = s.usage_minutes(&format!("big{t}"), 0, 3600).await.unwrap();
+            assert_eq!(rows.len(), 3, "tenant big{t}: {rows:?}");
+            for (m, r) in rows.iter().enumerate() {
+                let i = t + 150 * m as u64;
+                assert_eq!(r.bucket_start, 60 * m as i64);
+                assert_eq!(r.requests, 1 + (1 + 2), "{r:?}");
+                assert_eq!(r.rate_limited, 1);
+                assert_eq!(r.bytes_in, 3 * i);
+                assert_eq!(r.latency_sum_us, 30);
+                assert_eq!(r.latency_buckets[(i % 5) as usize], 1 + (1 + 2));
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn settings_are_set_once() {
     each_backend(|s| async move {
         assert!(s.put_setting_if_absent("k", "v1").await.unwrap());
