@@ -19,6 +19,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # of tenantgate's.
 PEER_CLASS = {
     "passthrough": "passthrough",
+    "passthrough_proxy": "passthrough",
     "apikey": "jwt",
     "apikey_redis": "jwt",
     "jwt": "jwt",
@@ -168,6 +169,13 @@ def main():
             peer[(r["target"], r["cls"])] = r
     base = by_id.get("tg_public")
     base_rps = base["rps"] if base else None
+    proxy_base = by_id.get("tg_proxy_public")
+
+    def row_base(r):
+        """Rows from the standalone `tenantgate proxy` compare with its own passthrough."""
+        if r["id"].startswith(("tg_proxy_", "tg_redis_")) and proxy_base:
+            return proxy_base["rps"]
+        return base_rps
 
     m, v = machine(), versions()
     out = []
@@ -208,7 +216,7 @@ def main():
             status += f", {errs} socket errors"
         cpu = r.get("cpu_us_per_req")
         w(f"| {r['label']} | {r['target']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-          f"{cpu if cpu is not None else '–'} | {fmt_ratio(r['rps'], base_rps)} | "
+          f"{cpu if cpu is not None else '–'} | {fmt_ratio(r['rps'], row_base(r))} | "
           f"{fmt_ratio(r['rps'], hap['rps']) if hap else '–'} | "
           f"{fmt_ratio(r['rps'], env['rps']) if env else '–'} | {status} | {r.get('cpu_other_pct', '–')} % |")
     w("")
@@ -236,7 +244,9 @@ def main():
     def ratio(x, y):
         return (rps(x) / rps(y)) if rps(x) and rps(y) else None
 
-    target("API-key path / passthrough", ratio("tg_apikey", "tg_public"), lambda x: x >= 0.90, "≥ 0.90")
+    target("API-key path / passthrough (`tenantgate proxy`)", ratio("tg_proxy_apikey", "tg_proxy_public"),
+           lambda x: x >= 0.90, "≥ 0.90")
+    target("API-key path / passthrough (`tenantgate up`)", ratio("tg_apikey", "tg_public"), lambda x: x >= 0.90, "≥ 0.90")
     target("cached-JWT path / passthrough", ratio("tg_jwt_cached", "tg_public"), lambda x: x >= 0.90, "≥ 0.90")
     for t_id, t_name in (("tg_jwt_cached", "cached JWT"), ("tg_apikey", "API key"), ("tg_jwt_uncached", "uncached JWT")):
         for p_name, p_prefix in (("HAProxy", "hap"), ("Envoy", "env")):

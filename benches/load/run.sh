@@ -419,6 +419,8 @@ tg_config "$WORK/local.toml" "$REDIS_TG_PORT" "$REDIS_TG_METRICS_PORT" "sqlite:/
 # shellcheck disable=SC2046
 start tg_local "$PROXY_CPU" env $(proxy_env 0) "$TG" proxy --config "$WORK/local.toml"
 if wait_http "http://127.0.0.1:$REDIS_TG_METRICS_PORT/health" 20 "$PID_tg_local"; then
+    run tg_proxy_public "public route (passthrough), tenantgate proxy" tenantgate passthrough_proxy "$PID_tg_local" \
+        "$U:$REDIS_TG_PORT/public/echo" "$NONE_FILE" none seq 200
     run tg_proxy_apikey "API key, local limiter (tenantgate proxy)" tenantgate apikey "$PID_tg_local" \
         "$U:$REDIS_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
 else

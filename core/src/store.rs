@@ -991,8 +991,12 @@ impl Store {
                 }
             }
         }
-        for chunk in merged.chunks(USAGE_ROWS_PER_STATEMENT) {
-            let sql = usage_upsert_sql(chunk.len());
+        let per_statement = match self.backend {
+            Backend::Sqlite => USAGE_ROWS_PER_STATEMENT_SQLITE,
+            Backend::Postgres => USAGE_ROWS_PER_STATEMENT_PG,
+        };
+        for chunk in merged.chunks(per_statement) {
+            let sql = usage_upsert_sql(chunk.len(), self.backend);
             let mut q = sqlx::query(&sql);
             for d in chunk {
                 q = q
@@ -1056,14 +1060,18 @@ impl Store {
     }
 }
 
-/// Rows per multi-row usage upsert: 200 × 33 parameters stays far below SQLite's
-/// (32 766) and PostgreSQL's (65 535) limits while one statement replaces hundreds
-/// of round trips.
-const USAGE_ROWS_PER_STATEMENT: usize = 200;
+/// Rows per multi-row usage upsert, measured with 10 000 tenant-minutes a flush
+/// (`report_flush_of_ten_thousand_rows`): PostgreSQL is fastest with large statements
+/// (200 rows: ~80 ms vs 670 ms row by row; 200 × 33 parameters is far below its
+/// 65 535 limit); SQLite binds parameters in time quadratic in their number, so its
+/// optimum is small (10 rows: ~135 ms; row by row 370 ms, 200 rows 1.2 s).
+const USAGE_ROWS_PER_STATEMENT_PG: usize = 200;
+const USAGE_ROWS_PER_STATEMENT_SQLITE: usize = 10;
 
 /// `INSERT INTO usage_minute … VALUES (…), (…) … ON CONFLICT … DO UPDATE` adding the
-/// deltas of `rows` rows (numbered placeholders, so the same text serves both backends).
-fn usage_upsert_sql(rows: usize) -> String {
+/// deltas of `rows` rows. SQLite gets anonymous `?` placeholders (no name to look up
+/// per parameter), PostgreSQL numbered ones.
+fn usage_upsert_sql(rows: usize, backend: Backend) -> String {
     let lat_cols: Vec<String> = (0..LATENCY_BUCKETS).map(|i| format!("lat_b{i}")).collect();
     let per_row = 9 + LATENCY_BUCKETS;
     let values: Vec<String> = (0..rows)

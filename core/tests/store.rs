@@ -335,3 +335,30 @@ async fn settings_are_set_once() {
     })
     .await;
 }
+
+/// Timing report, not a check: one flush of 10 000 tenant-minutes on each backend.
+/// `cargo test --release -p tenantgate-core --test store -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn report_flush_of_ten_thousand_rows() {
+    each_backend(|s| async move {
+        let deltas: Vec<UsageDelta> = (0..10_000)
+            .map(|i| UsageDelta {
+                tenant_id: format!("scale-{i:05}"),
+                bucket_start: 600,
+                requests: 3,
+                ..Default::default()
+            })
+            .collect();
+        for seq in 1..=3 {
+            let t = std::time::Instant::now();
+            assert!(s.apply_usage("timing", seq, &deltas).await.unwrap());
+            eprintln!(
+                "{:?}: flush of 10k rows took {:?}",
+                s.backend(),
+                t.elapsed()
+            );
+        }
+    })
+    .await;
+}
