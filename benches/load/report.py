@@ -86,8 +86,8 @@ def fmt_ratio(a, b):
 
 def criterion_rows():
     rows = []
-    for bench in sorted(glob.glob(os.path.join(ROOT, "target", "criterion", "*", "*", "benchmark.json"))):
-        d = os.path.dirname(bench)
+    for bench in sorted(glob.glob(os.path.join(ROOT, "target", "criterion", "*", "*", "new", "benchmark.json"))):
+        d = os.path.dirname(os.path.dirname(bench))
         try:
             with open(bench) as f:
                 meta = json.load(f)
