@@ -191,9 +191,7 @@ async fn proxies_share_one_limit(n: usize) {
         (97..=101).contains(&ok),
         "admitted {ok} of a 100 limit across {n} proxies"
     );
-    let mut f = Arc::try_unwrap(f).ok().unwrap();
-    f.stop_all();
-    db.cleanup().await;
+    shut_down(f, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,25 +204,61 @@ async fn three_proxies_share_one_redis_limit() {
     proxies_share_one_limit(3).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_mid_load_fails_open_at_limit_over_n_and_recovers() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let Some(mut redis) = RedisServer::start() else {
+/// Two proxies on PostgreSQL using a `redis-server` of the test's own with
+/// `fail_mode`, a busy tenant far under its limit, and a load on it that has run for
+/// 700 ms; `None` when PostgreSQL or redis-server is missing (a skip outside CI).
+async fn fleet_under_load_with_own_redis(fail_mode: &str) -> Option<Outage> {
+    let db = TestDb::postgres().await?;
+    let Some(redis) = RedisServer::start() else {
         db.cleanup().await;
-        return;
+        return None;
     };
-    let f = Fleet::start(&db.url, 2, &redis_config(&redis.url(), 10, "open")).await;
+    let f = Fleet::start(&db.url, 2, &redis_config(&redis.url(), 10, fail_mode)).await;
     let busy = tenant_with_limit(&f, "busy", 1_000_000, 60).await;
-    let small = tenant_with_limit(&f, "small", 40, 3600).await;
     all_see_live(&f, 2).await;
     let f = Arc::new(f);
-
-    // Load on a tenant far under its limit; Redis dies in the middle of it.
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(&f, &busy, 6, &stop);
     tokio::time::sleep(Duration::from_millis(700)).await;
+    Some(Outage {
+        db,
+        redis,
+        f,
+        busy,
+        stop,
+        tasks,
+    })
+}
+
+struct Outage {
+    db: TestDb,
+    redis: RedisServer,
+    f: Arc<Fleet>,
+    busy: String,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+async fn shut_down(f: Arc<Fleet>, db: TestDb) {
+    let mut f = Arc::try_unwrap(f).ok().unwrap();
+    f.stop_all();
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_fails_open_at_limit_over_n_and_recovers() {
+    let Some(Outage {
+        db,
+        mut redis,
+        f,
+        busy,
+        stop,
+        tasks,
+    }) = fleet_under_load_with_own_redis("open").await
+    else {
+        return;
+    };
+    // Load on a tenant far under its limit; Redis dies in the middle of it.
     let before = f.metric(0, "tenantgate_ratelimit_redis_calls_total").await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -258,7 +292,9 @@ async fn redis_killed_mid_load_fails_open_at_limit_over_n_and_recovers() {
         );
     }
 
-    // Never unlimited: each proxy holds the small tenant to 40 / 2 live proxies.
+    // Never unlimited: each proxy holds a small tenant to 40 / 2 live proxies.
+    // (Created while Redis is down: tenants and keys come from the store.)
+    let small = tenant_with_limit(&f, "small", 40, 3600).await;
     for i in 0..2 {
         let (mut ok, mut limited) = (0, 0);
         for _ in 0..40 {
@@ -307,28 +343,22 @@ async fn redis_killed_mid_load_fails_open_at_limit_over_n_and_recovers() {
         "Redis calls still failing after recovery"
     );
 
-    let mut f = Arc::try_unwrap(f).ok().unwrap();
-    f.stop_all();
-    db.cleanup().await;
+    shut_down(f, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_fails_closed_then_recovers() {
-    let Some(db) = TestDb::postgres().await else {
+    let Some(Outage {
+        db,
+        mut redis,
+        f,
+        busy,
+        stop,
+        tasks,
+    }) = fleet_under_load_with_own_redis("closed").await
+    else {
         return;
     };
-    let Some(mut redis) = RedisServer::start() else {
-        db.cleanup().await;
-        return;
-    };
-    let f = Fleet::start(&db.url, 2, &redis_config(&redis.url(), 10, "closed")).await;
-    let busy = tenant_with_limit(&f, "busy", 1_000_000, 60).await;
-    all_see_live(&f, 2).await;
-    let f = Arc::new(f);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&f, &busy, 6, &stop);
-    tokio::time::sleep(Duration::from_millis(700)).await;
     redis.kill();
     let killed = Instant::now();
     // Leases already held may be spent for their short lifetime; after that every
@@ -389,7 +419,5 @@ async fn redis_killed_mid_load_fails_closed_then_recovers() {
         }
     }
 
-    let mut f = Arc::try_unwrap(f).ok().unwrap();
-    f.stop_all();
-    db.cleanup().await;
+    shut_down(f, db).await;
 }
