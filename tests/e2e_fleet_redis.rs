@@ -10,13 +10,13 @@ mod common;
 mod fleet;
 
 use common::eventually;
-use fleet::{Fleet, RedisServer};
+use fleet::Fleet;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::testing::TestDb;
+use tenantgate_core::testing::{OwnRedis, TestDb};
 
 fn redis_config(url: &str, timeout_ms: u64, fail_mode: &str) -> String {
     format!(
@@ -209,7 +209,7 @@ async fn three_proxies_share_one_redis_limit() {
 /// 700 ms; `None` when PostgreSQL or redis-server is missing (a skip outside CI).
 async fn fleet_under_load_with_own_redis(fail_mode: &str) -> Option<Outage> {
     let db = TestDb::postgres().await?;
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = OwnRedis::start() else {
         db.cleanup().await;
         return None;
     };
@@ -232,7 +232,7 @@ async fn fleet_under_load_with_own_redis(fail_mode: &str) -> Option<Outage> {
 
 struct Outage {
     db: TestDb,
-    redis: RedisServer,
+    redis: OwnRedis,
     f: Arc<Fleet>,
     busy: String,
     stop: Arc<AtomicBool>,
@@ -315,7 +315,7 @@ async fn redis_killed_mid_load_fails_open_at_limit_over_n_and_recovers() {
     }
 
     // Redis back on the same port: the breaker closes by itself, Redis is used again.
-    redis.restart();
+    assert!(redis.restart(), "redis-server did not come back");
     for i in 0..2 {
         let closed = eventually(Duration::from_secs(10), || async {
             f.get(i, "/api/v1/whoami", &busy).await.0 == 200
@@ -405,7 +405,7 @@ async fn redis_killed_mid_load_fails_closed_then_recovers() {
         );
     }
 
-    redis.restart();
+    assert!(redis.restart(), "redis-server did not come back");
     for i in 0..2 {
         let back = eventually(Duration::from_secs(10), || async {
             f.get(i, "/api/v1/whoami", &busy).await.0 == 200

@@ -991,9 +991,17 @@ impl Store {
                 }
             }
         }
+        // Every chunk but the last has the same text: build it once.
+        let full_sql = usage_upsert_sql(USAGE_ROWS_PER_STATEMENT.min(merged.len()), self.backend);
         for chunk in merged.chunks(USAGE_ROWS_PER_STATEMENT) {
-            let sql = usage_upsert_sql(chunk.len(), self.backend);
-            let mut q = sqlx::query(&sql);
+            let partial;
+            let sql = if chunk.len() == USAGE_ROWS_PER_STATEMENT.min(merged.len()) {
+                full_sql.as_str()
+            } else {
+                partial = usage_upsert_sql(chunk.len(), self.backend);
+                partial.as_str()
+            };
+            let mut q = sqlx::query(sql);
             for d in chunk {
                 q = q
                     .bind(d.tenant_id.as_str())

@@ -1,6 +1,6 @@
 //! Test support shared by the crates' test suites: throwaway SQLite files and
-//! PostgreSQL databases. PostgreSQL tests are required in CI (`CI` set) and skipped
-//! loudly elsewhere when no server answers.
+//! PostgreSQL databases, and a `redis-server` of a test's own. PostgreSQL and Redis
+//! tests are required in CI (`CI` set) and skipped loudly elsewhere.
 
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -106,5 +106,88 @@ impl TestDb {
                 }
             }
         }
+    }
+}
+
+/// A `redis-server` child of a test on a free port of its own, for tests that kill
+/// and restart Redis. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// A free port where no server runs yet ([`OwnRedis::restart`] starts it): for
+    /// tests of starting while Redis is down.
+    pub fn unstarted() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        OwnRedis { port, child: None }
+    }
+
+    /// Starts one, or `None` when `redis-server` cannot be started: a loud skip
+    /// outside CI, a failure in CI.
+    pub fn start() -> Option<OwnRedis> {
+        let mut r = OwnRedis::unstarted();
+        if r.port == 0 || !r.restart() {
+            assert!(!in_ci(), "CI requires redis-server for this test");
+            eprintln!("\n!!!!!!!! SKIPPED: redis-server could not be started !!!!!!!!\n");
+            return None;
+        }
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port; true once it answers `PING` (within 5 s).
+    pub fn restart(&mut self) -> bool {
+        use std::io::{Read, Write};
+        use std::time::{Duration, Instant};
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        let pong = || -> std::io::Result<bool> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            s.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf)?;
+            Ok(&buf == b"+PONG\r\n")
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if pong().unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGKILL: the server vanishes mid-conversation, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -127,70 +127,10 @@ impl Counters {
 
 const SHARDS: usize = 32;
 
-/// A fast hasher for tenant ids, seeded per process. Tenant ids are short and made
-/// by admins (not by clients), so SipHash's flooding resistance buys nothing here,
-/// while the hot path hashes each id twice (shard, then map).
-#[derive(Debug, Clone, Copy)]
-struct TenantHash(u64);
-
-const MUL: u64 = 0xf135_7aea_2e62_a9c5;
-
-impl BuildHasher for TenantHash {
-    type Hasher = TenantHasher;
-    fn build_hasher(&self) -> TenantHasher {
-        TenantHasher(self.0)
-    }
-}
-
-struct TenantHasher(u64);
-
-impl TenantHasher {
-    #[inline]
-    fn mix(&mut self, w: u64) {
-        self.0 = (self.0 ^ w).wrapping_mul(MUL).rotate_left(26);
-    }
-}
-
-impl std::hash::Hasher for TenantHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.mix(u64::from(i));
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // murmur3's finalizer: every input bit reaches the high and the low bits.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
-fn random_seed() -> u64 {
-    let b = uuid::Uuid::new_v4().into_bytes();
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(w)
-}
+/// Tenant ids are hashed twice per request (shard, then map). They are made by
+/// admins, not clients, so foldhash's fast per-process-seeded hasher is enough;
+/// SipHash's flooding resistance buys nothing here.
+type TenantHash = foldhash::fast::RandomState;
 
 /// A tenant's minutes since the last seal: the latest inline (the common case is one
 /// map lookup and no further pointer chase), earlier ones (an interval that spans a
@@ -541,12 +481,12 @@ impl Meter {
     fn build(node_id: String, dir: Option<PathBuf>, limits: SpoolLimits) -> Self {
         Meter {
             shards: {
-                let map_hash = TenantHash(random_seed());
+                let map_hash = TenantHash::default();
                 (0..SHARDS)
-                    .map(|_| Mutex::new(HashMap::with_hasher(map_hash)))
+                    .map(|_| Mutex::new(HashMap::with_hasher(map_hash.clone())))
                     .collect()
             },
-            hasher: TenantHash(random_seed()),
+            hasher: TenantHash::default(),
             node_id,
             limits,
             last_seq: AtomicI64::new(0),
@@ -631,7 +571,7 @@ impl Meter {
         for shard in &self.shards {
             let taken = {
                 let mut g = lock(shard);
-                let hasher = *g.hasher();
+                let hasher = g.hasher().clone();
                 std::mem::replace(&mut *g, HashMap::with_hasher(hasher))
             };
             for (tenant, slots) in taken {

@@ -6,20 +6,15 @@
 //! `redis-server` fails the test; elsewhere the test is skipped with a loud note.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenantgate_core::config::FailMode;
 use tenantgate_core::domain::RateLimit;
+use tenantgate_core::testing::{in_ci, OwnRedis};
 use tenantgate_proxy::limiter::redis_backend::{bucket_script, bucket_take};
 use tenantgate_proxy::limiter::{LimitError, Limiter, RedisLimiterOptions};
 use tenantgate_proxy::ratelimit::{LocalLimiter, MonotonicClock};
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some()
-}
 
 fn skip(why: &str) {
     assert!(!in_ci(), "CI requires Redis for this test: {why}");
@@ -100,79 +95,6 @@ async fn shared() -> Option<(String, Keys)> {
     }
     let keys = Keys::new(&url);
     Some((url, keys))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `redis-server` child of this test, on its own port.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    /// Starts one on a free port; `None` (skipped) if `redis-server` is missing.
-    fn start() -> Option<Self> {
-        let mut r = OwnRedis {
-            port: free_port(),
-            child: None,
-        };
-        if !r.restart() {
-            skip("redis-server could not be started");
-            return None;
-        }
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// (Re)starts the server on the same port and waits until it answers.
-    fn restart(&mut self) -> bool {
-        self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = child else { return false };
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(c) = redis::Client::open(self.url()) {
-                if let Ok(mut con) = c.get_connection_with_timeout(Duration::from_millis(200)) {
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                        return true;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn local() -> Arc<LocalLimiter> {
@@ -637,10 +559,7 @@ async fn starting_while_redis_is_down_works_and_connects_later() {
         skip("redis-server is not installed");
         return;
     }
-    let mut own = OwnRedis {
-        port: free_port(),
-        child: None,
-    };
+    let mut own = OwnRedis::unstarted();
     let keys = Keys::new(&own.url());
     let l = Limiter::redis(
         &own.url(),
