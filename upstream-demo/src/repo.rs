@@ -70,6 +70,21 @@ fn from_row(row: &AnyRow) -> Result<Resource, StoreError> {
     })
 }
 
+/// Creation time in ms, strictly increasing within this process, so that listing
+/// in creation order (`ORDER BY created_at, id`) is the order of the inserts even
+/// when several land in the same millisecond (ties would fall back to the random id).
+fn creation_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let prev = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+            Some(now.max(p.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    now.max(prev.saturating_add(1))
+}
+
 pub async fn insert(
     pool: &AnyPool,
     tenant_id: &str,
@@ -78,7 +93,7 @@ pub async fn insert(
     owner_id: Option<&str>,
 ) -> Result<Resource, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
-    let now = now_ms();
+    let now = creation_ms();
     sqlx::query(
         "INSERT INTO demo_resources (id, tenant_id, name, data, owner_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
@@ -159,4 +174,17 @@ pub async fn delete(pool: &AnyPool, tenant_id: &str, id: &str) -> Result<bool, S
         .execute(pool)
         .await?;
     Ok(res.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn creation_times_strictly_increase_within_a_millisecond() {
+        let mut last = super::creation_ms();
+        for _ in 0..1_000 {
+            let t = super::creation_ms();
+            assert!(t > last, "{t} after {last}");
+            last = t;
+        }
+    }
 }
