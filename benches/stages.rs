@@ -160,8 +160,8 @@ fn control(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let k = cp.api_key(&plane.prefix).await.unwrap().unwrap();
-                let t = cp.tenant(&k.tenant_id).await.unwrap().unwrap();
-                let p = cp.policy(&t.id, &k.role).await.unwrap().unwrap();
+                let t = cp.tenant(k.principal.tenant_id()).await.unwrap().unwrap();
+                let p = cp.policy(&t.id, k.principal.role()).await.unwrap().unwrap();
                 let l = cp.rate_limit(&t.id).await.unwrap().unwrap();
                 black_box((p, l))
             })
@@ -477,13 +477,15 @@ fn request_headers() -> HeaderMap {
 
 fn headers(c: &mut Criterion) {
     let base = request_headers();
-    let principal = Principal {
-        tenant_id: "acme".into(),
-        user_id: "2f1c7a0e-6d55-4c1b-a1a4-0d1f4f1e9b77".into(),
-        role: "developer".into(),
-        method: AuthMethod::ApiKey,
-        api_key_id: Some("2f1c7a0e-6d55-4c1b-a1a4-0d1f4f1e9b77".into()),
-    };
+    let key_id = "2f1c7a0e-6d55-4c1b-a1a4-0d1f4f1e9b77";
+    let principal = Principal::new(
+        "acme",
+        key_id,
+        "developer",
+        AuthMethod::ApiKey,
+        Some(key_id),
+    )
+    .unwrap();
     let mut g = c.benchmark_group("headers");
     g.throughput(Throughput::Elements(1));
     g.bench_function("clone_15_headers(baseline)", |b| {
@@ -510,7 +512,7 @@ fn headers(c: &mut Criterion) {
                 }
                 h.remove("x-api-key");
                 for (name, value) in principal.headers() {
-                    h.insert(name, HeaderValue::from_str(value).unwrap());
+                    h.insert(name, value);
                 }
                 h
             },

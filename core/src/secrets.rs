@@ -52,17 +52,22 @@ pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
 
 /// Hex digest of a full key: HMAC-SHA-256 keyed by the pepper, or SHA-256 without one.
 pub fn api_key_digest(key: &str, pepper: Option<&[u8]>) -> String {
+    hex::encode(api_key_digest_bytes(key, pepper))
+}
+
+/// [`api_key_digest`] as the 32 raw bytes (what the proxy compares per request).
+pub fn api_key_digest_bytes(key: &str, pepper: Option<&[u8]>) -> [u8; 32] {
     match pepper {
         Some(pepper) if !pepper.is_empty() => {
             // HMAC accepts keys of any length, so this cannot fail.
             let mut mac = match Hmac::<Sha256>::new_from_slice(pepper) {
                 Ok(m) => m,
-                Err(_) => return sha256_hex(key.as_bytes()),
+                Err(_) => return Sha256::digest(key.as_bytes()).into(),
             };
             mac.update(key.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
+            mac.finalize().into_bytes().into()
         }
-        _ => sha256_hex(key.as_bytes()),
+        _ => Sha256::digest(key.as_bytes()).into(),
     }
 }
 

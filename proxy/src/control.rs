@@ -1,5 +1,5 @@
 //! The control-plane view of the hot path: tenants, API keys, policies and rate
-//! limits, cached in moka so a cache hit never awaits I/O.
+//! limits, cached in sharded in-memory tables so a cache hit never awaits I/O.
 //!
 //! - Misses are coalesced (one load per key) and "not found" is cached briefly, so a
 //!   flood of random keys does not reach the store.
@@ -8,14 +8,18 @@
 //!   the store is down then, the request fails closed.
 //! - Change events (in-process bus or the store's change feed) invalidate precisely.
 
-use moka::future::Cache;
+use quick_cache::sync::Cache;
+use quick_cache::Equivalent;
 use std::future::Future;
-use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenantgate_core::domain::{ApiKeyRecord, Policy, RateLimit, Tenant};
 use tenantgate_core::store::{Change, ChangeKind, Store, StoreError};
+
+use crate::headers::{AuthMethod, Principal};
 
 /// The store could not answer and nothing usable was cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +50,19 @@ struct Entry<T> {
     /// When the load that produced this entry began (older than a change ⇒ stale).
     started_at: Instant,
     loaded_at: Instant,
+    /// A background refresh of this entry is running (one at a time).
+    refreshing: AtomicBool,
+}
+
+impl<T> Entry<T> {
+    fn new(value: Option<T>, started_at: Instant) -> Arc<Self> {
+        Arc::new(Entry {
+            value: value.map(Arc::new),
+            started_at,
+            loaded_at: Instant::now(),
+            refreshing: AtomicBool::new(false),
+        })
+    }
 }
 
 /// Hit/miss counters, read by the metrics endpoint.
@@ -58,14 +75,21 @@ pub struct CacheStats {
     pub refreshes: AtomicU64,
 }
 
+/// A boxed store load; built only on a miss or a refresh, never on a hit.
+pub type LoadFuture<T> = Pin<Box<dyn Future<Output = Result<Option<T>, StoreError>> + Send>>;
+type Loader<K, T> = Arc<dyn Fn(K) -> LoadFuture<T> + Send + Sync>;
+
 /// One cached map with coalesced loads, negative entries and refresh-ahead.
+///
+/// A hit is synchronous: one hash, one probe of a sharded table under a read lock,
+/// no allocation and no await (moka's bookkeeping was ~300 ns a lookup under load).
 pub struct Cached<K, T> {
     name: &'static str,
-    /// Shared by all caches: until this instant (ms since `epoch`) misses fail fast
+    /// Shared by all caches: after a failed load, misses fail fast for a while
     /// instead of each waiting on a store that just failed.
     breaker: Arc<Breaker>,
-    cache: Cache<K, Arc<Entry<T>>>,
-    refreshing: moka::sync::Cache<K, ()>,
+    cache: Arc<Cache<K, Arc<Entry<T>>>>,
+    loader: Loader<K, T>,
     settings: CacheSettings,
     pub stats: Arc<CacheStats>,
 }
@@ -102,7 +126,9 @@ impl Breaker {
     }
 
     fn reset(&self) {
-        self.open_until_ms.store(0, Ordering::Relaxed);
+        if self.open_until_ms.load(Ordering::Relaxed) != 0 {
+            self.open_until_ms.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -111,15 +137,22 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Send + Sync + 'static,
 {
-    pub fn new(name: &'static str, settings: CacheSettings, breaker: Arc<Breaker>) -> Self {
+    /// `load` reads one key from the store: `Ok(None)` when it does not exist.
+    pub fn new<F>(
+        name: &'static str,
+        settings: CacheSettings,
+        breaker: Arc<Breaker>,
+        load: F,
+    ) -> Self
+    where
+        F: Fn(K) -> LoadFuture<T> + Send + Sync + 'static,
+    {
+        let capacity = usize::try_from(settings.max_entries.max(16)).unwrap_or(usize::MAX);
         Cached {
             name,
             breaker,
-            cache: Cache::builder().max_capacity(settings.max_entries).build(),
-            refreshing: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(10))
-                .build(),
+            cache: Arc::new(Cache::new(capacity)),
+            loader: Arc::new(load),
             settings,
             stats: Arc::new(CacheStats::default()),
         }
@@ -129,61 +162,79 @@ where
         self.name
     }
 
-    /// The value for `key`; `load` runs only on a miss (coalesced) or in a background
-    /// refresh of a stale entry.
-    pub async fn get<F, Fut>(&self, key: &K, load: F) -> Result<Option<Arc<T>>, Unavailable>
+    /// The value for `key`: from the cache when fresh enough, else loaded (one load
+    /// per key at a time; the others wait for it). `key` may be a borrowed form of
+    /// `K` (`&str` for `String`), so a hit allocates nothing.
+    pub async fn get<Q>(&self, key: &Q) -> Result<Option<Arc<T>>, Unavailable>
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(e) = self.cache.get(key).await {
-            let age = e.loaded_at.elapsed();
-            match &e.value {
-                None if age < self.settings.negative_ttl => {
-                    self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(None);
+        match self.hit(key, || key.to_owned()) {
+            Some(v) => Ok(v),
+            None => self.load(key).await,
+        }
+    }
+
+    /// The cached answer when it is fresh enough (`Some(None)`: known not to
+    /// exist), `None` when the caller must [`load`](Self::load). Synchronous.
+    /// `owned` builds the key for a refresh-ahead past the TTL.
+    pub fn hit<Q>(&self, key: &Q, owned: impl FnOnce() -> K) -> Option<Option<Arc<T>>>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        let e = self.cache.get(key)?;
+        let age = e.loaded_at.elapsed();
+        match &e.value {
+            None if age < self.settings.negative_ttl => {
+                self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+                Some(None)
+            }
+            Some(v) if age < self.settings.max_staleness => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                if age >= self.settings.ttl {
+                    self.refresh_in_background(&e, owned());
                 }
-                Some(v) if age < self.settings.max_staleness => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    if age >= self.settings.ttl {
-                        self.refresh_in_background(key.clone(), load);
-                    }
-                    return Ok(Some(v.clone()));
-                }
-                _ => {
-                    self.cache.invalidate(key).await;
-                }
+                Some(Some(v.clone()))
+            }
+            _ => {
+                self.cache.remove_if(key, |cur| Arc::ptr_eq(cur, &e));
+                None
             }
         }
+    }
+
+    /// A miss: loads `key` from the store, coalesced with concurrent loads of it.
+    pub async fn load<Q>(&self, key: &Q) -> Result<Option<Arc<T>>, Unavailable>
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         if self.breaker.is_open() {
             self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
             return Err(Unavailable);
         }
-        let stats = self.stats.clone();
-        let res = self
-            .cache
-            .try_get_with(key.clone(), async move {
-                let started_at = Instant::now();
-                match load().await {
-                    Ok(v) => Ok(Arc::new(Entry {
-                        value: v.map(Arc::new),
-                        started_at,
-                        loaded_at: Instant::now(),
-                    })),
-                    Err(e) => {
-                        stats.load_errors.fetch_add(1, Ordering::Relaxed);
-                        Err(e)
-                    }
-                }
-            })
-            .await;
-        match res {
-            Ok(e) => {
+        let guard = match self.cache.get_value_or_guard_async(key).await {
+            // Loaded by the request we waited for.
+            Ok(e) => return Ok(e.value.clone()),
+            Err(guard) => guard,
+        };
+        // The load we waited for failed: do not queue up behind a store that is down.
+        if self.breaker.is_open() {
+            self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Unavailable);
+        }
+        let started_at = Instant::now();
+        match (self.loader)(key.to_owned()).await {
+            Ok(v) => {
+                let e = Entry::new(v, started_at);
+                let value = e.value.clone();
+                let _ = guard.insert(e);
                 self.breaker.reset();
-                Ok(e.value.clone())
+                Ok(value)
             }
             Err(err) => {
+                // Dropping the guard lets a waiter try (it fails fast on the breaker).
+                self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
                 self.breaker.trip();
                 tracing::warn!(cache = self.name, error = %err, "control-plane load failed");
                 Err(Unavailable)
@@ -191,38 +242,35 @@ where
         }
     }
 
-    fn refresh_in_background<F, Fut>(&self, key: K, load: F)
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
-    {
-        if self.refreshing.contains_key(&key) {
+    fn refresh_in_background(&self, e: &Arc<Entry<T>>, key: K) {
+        if self.breaker.is_open() || e.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.refreshing.insert(key.clone(), ());
         self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
         let cache = self.cache.clone();
-        let refreshing = self.refreshing.clone();
+        let load = (self.loader)(key.clone());
+        let breaker = self.breaker.clone();
+        let old = e.clone();
         let name = self.name;
         tokio::spawn(async move {
             let started_at = Instant::now();
-            match load().await {
+            match load.await {
+                // Replace only the entry that asked for the refresh: an invalidation
+                // (or a newer load) in between wins.
                 Ok(v) => {
-                    cache
-                        .insert(
-                            key.clone(),
-                            Arc::new(Entry {
-                                value: v.map(Arc::new),
-                                started_at,
-                                loaded_at: Instant::now(),
-                            }),
-                        )
-                        .await
+                    let fresh = Entry::new(v, started_at);
+                    if cache.peek(&key).is_some_and(|cur| Arc::ptr_eq(&cur, &old)) {
+                        cache.insert(key, fresh);
+                    }
                 }
-                // Keep serving the current value until max_staleness.
-                Err(e) => tracing::warn!(cache = name, error = %e, "background refresh failed"),
+                // Keep serving the current value until max_staleness; retry after
+                // the breaker window.
+                Err(err) => {
+                    breaker.trip();
+                    old.refreshing.store(false, Ordering::Release);
+                    tracing::warn!(cache = name, error = %err, "background refresh failed");
+                }
             }
-            refreshing.invalidate(&key);
         });
     }
 
@@ -232,25 +280,79 @@ where
     /// goes down.
     pub async fn invalidate(&self, key: &K) {
         let changed_at = Instant::now();
-        self.cache.invalidate(key).await;
+        self.cache.remove(key);
         let cache = self.cache.clone();
         let key = key.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if let Some(e) = cache.get(&key).await {
-                if e.started_at < changed_at {
-                    cache.invalidate(&key).await;
-                }
-            }
+            cache.remove_if(&key, |e| e.started_at < changed_at);
         });
     }
 
     pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len() as u64
+    }
+}
+
+/// What the hot path keeps of an API key: the digest as bytes, the expiry and the
+/// identity to inject, rendered once. No name, prefix or creation time.
+#[derive(Debug)]
+pub struct CachedKey {
+    /// SHA-256 (or HMAC-SHA-256 with the pepper) of the full key.
+    pub digest: [u8; 32],
+    pub revoked: bool,
+    /// Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+    pub principal: Arc<Principal>,
+}
+
+impl CachedKey {
+    /// `None` for a record whose stored digest is not 64 hex digits or whose
+    /// identity cannot be sent as headers (never usable).
+    pub fn from_record(rec: &ApiKeyRecord) -> Option<Self> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&rec.digest, &mut digest).ok()?;
+        Some(CachedKey {
+            digest,
+            revoked: rec.revoked_at.is_some(),
+            expires_at_ms: rec.expires_at.map(|t| t.timestamp_millis()),
+            principal: Arc::new(
+                Principal::new(
+                    &rec.tenant_id,
+                    &rec.id,
+                    &rec.role,
+                    AuthMethod::ApiKey,
+                    Some(&rec.id),
+                )
+                .ok()?,
+            ),
+        })
+    }
+
+    /// Usable at `now_ms` (unix milliseconds): not revoked and not expired.
+    pub fn is_usable_at(&self, now_ms: i64) -> bool {
+        !self.revoked && self.expires_at_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// A policy lookup without building the owned `(tenant, role)` key: hashes and
+/// compares like the tuple of `String`s it stands for.
+struct PolicyKeyRef<'a>(&'a str, &'a str);
+
+impl Hash for PolicyKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl Equivalent<(String, String)> for PolicyKeyRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
     }
 }
 
@@ -262,7 +364,7 @@ pub struct ControlPlane {
     max_change_lag_ms: AtomicU64,
     changes_applied: AtomicU64,
     pub tenants: Cached<String, Tenant>,
-    pub keys: Cached<String, ApiKeyRecord>,
+    pub keys: Cached<String, CachedKey>,
     pub policies: Cached<(String, String), Policy>,
     pub limits: Cached<String, RateLimit>,
 }
@@ -270,15 +372,52 @@ pub struct ControlPlane {
 impl ControlPlane {
     pub fn new(store: Store, settings: CacheSettings) -> Self {
         let breaker = Arc::new(Breaker::new(Duration::from_millis(500)));
+        let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
         ControlPlane {
             store,
             last_change_lag_ms: AtomicU64::new(0),
             max_change_lag_ms: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
-            tenants: Cached::new("tenants", settings.clone(), breaker.clone()),
-            keys: Cached::new("api_keys", settings.clone(), breaker.clone()),
-            policies: Cached::new("policies", settings.clone(), breaker.clone()),
-            limits: Cached::new("rate_limits", settings, breaker),
+            tenants: Cached::new(
+                "tenants",
+                settings.clone(),
+                breaker.clone(),
+                move |id: String| {
+                    let s = s1.clone();
+                    Box::pin(async move { s.get_tenant(&id).await })
+                },
+            ),
+            keys: Cached::new(
+                "api_keys",
+                settings.clone(),
+                breaker.clone(),
+                move |prefix: String| {
+                    let s = s2.clone();
+                    Box::pin(async move {
+                        let rec = s.find_api_key_by_prefix(&prefix).await?;
+                        Ok(rec.and_then(|r| {
+                            let k = CachedKey::from_record(&r);
+                            if k.is_none() {
+                                tracing::warn!(key_id = %r.id, "API key with a malformed stored digest; refused");
+                            }
+                            k
+                        }))
+                    })
+                },
+            ),
+            policies: Cached::new(
+                "policies",
+                settings.clone(),
+                breaker.clone(),
+                move |(t, r): (String, String)| {
+                    let s = s3.clone();
+                    Box::pin(async move { s.get_policy(&t, &r).await })
+                },
+            ),
+            limits: Cached::new("rate_limits", settings, breaker, move |id: String| {
+                let s = s4.clone();
+                Box::pin(async move { s.get_rate_limit(&id).await })
+            }),
         }
     }
 
@@ -287,29 +426,11 @@ impl ControlPlane {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Option<Arc<Tenant>>, Unavailable> {
-        let store = self.store.clone();
-        let key = id.to_owned();
-        let k2 = key.clone();
-        self.tenants
-            .get(&key, move || {
-                let store = store.clone();
-                let k = k2.clone();
-                async move { store.get_tenant(&k).await }
-            })
-            .await
+        self.tenants.get(id).await
     }
 
-    pub async fn api_key(&self, prefix: &str) -> Result<Option<Arc<ApiKeyRecord>>, Unavailable> {
-        let store = self.store.clone();
-        let key = prefix.to_owned();
-        let k2 = key.clone();
-        self.keys
-            .get(&key, move || {
-                let store = store.clone();
-                let k = k2.clone();
-                async move { store.find_api_key_by_prefix(&k).await }
-            })
-            .await
+    pub async fn api_key(&self, prefix: &str) -> Result<Option<Arc<CachedKey>>, Unavailable> {
+        self.keys.get(prefix).await
     }
 
     pub async fn policy(
@@ -317,31 +438,16 @@ impl ControlPlane {
         tenant: &str,
         role: &str,
     ) -> Result<Option<Arc<Policy>>, Unavailable> {
-        let store = self.store.clone();
-        let key = (tenant.to_owned(), role.to_owned());
-        let k2 = key.clone();
-        self.policies
-            .get(&key, move || {
-                let store = store.clone();
-                let (t, r) = k2.clone();
-                async move { store.get_policy(&t, &r).await }
-            })
-            .await
+        let owned = || (tenant.to_owned(), role.to_owned());
+        match self.policies.hit(&PolicyKeyRef(tenant, role), owned) {
+            Some(v) => Ok(v),
+            None => self.policies.load(&owned()).await,
+        }
     }
 
     pub async fn rate_limit(&self, tenant: &str) -> Result<Option<Arc<RateLimit>>, Unavailable> {
-        let store = self.store.clone();
-        let key = tenant.to_owned();
-        let k2 = key.clone();
-        self.limits
-            .get(&key, move || {
-                let store = store.clone();
-                let k = k2.clone();
-                async move { store.get_rate_limit(&k).await }
-            })
-            .await
+        self.limits.get(tenant).await
     }
-
     /// Applies one change event. Returns true when signing keys changed.
     pub async fn apply(&self, c: &Change) -> bool {
         let lag = u64::try_from(tenantgate_core::time::now_ms().saturating_sub(c.created_at_ms))
@@ -407,7 +513,6 @@ impl ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     fn settings(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSettings {
         CacheSettings {
@@ -418,123 +523,216 @@ mod tests {
         }
     }
 
-    fn cache(s: CacheSettings) -> Cached<String, u32> {
-        Cached::new(
+    /// A cache whose store answers `value` (None: not found) for every key, or fails
+    /// while `down`; every load is counted and takes `delay_ms`.
+    struct Fake {
+        value: Arc<AtomicU64>,
+        exists: Arc<AtomicBool>,
+        down: Arc<AtomicBool>,
+        loads: Arc<AtomicU64>,
+    }
+
+    fn cache(s: CacheSettings, delay_ms: u64) -> (Cached<String, u32>, Fake) {
+        let fake = Fake {
+            value: Arc::new(AtomicU64::new(1)),
+            exists: Arc::new(AtomicBool::new(true)),
+            down: Arc::new(AtomicBool::new(false)),
+            loads: Arc::new(AtomicU64::new(0)),
+        };
+        let (value, exists, down, loads) = (
+            fake.value.clone(),
+            fake.exists.clone(),
+            fake.down.clone(),
+            fake.loads.clone(),
+        );
+        let c = Cached::new(
             "test",
             s,
             Arc::new(Breaker::new(Duration::from_millis(200))),
-        )
+            move |_k: String| {
+                let (value, exists, down, loads) =
+                    (value.clone(), exists.clone(), down.clone(), loads.clone());
+                Box::pin(async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    if delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    }
+                    if down.load(Ordering::SeqCst) {
+                        return Err(StoreError::Unavailable("down".into()));
+                    }
+                    Ok(exists
+                        .load(Ordering::SeqCst)
+                        .then(|| value.load(Ordering::SeqCst) as u32))
+                })
+            },
+        );
+        (c, fake)
     }
 
     #[tokio::test]
     async fn misses_are_coalesced_and_hits_do_not_load() {
-        let c = Arc::new(cache(settings(60_000, 1_000, 600_000)));
-        let loads = Arc::new(AtomicU64::new(0));
+        let (c, fake) = cache(settings(60_000, 1_000, 600_000), 50);
+        let c = Arc::new(c);
         let mut tasks = Vec::new();
         for _ in 0..50 {
             let c = c.clone();
-            let loads = loads.clone();
-            tasks.push(tokio::spawn(async move {
-                c.get(&"k".to_owned(), move || {
-                    let loads = loads.clone();
-                    async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok(Some(7))
-                    }
-                })
-                .await
-            }));
+            tasks.push(tokio::spawn(async move { c.get("k").await }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap().as_deref(), Some(&7));
+            assert_eq!(t.await.unwrap().unwrap().as_deref(), Some(&1));
         }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 1);
+        for _ in 0..10 {
+            assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&1));
+        }
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 1);
+        assert_eq!(c.stats.hits.load(Ordering::SeqCst), 10);
+        assert_eq!(c.entry_count(), 1);
     }
 
     #[tokio::test]
     async fn unknown_keys_are_cached_negatively_for_a_short_time() {
-        let c = cache(settings(60_000, 100, 600_000));
-        let loads = Arc::new(AtomicU64::new(0));
-        let load = {
-            let loads = loads.clone();
-            move || {
-                let loads = loads.clone();
-                async move {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    Ok(None)
-                }
-            }
-        };
+        let (c, fake) = cache(settings(60_000, 100, 600_000), 0);
+        fake.exists.store(false, Ordering::SeqCst);
         for _ in 0..10 {
-            assert!(c
-                .get(&"nope".to_owned(), load.clone())
-                .await
-                .unwrap()
-                .is_none());
+            assert!(c.get("nope").await.unwrap().is_none());
         }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 1);
         assert_eq!(c.stats.negative_hits.load(Ordering::SeqCst), 9);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(c.get(&"nope".to_owned(), load).await.unwrap().is_none());
-        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        // The key was created meanwhile: found on the next load.
+        fake.exists.store(true, Ordering::SeqCst);
+        assert_eq!(c.get("nope").await.unwrap().as_deref(), Some(&1));
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_refreshed_in_the_background_once() {
+        let (c, fake) = cache(settings(50, 50, 600_000), 20);
+        assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&1));
+        fake.value.store(2, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Past the TTL: the old value is served at once and one refresh starts.
+        for _ in 0..20 {
+            assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&1));
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&2));
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 2);
+        assert_eq!(c.stats.refreshes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn stale_entries_serve_while_the_store_is_down_until_max_staleness() {
-        let c = cache(settings(50, 50, 400));
-        let down = Arc::new(AtomicBool::new(false));
-        let load = {
-            let down = down.clone();
-            move || {
-                let down = down.clone();
-                async move {
-                    if down.load(Ordering::SeqCst) {
-                        Err(StoreError::Unavailable("down".into()))
-                    } else {
-                        Ok(Some(1))
-                    }
-                }
-            }
-        };
-        let k = "t".to_owned();
-        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
-        down.store(true, Ordering::SeqCst);
+        let (c, fake) = cache(settings(50, 50, 400), 0);
+        assert_eq!(c.get("t").await.unwrap().as_deref(), Some(&1));
+        fake.down.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         // past the TTL: still served (a background refresh fails quietly)
-        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
+        assert_eq!(c.get("t").await.unwrap().as_deref(), Some(&1));
         tokio::time::sleep(Duration::from_millis(400)).await;
         // past max staleness: fail closed
-        assert_eq!(c.get(&k, load.clone()).await, Err(Unavailable));
+        assert_eq!(c.get("t").await, Err(Unavailable));
         // an unknown key while down: fail closed, fast (breaker)
         let started = Instant::now();
-        assert_eq!(
-            c.get(&"other".to_owned(), load.clone()).await,
-            Err(Unavailable)
-        );
+        assert_eq!(c.get("other").await, Err(Unavailable));
         assert!(started.elapsed() < Duration::from_millis(100));
         // recovery
-        down.store(false, Ordering::SeqCst);
+        fake.down.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(c.get(&k, load).await.unwrap().as_deref(), Some(&1));
+        assert_eq!(c.get("t").await.unwrap().as_deref(), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn waiters_of_a_failed_load_fail_fast() {
+        let (c, fake) = cache(settings(60_000, 1_000, 600_000), 100);
+        fake.down.store(true, Ordering::SeqCst);
+        let c = Arc::new(c);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.get("k").await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Err(Unavailable));
+        }
+        // One slow load, not twenty in a row.
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_millis(1_000));
     }
 
     #[tokio::test]
     async fn invalidation_forces_a_reload() {
-        let c = cache(settings(60_000, 1_000, 600_000));
-        let v = Arc::new(AtomicU64::new(1));
-        let load = {
-            let v = v.clone();
-            move || {
-                let v = v.clone();
-                async move { Ok(Some(v.load(Ordering::SeqCst) as u32)) }
-            }
+        let (c, fake) = cache(settings(60_000, 1_000, 600_000), 0);
+        assert_eq!(c.get("x").await.unwrap().as_deref(), Some(&1));
+        fake.value.store(2, Ordering::SeqCst);
+        assert_eq!(c.get("x").await.unwrap().as_deref(), Some(&1));
+        c.invalidate(&"x".to_owned()).await;
+        assert_eq!(c.get("x").await.unwrap().as_deref(), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_load_that_began_before_an_invalidation_is_dropped_after_it() {
+        let (c, fake) = cache(settings(60_000, 1_000, 600_000), 100);
+        let c = Arc::new(c);
+        let loading = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("x").await })
         };
-        let k = "x".to_owned();
-        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
-        v.store(2, Ordering::SeqCst);
-        assert_eq!(c.get(&k, load.clone()).await.unwrap().as_deref(), Some(&1));
-        c.invalidate(&k).await;
-        assert_eq!(c.get(&k, load).await.unwrap().as_deref(), Some(&2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The change lands while the old value is being read.
+        fake.value.store(2, Ordering::SeqCst);
+        c.invalidate(&"x".to_owned()).await;
+        let _ = loading.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(c.get("x").await.unwrap().as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn policy_key_ref_hashes_like_the_owned_tuple() {
+        use std::hash::BuildHasher;
+        let s = std::collections::hash_map::RandomState::new();
+        let owned = ("acme".to_owned(), "developer".to_owned());
+        assert_eq!(
+            s.hash_one(PolicyKeyRef("acme", "developer")),
+            s.hash_one(&owned)
+        );
+        assert!(PolicyKeyRef("acme", "developer").equivalent(&owned));
+        assert!(!PolicyKeyRef("acmed", "eveloper").equivalent(&owned));
+    }
+
+    #[test]
+    fn cached_keys_keep_the_digest_as_bytes_and_refuse_bad_ones() {
+        let now = chrono::Utc::now();
+        let mut rec = ApiKeyRecord {
+            id: "k1".into(),
+            tenant_id: "acme".into(),
+            prefix: "abcd".into(),
+            digest: "ab".repeat(32),
+            name: "n".into(),
+            role: "developer".into(),
+            created_at: now,
+            expires_at: Some(now + chrono::Duration::seconds(60)),
+            revoked_at: None,
+        };
+        let k = CachedKey::from_record(&rec).unwrap();
+        assert_eq!(k.digest, [0xab; 32]);
+        let now_ms = now.timestamp_millis();
+        assert!(k.is_usable_at(now_ms));
+        assert!(k.is_usable_at(now_ms + 59_999));
+        assert!(!k.is_usable_at(now_ms + 60_000));
+        assert_eq!(k.principal.tenant_id(), "acme");
+        assert_eq!(k.principal.api_key_id(), Some("k1"));
+        rec.revoked_at = Some(now);
+        assert!(!CachedKey::from_record(&rec).unwrap().is_usable_at(now_ms));
+        rec.revoked_at = None;
+        rec.role = "dev\nx-tenant-id: evil".into();
+        assert!(CachedKey::from_record(&rec).is_none());
+        rec.role = "developer".into();
+        rec.digest = "zz".repeat(32);
+        assert!(CachedKey::from_record(&rec).is_none());
+        rec.digest = "ab".repeat(31);
+        assert!(CachedKey::from_record(&rec).is_none());
     }
 }

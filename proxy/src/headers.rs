@@ -4,7 +4,8 @@
 //! identity namespaces is removed on every route, whatever its case or count, and
 //! only then are the trusted values written.
 
-use http::HeaderName;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 
 pub const X_TENANT_ID: &str = "x-tenant-id";
 pub const X_USER_ID: &str = "x-user-id";
@@ -55,6 +56,15 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b':'))
 }
 
+/// A fresh request id: a UUID v4 from the thread's CSPRNG (no system call per
+/// request, unlike `Uuid::new_v4`).
+pub fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 /// How the request authenticated; the `x-auth-method` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
@@ -72,28 +82,93 @@ impl AuthMethod {
 }
 
 /// The trusted identity of an authenticated request, as injected upstream.
+///
+/// Built once per cached API key or verified token, not per request: the values
+/// live back to back in one buffer and each header value is a slice of it (no
+/// allocation or validation when injected).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub tenant_id: String,
-    pub user_id: String,
-    pub role: String,
+    /// tenant id, user id, role, API key id (empty for a JWT), back to back.
+    buf: Bytes,
+    ends: [u16; 4],
     pub method: AuthMethod,
-    pub api_key_id: Option<String>,
 }
 
+/// An identity value that cannot be sent as a header (a control character), or
+/// identity values longer than 64 KiB together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("identity not representable as headers")]
+pub struct InvalidIdentity;
+
 impl Principal {
-    /// `(name, value)` pairs to inject, in a fixed order.
-    pub fn headers(&self) -> Vec<(&'static str, &str)> {
-        let mut v = vec![
-            (X_TENANT_ID, self.tenant_id.as_str()),
-            (X_USER_ID, self.user_id.as_str()),
-            (X_TENANT_ROLE, self.role.as_str()),
-            (X_AUTH_METHOD, self.method.as_str()),
-        ];
-        if let Some(id) = &self.api_key_id {
-            v.push((X_API_KEY_ID, id.as_str()));
+    pub fn new(
+        tenant_id: &str,
+        user_id: &str,
+        role: &str,
+        method: AuthMethod,
+        api_key_id: Option<&str>,
+    ) -> Result<Self, InvalidIdentity> {
+        let parts = [tenant_id, user_id, role, api_key_id.unwrap_or("")];
+        let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u16; 4];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            if part.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(InvalidIdentity);
+            }
+            buf.extend_from_slice(part.as_bytes());
+            *end = u16::try_from(buf.len()).map_err(|_| InvalidIdentity)?;
         }
-        v
+        Ok(Principal {
+            buf: Bytes::from(buf),
+            ends,
+            method,
+        })
+    }
+
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        let start = i.checked_sub(1).map_or(0, |j| usize::from(self.ends[j]));
+        start..usize::from(self.ends[i])
+    }
+
+    fn part(&self, i: usize) -> &str {
+        // Built from `&str`s, so always UTF-8.
+        std::str::from_utf8(self.buf.get(self.range(i)).unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn value(&self, i: usize) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.buf.slice(self.range(i)))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn role(&self) -> &str {
+        self.part(2)
+    }
+
+    pub fn api_key_id(&self) -> Option<&str> {
+        (self.method == AuthMethod::ApiKey).then(|| self.part(3))
+    }
+
+    /// `(name, value)` pairs to inject, in a fixed order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+        let fixed = [
+            (X_TENANT_ID, self.value(0)),
+            (X_USER_ID, self.value(1)),
+            (X_TENANT_ROLE, self.value(2)),
+            (
+                X_AUTH_METHOD,
+                HeaderValue::from_static(self.method.as_str()),
+            ),
+        ];
+        let key = (self.method == AuthMethod::ApiKey).then(|| (X_API_KEY_ID, self.value(3)));
+        fixed.into_iter().chain(key)
     }
 }
 
@@ -144,6 +219,16 @@ mod tests {
     }
 
     #[test]
+    fn new_request_ids_are_distinct_uuid_v4s() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let u = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert!(valid_request_id(a.as_bytes()));
+    }
+
+    #[test]
     fn request_ids() {
         assert!(valid_request_id(b"abc-123_X.y:z"));
         assert!(!valid_request_id(b""));
@@ -154,21 +239,45 @@ mod tests {
 
     #[test]
     fn principal_headers() {
-        let p = Principal {
-            tenant_id: "acme".into(),
-            user_id: "u1".into(),
-            role: "admin".into(),
-            method: AuthMethod::ApiKey,
-            api_key_id: Some("k1".into()),
-        };
-        let h = p.headers();
-        assert_eq!(h[0], (X_TENANT_ID, "acme"));
+        let p = Principal::new("acme", "u1", "admin", AuthMethod::ApiKey, Some("k1")).unwrap();
+        let h: Vec<_> = p.headers().collect();
+        assert_eq!(h[0], (X_TENANT_ID, HeaderValue::from_static("acme")));
+        assert_eq!(h[1], (X_USER_ID, HeaderValue::from_static("u1")));
+        assert_eq!(h[2], (X_TENANT_ROLE, HeaderValue::from_static("admin")));
+        assert_eq!(h[3], (X_AUTH_METHOD, HeaderValue::from_static("api_key")));
+        assert_eq!(h[4], (X_API_KEY_ID, HeaderValue::from_static("k1")));
         assert_eq!(h.len(), 5);
-        let jwt = Principal {
-            method: AuthMethod::Jwt,
-            api_key_id: None,
-            ..p
-        };
-        assert_eq!(jwt.headers().len(), 4);
+        assert_eq!(
+            (p.tenant_id(), p.user_id(), p.role()),
+            ("acme", "u1", "admin")
+        );
+        assert_eq!(p.api_key_id(), Some("k1"));
+        let jwt = Principal::new("acme", "sub-ü", "admin", AuthMethod::Jwt, None).unwrap();
+        assert_eq!(jwt.headers().count(), 4);
+        assert_eq!(jwt.user_id(), "sub-ü");
+        assert_eq!(jwt.api_key_id(), None);
+        assert_eq!(
+            jwt.headers().nth(1).unwrap().1.as_bytes(),
+            "sub-ü".as_bytes()
+        );
+    }
+
+    #[test]
+    fn principal_refuses_values_that_are_not_header_safe() {
+        for bad in ["a\nb", "a\rb", "a\0b", "a\u{7f}b"] {
+            assert_eq!(
+                Principal::new(bad, "u", "r", AuthMethod::Jwt, None),
+                Err(InvalidIdentity)
+            );
+            assert_eq!(
+                Principal::new("t", "u", bad, AuthMethod::Jwt, None),
+                Err(InvalidIdentity)
+            );
+        }
+        let long = "x".repeat(70_000);
+        assert_eq!(
+            Principal::new(&long, "u", "r", AuthMethod::Jwt, None),
+            Err(InvalidIdentity)
+        );
     }
 }

@@ -5,12 +5,35 @@
 use crate::control::ControlPlane;
 use crate::meter::Meter;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Each worker thread's resolved series, so a request costs a few atomic adds and
+/// no label hashing under the registry's lock. Keyed by the owning
+/// [`ProxyMetrics`] (tests make several in one process).
+#[derive(Default)]
+struct Handles {
+    owner: u64,
+    requests: FastMap<(&'static str, u16), IntCounter>,
+    tenants: FastMap<Box<str>, IntCounter>,
+}
+
+/// More tenants than this in one thread's handle map: start it over.
+const MAX_TENANT_HANDLES: usize = 100_000;
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct ProxyMetrics {
     registry: Registry,
@@ -19,6 +42,9 @@ pub struct ProxyMetrics {
     pub tenant_requests: IntCounterVec,
     top_tenants: RwLock<HashSet<String>>,
     top_k: usize,
+    proxied: Histogram,
+    rejected: Histogram,
+    id: u64,
 }
 
 impl ProxyMetrics {
@@ -55,10 +81,13 @@ impl ProxyMetrics {
         Ok(ProxyMetrics {
             registry,
             requests,
+            proxied: latency.get_metric_with_label_values(&["proxied"])?,
+            rejected: latency.get_metric_with_label_values(&["rejected"])?,
             latency,
             tenant_requests,
             top_tenants: RwLock::new(HashSet::new()),
             top_k,
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -81,13 +110,50 @@ impl ProxyMetrics {
         "other"
     }
 
-    pub fn observe(&self, code: &str, status: u16, seconds: f64, tenant: Option<&str>) {
-        let status_s = status.to_string();
+    pub fn observe(&self, code: &'static str, status: u16, seconds: f64, tenant: Option<&str>) {
+        if code == "ok" {
+            self.proxied.observe(seconds);
+        } else {
+            self.rejected.observe(seconds);
+        }
+        HANDLES.with(|h| {
+            let Ok(mut h) = h.try_borrow_mut() else {
+                return self.observe_uncached(code, status, tenant);
+            };
+            if h.owner != self.id {
+                *h = Handles {
+                    owner: self.id,
+                    ..Handles::default()
+                };
+            }
+            h.requests
+                .entry((code, status))
+                .or_insert_with(|| {
+                    self.requests
+                        .with_label_values(&[code, status.to_string().as_str()])
+                })
+                .inc();
+            if let Some(t) = tenant {
+                if let Some(c) = h.tenants.get(t) {
+                    c.inc();
+                    return;
+                }
+                if h.tenants.len() >= MAX_TENANT_HANDLES {
+                    h.tenants.clear();
+                }
+                let c = self
+                    .tenant_requests
+                    .with_label_values(&[self.tenant_label(t)]);
+                c.inc();
+                h.tenants.insert(t.into(), c);
+            }
+        });
+    }
+
+    fn observe_uncached(&self, code: &str, status: u16, tenant: Option<&str>) {
         self.requests
-            .with_label_values(&[code, status_s.as_str()])
+            .with_label_values(&[code, status.to_string().as_str()])
             .inc();
-        let outcome = if code == "ok" { "proxied" } else { "rejected" };
-        self.latency.with_label_values(&[outcome]).observe(seconds);
         if let Some(t) = tenant {
             self.tenant_requests
                 .with_label_values(&[self.tenant_label(t)])
@@ -226,5 +292,27 @@ mod tests {
         m.observe("forbidden", 403, 0.0001, Some("t"));
         assert_eq!(m.requests.with_label_values(&["ok", "200"]).get(), 1);
         assert_eq!(m.tenant_requests.with_label_values(&["t"]).get(), 2);
+        let hist = |m: &ProxyMetrics, outcome: &str| {
+            m.latency.with_label_values(&[outcome]).get_sample_count()
+        };
+        assert_eq!((hist(&m, "proxied"), hist(&m, "rejected")), (1, 1));
+    }
+
+    #[test]
+    fn cached_series_stay_with_their_registry() {
+        // Two instances on one thread (as in tests): each counts only its own.
+        let a = ProxyMetrics::new(1).unwrap();
+        let b = ProxyMetrics::new(1).unwrap();
+        for _ in 0..3 {
+            a.observe("ok", 200, 0.001, Some("t1"));
+            b.observe("ok", 200, 0.001, Some("t2"));
+            a.observe("ok", 200, 0.001, Some("t9"));
+        }
+        assert_eq!(a.requests.with_label_values(&["ok", "200"]).get(), 6);
+        assert_eq!(b.requests.with_label_values(&["ok", "200"]).get(), 3);
+        assert_eq!(a.tenant_requests.with_label_values(&["t1"]).get(), 3);
+        assert_eq!(a.tenant_requests.with_label_values(&["other"]).get(), 3);
+        assert_eq!(b.tenant_requests.with_label_values(&["t2"]).get(), 3);
+        assert_eq!(b.tenant_requests.with_label_values(&["t1"]).get(), 0);
     }
 }

@@ -4,6 +4,7 @@
 //! exactly with a manual clock. Capacity is `burst` (default `max_requests`); the
 //! refill rate is `max_requests / window_seconds` tokens per second.
 
+use http::HeaderValue;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,15 +64,14 @@ pub struct Decision {
 
 impl Decision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy`.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("ratelimit-limit", self.limit.to_string()),
-            ("ratelimit-remaining", self.remaining.to_string()),
-            ("ratelimit-reset", self.reset_secs.to_string()),
-            (
-                "ratelimit-policy",
-                format!("{};w={}", self.limit, self.window_secs),
-            ),
+    pub fn headers(&self) -> [(&'static str, HeaderValue); 4] {
+        let policy = HeaderValue::try_from(format!("{};w={}", self.limit, self.window_secs))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        [
+            ("ratelimit-limit", HeaderValue::from(self.limit)),
+            ("ratelimit-remaining", HeaderValue::from(self.remaining)),
+            ("ratelimit-reset", HeaderValue::from(self.reset_secs)),
+            ("ratelimit-policy", policy),
         ]
     }
 }
@@ -301,8 +301,10 @@ mod tests {
         let l = lim(100, 60, None);
         let d = Bucket::full(&l, 0).take(&l, 0, 1);
         let h = d.headers();
-        assert!(h.contains(&("ratelimit-limit", "100".into())));
-        assert!(h.contains(&("ratelimit-remaining", "99".into())));
-        assert!(h.contains(&("ratelimit-policy", "100;w=60".into())));
+        let has = |n: &str, v: &str| h.iter().any(|(hn, hv)| *hn == n && hv == v);
+        assert!(has("ratelimit-limit", "100"));
+        assert!(has("ratelimit-remaining", "99"));
+        assert!(h.iter().any(|(n, _)| *n == "ratelimit-reset"));
+        assert!(has("ratelimit-policy", "100;w=60"));
     }
 }

@@ -2,6 +2,7 @@
 //! contract's JSON response.
 
 use crate::ratelimit::Decision;
+use http::HeaderValue;
 
 /// Why a request is not proxied (or failed upstream).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,18 +88,18 @@ impl Reject {
     }
 
     /// Extra headers besides content-type.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
         match self {
-            Reject::NoCredential => vec![("www-authenticate", "Bearer".to_owned())],
+            Reject::NoCredential => vec![("www-authenticate", HeaderValue::from_static("Bearer"))],
             Reject::InvalidToken | Reject::AmbiguousCredential => {
                 vec![(
                     "www-authenticate",
-                    "Bearer error=\"invalid_token\"".to_owned(),
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 )]
             }
             Reject::RateLimited(d) => {
-                let mut h = d.headers();
-                h.push(("retry-after", d.retry_after_secs.max(1).to_string()));
+                let mut h = d.headers().to_vec();
+                h.push(("retry-after", HeaderValue::from(d.retry_after_secs.max(1))));
                 h
             }
             _ => Vec::new(),

@@ -7,7 +7,7 @@
 
 use crate::control::ControlPlane;
 use crate::credential::{self, Credential};
-use crate::headers::{self, AuthMethod, Principal, X_API_KEY, X_REQUEST_ID};
+use crate::headers::{self, Principal, X_API_KEY, X_REQUEST_ID};
 use crate::jwt::JwtVerifier;
 use crate::limiter::{LimitError, Limiter};
 use crate::meter::{Meter, Sample};
@@ -17,13 +17,14 @@ use crate::reject::Reject;
 use crate::route::{check_path, Route, RouteTable};
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::domain::{Action, TenantStatus};
+use tenantgate_core::domain::{Action, Tenant, TenantStatus};
 use tenantgate_core::secrets;
 
 /// Timeouts and limits of the proxy.
@@ -66,18 +67,19 @@ pub struct Gate {
 pub struct Ctx {
     start: Instant,
     start_unix_s: i64,
-    request_id: String,
+    /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
+    request_id: HeaderValue,
     route: Option<Arc<Route>>,
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     /// Set once the tenant is known to exist: the request is metered for it.
-    tenant: Option<String>,
+    tenant: Option<Arc<Tenant>>,
     decision: Option<Decision>,
     reject: Option<Reject>,
     upstream_error: bool,
 }
 
 impl Gate {
-    async fn authenticate(&self, cred: OwnedCredential) -> Result<Principal, Reject> {
+    async fn authenticate(&self, cred: OwnedCredential) -> Result<Arc<Principal>, Reject> {
         match cred {
             OwnedCredential::ApiKey(key) => {
                 let (prefix, _) = secrets::parse_api_key(&key).ok_or(Reject::InvalidApiKey)?;
@@ -87,28 +89,16 @@ impl Gate {
                     .await
                     .map_err(|_| Reject::Unavailable)?
                     .ok_or(Reject::InvalidApiKey)?;
-                let digest = secrets::api_key_digest(&key, self.pepper.as_deref());
-                if !secrets::ct_eq(digest.as_bytes(), rec.digest.as_bytes())
-                    || !rec.is_usable_at(chrono::Utc::now())
+                let digest = secrets::api_key_digest_bytes(&key, self.pepper.as_deref());
+                if !secrets::ct_eq(&digest, &rec.digest)
+                    || !rec.is_usable_at(tenantgate_core::time::now_ms())
                 {
                     return Err(Reject::InvalidApiKey);
                 }
-                Ok(Principal {
-                    tenant_id: rec.tenant_id.clone(),
-                    user_id: rec.id.clone(),
-                    role: rec.role.clone(),
-                    method: AuthMethod::ApiKey,
-                    api_key_id: Some(rec.id.clone()),
-                })
+                Ok(rec.principal.clone())
             }
             OwnedCredential::Jwt(token) => match self.jwt.verify(&token).await {
-                Ok(id) => Ok(Principal {
-                    tenant_id: id.tenant_id.clone(),
-                    user_id: id.user_id.clone(),
-                    role: id.role.clone(),
-                    method: AuthMethod::Jwt,
-                    api_key_id: None,
-                }),
+                Ok(id) => Ok(id.principal.clone()),
                 Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
                 Err(e) => {
                     tracing::debug!(error = %e, "jwt rejected");
@@ -151,11 +141,11 @@ impl Gate {
 
         let tenant = self
             .control
-            .tenant(&principal.tenant_id)
+            .tenant(principal.tenant_id())
             .await
             .map_err(|_| Reject::Unavailable)?
             .ok_or(Reject::UnknownTenant)?;
-        ctx.tenant = Some(tenant.id.clone());
+        ctx.tenant = Some(tenant.clone());
         if tenant.status != TenantStatus::Active {
             return Err(Reject::TenantSuspended);
         }
@@ -165,7 +155,7 @@ impl Gate {
         let resource = route.resource_for(&path);
         let policy = self
             .control
-            .policy(&tenant.id, &principal.role)
+            .policy(&tenant.id, principal.role())
             .await
             .map_err(|_| Reject::Unavailable)?;
         if !policy.is_some_and(|p| p.allows(action, resource)) {
@@ -195,11 +185,11 @@ impl Gate {
     /// Writes the rejection as JSON, keeping the connection when the request body
     /// (if any) is small enough to drain.
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
-        let body = reject.body(&ctx.request_id);
+        let body = reject.body(request_id_str(&ctx.request_id));
         let mut h = ResponseHeader::build(reject.status(), Some(8))?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        h.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         for (n, v) in reject.headers() {
             h.insert_header(n, v)?;
         }
@@ -230,6 +220,11 @@ impl Gate {
     }
 }
 
+/// A request id header value as text (it is always ASCII: checked or generated).
+fn request_id_str(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("")
+}
+
 enum OwnedCredential {
     ApiKey(String),
     Jwt(String),
@@ -243,7 +238,7 @@ impl ProxyHttp for Gate {
         Ctx {
             start: Instant::now(),
             start_unix_s: chrono::Utc::now().timestamp(),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             route: None,
             principal: None,
             tenant: None,
@@ -255,10 +250,8 @@ impl ProxyHttp for Gate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => uuid::Uuid::new_v4().to_string(),
+            Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
+            _ => headers::new_request_id(),
         };
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
@@ -302,7 +295,7 @@ impl ProxyHttp for Gate {
                 upstream_request.insert_header(name, value)?;
             }
         }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -317,7 +310,7 @@ impl ProxyHttp for Gate {
                 upstream_response.insert_header(n, v)?;
             }
         }
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if upstream_response.status.is_server_error() {
             ctx.upstream_error = true;
         }
@@ -350,7 +343,7 @@ impl ProxyHttp for Gate {
                 }
             },
         };
-        tracing::warn!(request_id = %ctx.request_id, error = %e, "proxy failure");
+        tracing::warn!(request_id = request_id_str(&ctx.request_id), error = %e, "proxy failure");
         let Some(reject) = reject else {
             return FailToProxy {
                 error_code: 0,
@@ -377,7 +370,8 @@ impl ProxyHttp for Gate {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let code = ctx.reject.as_ref().map(Reject::code).unwrap_or("ok");
-        if let Some(tenant) = ctx.tenant.as_deref() {
+        let tenant = ctx.tenant.as_ref().map(|t| t.id.as_str());
+        if let Some(tenant) = tenant {
             self.meter.record(
                 tenant,
                 &Sample {
@@ -392,25 +386,25 @@ impl ProxyHttp for Gate {
             );
         }
         self.metrics
-            .observe(code, status, elapsed.as_secs_f64(), ctx.tenant.as_deref());
+            .observe(code, status, elapsed.as_secs_f64(), tenant);
         if ctx.reject.is_some() || status >= 500 {
             tracing::info!(
-                request_id = %ctx.request_id,
+                request_id = request_id_str(&ctx.request_id),
                 method = %session.req_header().method,
                 path = %session.req_header().uri.path(),
                 status,
                 code,
-                tenant = ctx.tenant.as_deref().unwrap_or(""),
+                tenant = tenant.unwrap_or(""),
                 latency_us = elapsed.as_micros() as u64,
                 "request"
             );
         } else {
             tracing::debug!(
-                request_id = %ctx.request_id,
+                request_id = request_id_str(&ctx.request_id),
                 method = %session.req_header().method,
                 path = %session.req_header().uri.path(),
                 status,
-                tenant = ctx.tenant.as_deref().unwrap_or(""),
+                tenant = tenant.unwrap_or(""),
                 latency_us = elapsed.as_micros() as u64,
                 "request"
             );

@@ -3,10 +3,13 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 /// The key types we verify with. HMAC (`oct`) keys are never usable: a public
 /// key source has no business publishing shared secrets.
@@ -44,12 +47,69 @@ pub(crate) struct VerifyKey {
     pub kind: KeyKind,
     /// The `alg` the JWK declares for itself, if any: the token's must then equal it.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    /// The key parsed once per algorithm it may verify, so a verification does not
+    /// rebuild it (for RSA that is most of the cost: the Montgomery setup of `n`).
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+/// The verification parameters of a JWS algorithm (never HMAC).
+fn params(alg: Algorithm) -> Option<&'static dyn signature::VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &signature::ED25519,
+        _ => return None,
+    })
+}
+
+fn rsa_params(alg: Algorithm) -> Option<&'static signature::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+const ALL_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+fn b64(s: &str) -> Result<Vec<u8>, &'static str> {
+    URL_SAFE_NO_PAD.decode(s).map_err(|_| "bad base64url")
 }
 
 impl VerifyKey {
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         self.kind.accepts(alg) && self.alg.is_none_or(|own| own == alg)
+    }
+
+    /// Whether `signature` (base64url, as in the token) signs `message` under `alg`.
+    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        match URL_SAFE_NO_PAD.decode(signature) {
+            Ok(sig) => key.verify_sig(message, &sig).is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// A JWK as a verification key, or why it cannot be one.
@@ -63,11 +123,24 @@ impl VerifyKey {
                 return Err("key_ops lacks verify");
             }
         }
-        let (kind, key) = match &jwk.algorithm {
+        enum Material {
+            Rsa(Vec<u8>, Vec<u8>),
+            Bytes(Vec<u8>),
+        }
+        let (kind, material) = match &jwk.algorithm {
             AlgorithmParameters::RSA(p) => {
-                let key =
-                    DecodingKey::from_rsa_components(&p.n, &p.e).map_err(|_| "bad RSA n/e")?;
-                (KeyKind::Rsa, key)
+                let n = b64(&p.n).map_err(|_| "bad RSA n/e")?;
+                let e = b64(&p.e).map_err(|_| "bad RSA n/e")?;
+                // Big-endian integers: leading zero octets carry nothing.
+                let strip = |v: Vec<u8>| -> Vec<u8> {
+                    let first = v.iter().position(|b| *b != 0).unwrap_or(v.len());
+                    v[first..].to_vec()
+                };
+                let (n, e) = (strip(n), strip(e));
+                if n.is_empty() || e.is_empty() {
+                    return Err("bad RSA n/e");
+                }
+                (KeyKind::Rsa, Material::Rsa(n, e))
             }
             AlgorithmParameters::EllipticCurve(p) => {
                 let (kind, len) = match p.curve {
@@ -75,19 +148,27 @@ impl VerifyKey {
                     EllipticCurve::P384 => (KeyKind::EcP384, 48),
                     _ => return Err("unsupported curve"),
                 };
-                if b64_len(&p.x) != Some(len) || b64_len(&p.y) != Some(len) {
+                let x = b64(&p.x).map_err(|_| "bad EC coordinates")?;
+                let y = b64(&p.y).map_err(|_| "bad EC coordinates")?;
+                if x.len() != len || y.len() != len {
                     return Err("bad EC coordinates");
                 }
-                let key = DecodingKey::from_ec_components(&p.x, &p.y)
-                    .map_err(|_| "bad EC coordinates")?;
-                (kind, key)
+                // SEC 1 uncompressed point.
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                (kind, Material::Bytes(point))
             }
             AlgorithmParameters::OctetKeyPair(p) => {
-                if p.curve != EllipticCurve::Ed25519 || b64_len(&p.x) != Some(32) {
+                if p.curve != EllipticCurve::Ed25519 {
                     return Err("unsupported OKP key");
                 }
-                let key = DecodingKey::from_ed_components(&p.x).map_err(|_| "bad OKP key")?;
-                (KeyKind::Ed25519, key)
+                let x = b64(&p.x).map_err(|_| "unsupported OKP key")?;
+                if x.len() != 32 {
+                    return Err("unsupported OKP key");
+                }
+                (KeyKind::Ed25519, Material::Bytes(x))
             }
             AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are never used"),
             _ => return Err("unsupported key type"),
@@ -103,19 +184,35 @@ impl VerifyKey {
                 Some(alg)
             }
         };
+        let mut parsed = Vec::new();
+        for a in ALL_ALGORITHMS {
+            if !kind.accepts(a) || alg.is_some_and(|own| own != a) {
+                continue;
+            }
+            let key = match &material {
+                Material::Rsa(n, e) => {
+                    let params = rsa_params(a).ok_or("unsupported key type")?;
+                    RsaPublicKeyComponents { n, e }
+                        .to_parsed_public_key(params)
+                        .map_err(|_| "bad RSA key (2048 to 8192 bits)")?
+                }
+                Material::Bytes(b) => {
+                    let params = params(a).ok_or("unsupported key type")?;
+                    ParsedPublicKey::new(params, b).map_err(|_| match kind {
+                        KeyKind::Ed25519 => "bad OKP key",
+                        _ => "bad EC coordinates",
+                    })?
+                }
+            };
+            parsed.push((a, key));
+        }
         Ok(VerifyKey {
             kid: jwk.common.key_id.clone(),
             kind,
             alg,
-            key,
+            parsed,
         })
     }
-}
-
-fn b64_len(s: &str) -> Option<usize> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    URL_SAFE_NO_PAD.decode(s).ok().map(|v| v.len())
 }
 
 fn signing_alg(a: KeyAlgorithm) -> Option<Algorithm> {

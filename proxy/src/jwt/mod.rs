@@ -24,12 +24,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
-use moka::sync::Cache;
-use moka::Expiry;
+use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
+
+use crate::headers::{AuthMethod, Principal};
 
 pub use issuer::IssuerSpec;
 pub use source::{
@@ -51,6 +52,8 @@ pub struct Identity {
     pub issuer: String,
     /// The token's `exp`, seconds since the epoch.
     pub exp: i64,
+    /// The same identity rendered as the headers to inject (once per token).
+    pub principal: Arc<Principal>,
 }
 
 /// Why a token was refused. Only [`JwtError::KeysUnavailable`] is our fault (503);
@@ -129,8 +132,11 @@ struct Inner {
     extra_claims: Vec<&'static str>,
     leeway: i64,
     max_token_bytes: usize,
-    verified: Cache<TokenHash, Arc<Identity>>,
-    rejected: Cache<TokenHash, JwtError>,
+    /// Verified tokens with the instant (unix ms) their entry ends: the token's
+    /// `exp`, at most [`MAX_CACHE_TTL`] after it was verified.
+    verified: Cache<TokenHash, (Arc<Identity>, i64)>,
+    /// Refused tokens, until (unix ms).
+    rejected: Cache<TokenHash, (JwtError, i64)>,
     signature_checks: AtomicU64,
     /// Bumped by every invalidation; results computed across one are not cached.
     invalidations: AtomicU64,
@@ -145,20 +151,6 @@ impl std::fmt::Debug for JwtVerifier {
             .field("leeway", &self.inner.leeway)
             .field("max_token_bytes", &self.inner.max_token_bytes)
             .finish_non_exhaustive()
-    }
-}
-
-/// Cache entries live until the token's `exp`, at most [`MAX_CACHE_TTL`].
-struct UntilExp;
-
-impl Expiry<TokenHash, Arc<Identity>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &TokenHash,
-        id: &Arc<Identity>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(cache_ttl(id.exp, now_ms()))
     }
 }
 
@@ -228,15 +220,8 @@ impl JwtVerifier {
             };
             map.insert(spec.issuer.clone(), Arc::new(IssuerState::new(spec, slots)));
         }
-        let verified = Cache::builder()
-            .max_capacity(MAX_CACHED_TOKENS)
-            .expire_after(UntilExp)
-            .support_invalidation_closures()
-            .build();
-        let rejected = Cache::builder()
-            .max_capacity(MAX_CACHED_REJECTS)
-            .time_to_live(REJECT_TTL)
-            .build();
+        let verified = Cache::new(MAX_CACHED_TOKENS as usize);
+        let rejected = Cache::new(MAX_CACHED_REJECTS as usize);
         let leeway = i64::try_from(leeway_seconds.min(MAX_LEEWAY_SECONDS)).unwrap_or(0);
         JwtVerifier {
             inner: Arc::new(Inner {
@@ -274,11 +259,18 @@ impl JwtVerifier {
             return Err(JwtError::TooLarge);
         }
         let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-        if let Some(id) = self.inner.verified.get(&hash) {
-            return Ok(id);
+        let now = now_ms();
+        if let Some((id, until)) = self.inner.verified.get(&hash) {
+            if now < until {
+                return Ok(id);
+            }
+            self.inner.verified.remove(&hash);
         }
-        if let Some(err) = self.inner.rejected.get(&hash) {
-            return Err(err);
+        if let Some((err, until)) = self.inner.rejected.get(&hash) {
+            if now < until {
+                return Err(err);
+            }
+            self.inner.rejected.remove(&hash);
         }
         let generation = self.inner.invalidations.load(Ordering::Acquire);
         let result = self.verify_uncached(token).await;
@@ -291,14 +283,19 @@ impl JwtVerifier {
             Ok(id) => {
                 let id = Arc::new(id);
                 // A token accepted only thanks to the leeway is not cached at all.
-                if id.exp.saturating_mul(1000) > now_ms() {
-                    self.inner.verified.insert(hash, Arc::clone(&id));
+                let now = now_ms();
+                if id.exp.saturating_mul(1000) > now {
+                    let ttl = i64::try_from(cache_ttl(id.exp, now).as_millis()).unwrap_or(0);
+                    let until = now.saturating_add(ttl);
+                    self.inner.verified.insert(hash, (Arc::clone(&id), until));
                 }
                 Ok(id)
             }
             Err(err) => {
                 if err.is_sticky() {
-                    self.inner.rejected.insert(hash, err);
+                    let ttl = i64::try_from(REJECT_TTL.as_millis()).unwrap_or(0);
+                    let until = now_ms().saturating_add(ttl);
+                    self.inner.rejected.insert(hash, (err, until));
                 }
                 Err(err)
             }
@@ -314,21 +311,15 @@ impl JwtVerifier {
         };
         state.mark_stale();
         self.inner.invalidations.fetch_add(1, Ordering::AcqRel);
-        let owned = issuer.to_owned();
-        if let Err(e) = self
-            .inner
+        self.inner
             .verified
-            .invalidate_entries_if(move |_, id| id.issuer == owned)
-        {
-            tracing::warn!(error = %e, "cannot invalidate by issuer; dropping every cached token");
-            self.inner.verified.invalidate_all();
-        }
-        self.inner.rejected.invalidate_all();
+            .retain(|_, (id, _)| id.issuer.as_str() != issuer);
+        self.inner.rejected.clear();
     }
 
     /// Verified tokens in the cache (approximate).
     pub fn cached_tokens(&self) -> u64 {
-        self.inner.verified.entry_count()
+        self.inner.verified.len() as u64
     }
 
     /// Signatures checked so far: the uncached verifications that got that far.
@@ -364,10 +355,7 @@ impl JwtVerifier {
         let mut valid = false;
         for key in candidates {
             self.inner.signature_checks.fetch_add(1, Ordering::Relaxed);
-            if matches!(
-                jsonwebtoken::crypto::verify(seg.signature, signed_input, &key.key, alg),
-                Ok(true)
-            ) {
+            if key.verify(alg, signed_input, seg.signature) {
                 valid = true;
                 break;
             }
@@ -387,7 +375,16 @@ impl JwtVerifier {
             leeway: self.inner.leeway,
         };
         let checked = claims::check(&claims, &expect)?;
+        let principal = Principal::new(
+            &checked.tenant_id,
+            &checked.user_id,
+            &checked.role,
+            AuthMethod::Jwt,
+            None,
+        )
+        .map_err(|_| JwtError::Malformed)?;
         Ok(Identity {
+            principal: Arc::new(principal),
             tenant_id: checked.tenant_id,
             user_id: checked.user_id,
             role: checked.role,
