@@ -10,7 +10,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use jsonwebtoken::jwk::Jwk;
@@ -140,35 +140,66 @@ fn control(c: &mut Criterion) {
     let cp = &plane.control;
     // Warm every cache once.
     rt.block_on(async {
-        assert!(cp.api_key(&plane.prefix).await.unwrap().is_some());
-        assert!(cp.tenant(&plane.tenant).await.unwrap().is_some());
         assert!(cp
-            .policy(&plane.tenant, "developer")
+            .api_key(&plane.prefix, Instant::now())
             .await
             .unwrap()
             .is_some());
-        assert!(cp.rate_limit(&plane.tenant).await.unwrap().is_some());
-        assert!(cp.api_key("ffffffffffff").await.unwrap().is_none());
+        assert!(cp
+            .tenant(&plane.tenant, Instant::now())
+            .await
+            .unwrap()
+            .is_some());
+        assert!(cp
+            .policy(&plane.tenant, "developer", Instant::now())
+            .await
+            .unwrap()
+            .is_some());
+        assert!(cp
+            .rate_limit(&plane.tenant, Instant::now())
+            .await
+            .unwrap()
+            .is_some());
+        assert!(cp
+            .api_key("ffffffffffff", Instant::now())
+            .await
+            .unwrap()
+            .is_none());
     });
 
     let mut g = c.benchmark_group("control_plane");
     g.throughput(Throughput::Elements(1));
     g.bench_function("api_key_hit", |b| {
-        b.iter(|| rt.block_on(cp.api_key(black_box(&plane.prefix))).unwrap())
+        b.iter(|| {
+            rt.block_on(cp.api_key(black_box(&plane.prefix), Instant::now()))
+                .unwrap()
+        })
     });
     g.bench_function("request_hits(key+tenant+policy+limit)", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let k = cp.api_key(&plane.prefix).await.unwrap().unwrap();
-                let t = cp.tenant(k.principal.tenant_id()).await.unwrap().unwrap();
-                let p = cp.policy(&t.id, k.principal.role()).await.unwrap().unwrap();
-                let l = cp.rate_limit(&t.id).await.unwrap().unwrap();
+                let now = Instant::now();
+                let k = cp.api_key(&plane.prefix, now).await.unwrap().unwrap();
+                let t = cp
+                    .tenant(k.principal.tenant_id(), now)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let p = cp
+                    .policy(&t.id, k.principal.role(), now)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let l = cp.rate_limit(&t.id, now).await.unwrap().unwrap();
                 black_box((p, l))
             })
         })
     });
     g.bench_function("api_key_negative_hit", |b| {
-        b.iter(|| rt.block_on(cp.api_key(black_box("ffffffffffff"))).unwrap())
+        b.iter(|| {
+            rt.block_on(cp.api_key(black_box("ffffffffffff"), Instant::now()))
+                .unwrap()
+        })
     });
     // A true miss: every prefix is new, so each iteration loads from SQLite (and
     // caches the "not found").
@@ -179,7 +210,7 @@ fn control(c: &mut Criterion) {
                 n += 1;
                 format!("{:012x}", 0x1000_0000_0000u64 + n)
             },
-            |prefix| rt.block_on(cp.api_key(&prefix)).unwrap(),
+            |prefix| rt.block_on(cp.api_key(&prefix, Instant::now())).unwrap(),
             BatchSize::SmallInput,
         )
     });

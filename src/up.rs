@@ -89,7 +89,7 @@ pub fn run(path: Option<&Path>) -> Result<(), Fatal> {
     let cfg = load(path)?;
     init_logging(&cfg);
     let rt = control_runtime()?;
-    let store = rt.block_on(open_store(&cfg.store.url, cfg.store.max_connections))?;
+    let store = rt.block_on(open_store(&cfg.store.url, cfg.store.pool_size()))?;
     let (token_sha, new_token) = rt.block_on(resolve_bootstrap(&cfg, &store))?;
     let kek = rt
         .block_on(tenantgate_admin::load_kek(&cfg))

@@ -2,11 +2,12 @@
 # tenantgate load harness: tenantgate vs a direct upstream, its own public
 # (passthrough) route, HAProxy 2.6 and Envoy doing the same job, on 127.0.0.1 only.
 #
-#   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--perf] [--out FILE]
+#   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--only-scale] [--perf] [--out FILE]
 #
 #   --quick     3 s per scenario (default 10 s), smaller token sets and warm-ups
 #   --no-scale  skip the 10k-tenant / 100k-key run
 #   --no-peers  skip HAProxy and Envoy
+#   --only-scale  only the 10k-tenant / 100k-key run (no peers, no other scenarios)
 #   --perf      also record a perf profile of tenantgate during the API-key and
 #               passthrough scenarios (reports land in the work directory)
 #   --out FILE  where the markdown goes (default benches/RESULTS.md)
@@ -23,7 +24,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 COMMAND="benches/load/run.sh $*"
 
-QUICK=0 SCALE=1 PEERS=1 PERF=0
+QUICK=0 SCALE=1 PEERS=1 PERF=0 ONLY_SCALE=0
 OUT="$ROOT/benches/RESULTS.md"
 while (($#)); do
     case "$1" in
@@ -31,6 +32,7 @@ while (($#)); do
         --no-scale) SCALE=0 ;;
         --no-peers) PEERS=0 ;;
         --perf) PERF=1 ;;
+        --only-scale) ONLY_SCALE=1 PEERS=0 SCALE=1 ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -242,6 +244,7 @@ tg_config "$WORK/tenantgate.toml" "$TG_PORT" "$TG_METRICS_PORT" "sqlite://$WORK/
 log "starting nginx (upstream, CPU $LOAD_CPU) and tenantgate up (CPU $PROXY_CPU)"
 start nginx "$LOAD_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK"
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 || die "nginx did not start ($WORK/nginx.log)"
+if ((!ONLY_SCALE)); then
 start tenantgate "$PROXY_CPU" "$TG" up --config "$WORK/tenantgate.toml"
 wait_http "http://127.0.0.1:$TG_METRICS_PORT/health" 60 "$PID_tenantgate" || die "tenantgate did not start ($WORK/tenantgate.log)"
 wait_http "http://127.0.0.1:$TG_ADMIN_PORT/health" 30 || die "admin API did not start"
@@ -262,6 +265,8 @@ if ((PEERS)); then
     fi
     wait_http "http://127.0.0.1:$HAPROXY_PASS_PORT/" 10 || die "haproxy did not start ($WORK/haproxy.log)"
 fi
+
+fi # !ONLY_SCALE
 
 # ---- scenarios -----------------------------------------------------------------------------
 # CPU ticks (user+sys, all threads) of a process and its direct children (nginx workers)
@@ -341,8 +346,9 @@ perf_done() {
     log "perf profile: $WORK/perf-$1.txt"
 }
 
-TGP=$PID_tenantgate
 U="http://127.0.0.1"
+if ((!ONLY_SCALE)); then
+TGP=$PID_tenantgate
 log "scenarios: best of $REPS x ${DUR}s, wrk -t$WRK_THREADS -c$WRK_CONNS, after ${WARM}s warm-up"
 run direct "direct upstream (nginx)" nginx passthrough "$PID_nginx" \
     "$U:$UPSTREAM_PORT/api/v1/echo" "$NONE_FILE" none seq 200
@@ -500,6 +506,8 @@ stop "$PID_redis"
 stop "$TGP"
 ((PEERS)) && stop "$HAPROXY_PID"
 [ -n "$ENVOY_PID" ] && stop "$ENVOY_PID"
+
+fi # !ONLY_SCALE (scenarios and Redis)
 
 # ---- scale: 10k tenants, 100k keys ----------------------------------------------------------
 if ((SCALE)); then

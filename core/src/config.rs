@@ -129,7 +129,9 @@ impl Default for UpstreamDemoConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: String,
-    pub max_connections: u32,
+    /// Pool size; unset: 4 on SQLite (one writer at a time, and each connection
+    /// keeps its own page cache), 10 on PostgreSQL. See [`StoreConfig::pool_size`].
+    pub max_connections: Option<u32>,
     /// Local state: SQLite files, the sealed-key secret, the metering spool.
     pub data_dir: PathBuf,
 }
@@ -138,9 +140,21 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://data/tenantgate.db".into(),
-            max_connections: 10,
+            max_connections: None,
             data_dir: PathBuf::from("data"),
         }
+    }
+}
+
+impl StoreConfig {
+    /// The configured pool size, or the backend's default.
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections
+            .unwrap_or(if self.url.starts_with("sqlite:") {
+                4
+            } else {
+                10
+            })
     }
 }
 
@@ -478,7 +492,7 @@ impl Config {
                 );
             }
         }
-        if self.store.max_connections == 0 {
+        if self.store.max_connections == Some(0) {
             return e("store.max_connections", "must be positive");
         }
         if let Some(u) = &self.redis.url {
@@ -649,6 +663,17 @@ mod tests {
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
         assert_eq!(c.store.url, "sqlite://data/tenantgate.db");
         assert_eq!(c.metering.flush_interval_ms, 1000);
+        assert_eq!(c.store.pool_size(), 4);
+    }
+
+    #[test]
+    fn pool_size_defaults_per_backend_and_refuses_zero() {
+        let pg = parse("[store]\nurl = \"postgres://u@127.0.0.1/db\"").unwrap();
+        assert_eq!(pg.store.pool_size(), 10);
+        let set = parse("[store]\nmax_connections = 7").unwrap();
+        assert_eq!(set.store.pool_size(), 7);
+        let err = parse("[store]\nmax_connections = 0").unwrap_err();
+        assert!(err.to_string().contains("store.max_connections"), "{err}");
     }
 
     #[test]

@@ -169,7 +169,15 @@ where
     where
         Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
     {
-        match self.hit(key, || key.to_owned()) {
+        self.get_at(key, Instant::now()).await
+    }
+
+    /// [`get`](Self::get) with the caller's clock reading (one per request).
+    pub async fn get_at<Q>(&self, key: &Q, now: Instant) -> Result<Option<Arc<T>>, Unavailable>
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.hit(key, now, || key.to_owned()) {
             Some(v) => Ok(v),
             None => self.load(key).await,
         }
@@ -178,12 +186,12 @@ where
     /// The cached answer when it is fresh enough (`Some(None)`: known not to
     /// exist), `None` when the caller must [`load`](Self::load). Synchronous.
     /// `owned` builds the key for a refresh-ahead past the TTL.
-    pub fn hit<Q>(&self, key: &Q, owned: impl FnOnce() -> K) -> Option<Option<Arc<T>>>
+    pub fn hit<Q>(&self, key: &Q, now: Instant, owned: impl FnOnce() -> K) -> Option<Option<Arc<T>>>
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
         let e = self.cache.get(key)?;
-        let age = e.loaded_at.elapsed();
+        let age = now.saturating_duration_since(e.loaded_at);
         match &e.value {
             None if age < self.settings.negative_ttl => {
                 self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +306,16 @@ where
     }
 }
 
+impl<T: Send + Sync + 'static> Cached<IdKey, T> {
+    /// [`get_at`](Self::get_at) by a borrowed id: a hit builds no key.
+    pub async fn get_id(&self, id: &str, now: Instant) -> Result<Option<Arc<T>>, Unavailable> {
+        match self.hit(&IdRef(id), now, || IdKey::new(id)) {
+            Some(v) => Ok(v),
+            None => self.load(&IdKey::new(id)).await,
+        }
+    }
+}
+
 /// What the hot path keeps of an API key: the digest as bytes, the expiry and the
 /// identity to inject, rendered once. No name, prefix or creation time.
 #[derive(Debug)]
@@ -339,20 +357,92 @@ impl CachedKey {
     }
 }
 
+/// A cache key for an id (tenant id, role, API key prefix): up to 30 bytes are
+/// kept inline, so probing a table compares bytes next to the hash instead of
+/// following a pointer to a heap string (a cache miss per probe with 100k keys).
+#[derive(Clone)]
+pub enum IdKey {
+    Inline(u8, [u8; ID_INLINE]),
+    Heap(Box<[u8]>),
+}
+
+const ID_INLINE: usize = 30;
+
+impl IdKey {
+    pub fn new(id: &str) -> Self {
+        let b = id.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(n) if b.len() <= ID_INLINE => {
+                let mut buf = [0u8; ID_INLINE];
+                buf[..b.len()].copy_from_slice(b);
+                IdKey::Inline(n, buf)
+            }
+            _ => IdKey::Heap(b.into()),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdKey::Inline(n, buf) => buf.get(..usize::from(*n)).unwrap_or_default(),
+            IdKey::Heap(b) => b,
+        }
+    }
+
+    /// The id as text (keys are made from `&str`, so this never falls back).
+    pub fn to_text(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IdKey {}
+
+impl Hash for IdKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h);
+    }
+}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A borrowed id to look an [`IdKey`] up with: hashes and compares the same way.
+pub struct IdRef<'a>(pub &'a str);
+
+impl Hash for IdRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.as_bytes().hash(h);
+    }
+}
+
+impl Equivalent<IdKey> for IdRef<'_> {
+    fn equivalent(&self, key: &IdKey) -> bool {
+        self.0.as_bytes() == key.as_bytes()
+    }
+}
+
 /// A policy lookup without building the owned `(tenant, role)` key: hashes and
-/// compares like the tuple of `String`s it stands for.
+/// compares like the tuple of [`IdKey`]s it stands for.
 struct PolicyKeyRef<'a>(&'a str, &'a str);
 
 impl Hash for PolicyKeyRef<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-        self.1.hash(h);
+        IdRef(self.0).hash(h);
+        IdRef(self.1).hash(h);
     }
 }
 
-impl Equivalent<(String, String)> for PolicyKeyRef<'_> {
-    fn equivalent(&self, key: &(String, String)) -> bool {
-        self.0 == key.0 && self.1 == key.1
+impl Equivalent<(IdKey, IdKey)> for PolicyKeyRef<'_> {
+    fn equivalent(&self, key: &(IdKey, IdKey)) -> bool {
+        self.0.as_bytes() == key.0.as_bytes() && self.1.as_bytes() == key.1.as_bytes()
     }
 }
 
@@ -363,10 +453,10 @@ pub struct ControlPlane {
     last_change_lag_ms: AtomicU64,
     max_change_lag_ms: AtomicU64,
     changes_applied: AtomicU64,
-    pub tenants: Cached<String, Tenant>,
-    pub keys: Cached<String, CachedKey>,
-    pub policies: Cached<(String, String), Policy>,
-    pub limits: Cached<String, RateLimit>,
+    pub tenants: Cached<IdKey, Tenant>,
+    pub keys: Cached<IdKey, CachedKey>,
+    pub policies: Cached<(IdKey, IdKey), Policy>,
+    pub limits: Cached<IdKey, RateLimit>,
 }
 
 impl ControlPlane {
@@ -382,19 +472,19 @@ impl ControlPlane {
                 "tenants",
                 settings.clone(),
                 breaker.clone(),
-                move |id: String| {
+                move |id: IdKey| {
                     let s = s1.clone();
-                    Box::pin(async move { s.get_tenant(&id).await })
+                    Box::pin(async move { s.get_tenant(&id.to_text()).await })
                 },
             ),
             keys: Cached::new(
                 "api_keys",
                 settings.clone(),
                 breaker.clone(),
-                move |prefix: String| {
+                move |prefix: IdKey| {
                     let s = s2.clone();
                     Box::pin(async move {
-                        let rec = s.find_api_key_by_prefix(&prefix).await?;
+                        let rec = s.find_api_key_by_prefix(&prefix.to_text()).await?;
                         Ok(rec.and_then(|r| {
                             let k = CachedKey::from_record(&r);
                             if k.is_none() {
@@ -409,14 +499,14 @@ impl ControlPlane {
                 "policies",
                 settings.clone(),
                 breaker.clone(),
-                move |(t, r): (String, String)| {
+                move |(t, r): (IdKey, IdKey)| {
                     let s = s3.clone();
-                    Box::pin(async move { s.get_policy(&t, &r).await })
+                    Box::pin(async move { s.get_policy(&t.to_text(), &r.to_text()).await })
                 },
             ),
-            limits: Cached::new("rate_limits", settings, breaker, move |id: String| {
+            limits: Cached::new("rate_limits", settings, breaker, move |id: IdKey| {
                 let s = s4.clone();
-                Box::pin(async move { s.get_rate_limit(&id).await })
+                Box::pin(async move { s.get_rate_limit(&id.to_text()).await })
             }),
         }
     }
@@ -425,28 +515,40 @@ impl ControlPlane {
         &self.store
     }
 
-    pub async fn tenant(&self, id: &str) -> Result<Option<Arc<Tenant>>, Unavailable> {
-        self.tenants.get(id).await
+    // The lookups take the request's clock reading (`now`), so a request reads the
+    // clock once, not once per cache.
+
+    pub async fn tenant(&self, id: &str, now: Instant) -> Result<Option<Arc<Tenant>>, Unavailable> {
+        self.tenants.get_id(id, now).await
     }
 
-    pub async fn api_key(&self, prefix: &str) -> Result<Option<Arc<CachedKey>>, Unavailable> {
-        self.keys.get(prefix).await
+    pub async fn api_key(
+        &self,
+        prefix: &str,
+        now: Instant,
+    ) -> Result<Option<Arc<CachedKey>>, Unavailable> {
+        self.keys.get_id(prefix, now).await
     }
 
     pub async fn policy(
         &self,
         tenant: &str,
         role: &str,
+        now: Instant,
     ) -> Result<Option<Arc<Policy>>, Unavailable> {
-        let owned = || (tenant.to_owned(), role.to_owned());
-        match self.policies.hit(&PolicyKeyRef(tenant, role), owned) {
+        let owned = || (IdKey::new(tenant), IdKey::new(role));
+        match self.policies.hit(&PolicyKeyRef(tenant, role), now, owned) {
             Some(v) => Ok(v),
             None => self.policies.load(&owned()).await,
         }
     }
 
-    pub async fn rate_limit(&self, tenant: &str) -> Result<Option<Arc<RateLimit>>, Unavailable> {
-        self.limits.get(tenant).await
+    pub async fn rate_limit(
+        &self,
+        tenant: &str,
+        now: Instant,
+    ) -> Result<Option<Arc<RateLimit>>, Unavailable> {
+        self.limits.get_id(tenant, now).await
     }
     /// Applies one change event. Returns true when signing keys changed.
     pub async fn apply(&self, c: &Change) -> bool {
@@ -457,16 +559,16 @@ impl ControlPlane {
         self.changes_applied.fetch_add(1, Ordering::Relaxed);
         match c.kind {
             ChangeKind::Tenant => {
-                self.tenants.invalidate(&c.tenant_id).await;
-                self.limits.invalidate(&c.tenant_id).await;
+                self.tenants.invalidate(&IdKey::new(&c.tenant_id)).await;
+                self.limits.invalidate(&IdKey::new(&c.tenant_id)).await;
             }
-            ChangeKind::ApiKey => self.keys.invalidate(&c.subject).await,
+            ChangeKind::ApiKey => self.keys.invalidate(&IdKey::new(&c.subject)).await,
             ChangeKind::Policy => {
                 self.policies
-                    .invalidate(&(c.tenant_id.clone(), c.subject.clone()))
+                    .invalidate(&(IdKey::new(&c.tenant_id), IdKey::new(&c.subject)))
                     .await
             }
-            ChangeKind::RateLimit => self.limits.invalidate(&c.tenant_id).await,
+            ChangeKind::RateLimit => self.limits.invalidate(&IdKey::new(&c.tenant_id)).await,
             ChangeKind::User => {}
             ChangeKind::SigningKey => return true,
         }
@@ -690,16 +792,63 @@ mod tests {
     }
 
     #[test]
-    fn policy_key_ref_hashes_like_the_owned_tuple() {
+    fn borrowed_keys_hash_and_compare_like_the_owned_ones() {
         use std::hash::BuildHasher;
         let s = std::collections::hash_map::RandomState::new();
-        let owned = ("acme".to_owned(), "developer".to_owned());
+        let owned = (IdKey::new("acme"), IdKey::new("developer"));
         assert_eq!(
             s.hash_one(PolicyKeyRef("acme", "developer")),
             s.hash_one(&owned)
         );
         assert!(PolicyKeyRef("acme", "developer").equivalent(&owned));
         assert!(!PolicyKeyRef("acmed", "eveloper").equivalent(&owned));
+        assert!(!PolicyKeyRef("acme", "developers").equivalent(&owned));
+        for id in [
+            "",
+            "a",
+            &"x".repeat(30),
+            &"y".repeat(31),
+            &"z".repeat(200),
+            "ü-tenant",
+        ] {
+            let k = IdKey::new(id);
+            assert_eq!(k.as_bytes(), id.as_bytes());
+            assert_eq!(k.to_text(), id);
+            assert_eq!(s.hash_one(IdRef(id)), s.hash_one(&k));
+            assert!(IdRef(id).equivalent(&k));
+            assert_eq!(k, IdKey::new(id));
+        }
+        assert!(matches!(IdKey::new(&"x".repeat(30)), IdKey::Inline(30, _)));
+        assert!(matches!(IdKey::new(&"x".repeat(31)), IdKey::Heap(_)));
+        assert_ne!(IdKey::new("ab"), IdKey::new("abc"));
+        assert!(!IdRef("ab").equivalent(&IdKey::new("abc")));
+    }
+
+    #[tokio::test]
+    async fn id_keyed_caches_find_what_they_loaded() {
+        let c: Cached<IdKey, String> = Cached::new(
+            "ids",
+            settings(60_000, 1_000, 600_000),
+            Arc::new(Breaker::new(Duration::from_millis(200))),
+            |k: IdKey| Box::pin(async move { Ok(Some(format!("v-{}", k.to_text()))) }),
+        );
+        let long = "t".repeat(40);
+        for id in ["acme", long.as_str()] {
+            let now = Instant::now();
+            assert_eq!(
+                c.get_id(id, now).await.unwrap().unwrap().as_str(),
+                format!("v-{id}")
+            );
+            assert_eq!(
+                c.get_id(id, now).await.unwrap().unwrap().as_str(),
+                format!("v-{id}")
+            );
+        }
+        assert_eq!(c.stats.misses.load(Ordering::SeqCst), 2);
+        assert_eq!(c.stats.hits.load(Ordering::SeqCst), 2);
+        c.invalidate(&IdKey::new("acme")).await;
+        assert!(c.get_id("acme", Instant::now()).await.unwrap().is_some());
+        assert_eq!(c.stats.misses.load(Ordering::SeqCst), 3);
     }
 
     #[test]

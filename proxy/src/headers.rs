@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
 
 pub const X_TENANT_ID: &str = "x-tenant-id";
 pub const X_USER_ID: &str = "x-user-id";
@@ -86,12 +87,31 @@ impl AuthMethod {
 /// Built once per cached API key or verified token, not per request: the values
 /// live back to back in one buffer and each header value is a slice of it (no
 /// allocation or validation when injected).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Principal {
     /// tenant id, user id, role, API key id (empty for a JWT), back to back.
+    text: Arc<str>,
+    /// The same bytes, shared (not copied) for the header values.
     buf: Bytes,
     ends: [u16; 4],
     pub method: AuthMethod,
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.ends == other.ends && self.method == other.method
+    }
+}
+
+impl Eq for Principal {}
+
+/// Lets `Bytes` share a `Principal`'s text.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// An identity value that cannot be sent as a header (a control character), or
@@ -109,17 +129,19 @@ impl Principal {
         api_key_id: Option<&str>,
     ) -> Result<Self, InvalidIdentity> {
         let parts = [tenant_id, user_id, role, api_key_id.unwrap_or("")];
-        let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         let mut ends = [0u16; 4];
         for (end, part) in ends.iter_mut().zip(parts) {
             if part.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 return Err(InvalidIdentity);
             }
-            buf.extend_from_slice(part.as_bytes());
-            *end = u16::try_from(buf.len()).map_err(|_| InvalidIdentity)?;
+            text.push_str(part);
+            *end = u16::try_from(text.len()).map_err(|_| InvalidIdentity)?;
         }
+        let text: Arc<str> = text.into();
         Ok(Principal {
-            buf: Bytes::from(buf),
+            buf: Bytes::from_owner(SharedText(text.clone())),
+            text,
             ends,
             method,
         })
@@ -131,8 +153,8 @@ impl Principal {
     }
 
     fn part(&self, i: usize) -> &str {
-        // Built from `&str`s, so always UTF-8.
-        std::str::from_utf8(self.buf.get(self.range(i)).unwrap_or_default()).unwrap_or_default()
+        // The ends fall between the `&str`s it was built from: always char boundaries.
+        self.text.get(self.range(i)).unwrap_or_default()
     }
 
     fn value(&self, i: usize) -> HeaderValue {

@@ -66,7 +66,7 @@ pub struct Gate {
 /// What one phase learned for the next.
 pub struct Ctx {
     start: Instant,
-    start_unix_s: i64,
+    start_unix_ms: i64,
     /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
@@ -79,20 +79,23 @@ pub struct Ctx {
 }
 
 impl Gate {
-    async fn authenticate(&self, cred: OwnedCredential) -> Result<Arc<Principal>, Reject> {
+    async fn authenticate(
+        &self,
+        cred: OwnedCredential,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<Arc<Principal>, Reject> {
         match cred {
             OwnedCredential::ApiKey(key) => {
                 let (prefix, _) = secrets::parse_api_key(&key).ok_or(Reject::InvalidApiKey)?;
                 let rec = self
                     .control
-                    .api_key(prefix)
+                    .api_key(prefix, now)
                     .await
                     .map_err(|_| Reject::Unavailable)?
                     .ok_or(Reject::InvalidApiKey)?;
                 let digest = secrets::api_key_digest_bytes(&key, self.pepper.as_deref());
-                if !secrets::ct_eq(&digest, &rec.digest)
-                    || !rec.is_usable_at(tenantgate_core::time::now_ms())
-                {
+                if !secrets::ct_eq(&digest, &rec.digest) || !rec.is_usable_at(now_ms) {
                     return Err(Reject::InvalidApiKey);
                 }
                 Ok(rec.principal.clone())
@@ -137,11 +140,13 @@ impl Gate {
             Some(Credential::Jwt(t)) => OwnedCredential::Jwt(t.to_owned()),
             None => return Err(Reject::NoCredential),
         };
-        let principal = self.authenticate(cred).await?;
+        let principal = self
+            .authenticate(cred, ctx.start, ctx.start_unix_ms)
+            .await?;
 
         let tenant = self
             .control
-            .tenant(principal.tenant_id())
+            .tenant(principal.tenant_id(), ctx.start)
             .await
             .map_err(|_| Reject::Unavailable)?
             .ok_or(Reject::UnknownTenant)?;
@@ -155,7 +160,7 @@ impl Gate {
         let resource = route.resource_for(&path);
         let policy = self
             .control
-            .policy(&tenant.id, principal.role())
+            .policy(&tenant.id, principal.role(), ctx.start)
             .await
             .map_err(|_| Reject::Unavailable)?;
         if !policy.is_some_and(|p| p.allows(action, resource)) {
@@ -164,7 +169,7 @@ impl Gate {
 
         let limit = self
             .control
-            .rate_limit(&tenant.id)
+            .rate_limit(&tenant.id, ctx.start)
             .await
             .map_err(|_| Reject::Unavailable)?
             .map(|l| *l)
@@ -237,7 +242,7 @@ impl ProxyHttp for Gate {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
-            start_unix_s: chrono::Utc::now().timestamp(),
+            start_unix_ms: tenantgate_core::time::now_ms(),
             request_id: HeaderValue::from_static(""),
             route: None,
             principal: None,
@@ -375,7 +380,7 @@ impl ProxyHttp for Gate {
             self.meter.record(
                 tenant,
                 &Sample {
-                    at_unix_s: ctx.start_unix_s,
+                    at_unix_s: ctx.start_unix_ms.div_euclid(1000),
                     rate_limited: matches!(ctx.reject, Some(Reject::RateLimited(_))),
                     denied: ctx.reject.as_ref().is_some_and(Reject::is_denied),
                     upstream_error: ctx.upstream_error,
