@@ -92,6 +92,8 @@ pub struct Cached<K, T> {
     loader: Loader<K, T>,
     settings: CacheSettings,
     pub stats: Arc<CacheStats>,
+    /// Bumped by every invalidation.
+    changes: Arc<AtomicU64>,
 }
 
 /// After a failed load, misses fail fast for a short while (the store is down;
@@ -155,6 +157,7 @@ where
             loader: Arc::new(load),
             settings,
             stats: Arc::new(CacheStats::default()),
+            changes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -190,19 +193,33 @@ where
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
+        self.hit_until(key, now, owned).map(|(v, _)| v)
+    }
+
+    /// [`hit`](Self::hit), with the instant the answer stops being fresh (its TTL,
+    /// or the negative TTL for "does not exist").
+    pub fn hit_until<Q>(
+        &self,
+        key: &Q,
+        now: Instant,
+        owned: impl FnOnce() -> K,
+    ) -> Option<(Option<Arc<T>>, Instant)>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
         let e = self.cache.get(key)?;
         let age = now.saturating_duration_since(e.loaded_at);
         match &e.value {
             None if age < self.settings.negative_ttl => {
                 self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
-                Some(None)
+                Some((None, e.loaded_at + self.settings.negative_ttl))
             }
             Some(v) if age < self.settings.max_staleness => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 if age >= self.settings.ttl {
                     self.refresh_in_background(&e, owned());
                 }
-                Some(Some(v.clone()))
+                Some((Some(v.clone()), e.loaded_at + self.settings.ttl))
             }
             _ => {
                 self.cache.remove_if(key, |cur| Arc::ptr_eq(cur, &e));
@@ -216,6 +233,14 @@ where
     where
         Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
     {
+        self.load_until(key).await.map(|(v, _)| v)
+    }
+
+    /// [`load`](Self::load), with the instant the answer stops being fresh.
+    pub async fn load_until<Q>(&self, key: &Q) -> Result<(Option<Arc<T>>, Instant), Unavailable>
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         if self.breaker.is_open() {
             self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +248,7 @@ where
         }
         let guard = match self.cache.get_value_or_guard_async(key).await {
             // Loaded by the request we waited for.
-            Ok(e) => return Ok(e.value.clone()),
+            Ok(e) => return Ok((e.value.clone(), self.fresh_until(&e))),
             Err(guard) => guard,
         };
         // The load we waited for failed: do not queue up behind a store that is down.
@@ -235,10 +260,10 @@ where
         match (self.loader)(key.to_owned()).await {
             Ok(v) => {
                 let e = Entry::new(v, started_at);
-                let value = e.value.clone();
+                let answer = (e.value.clone(), self.fresh_until(&e));
                 let _ = guard.insert(e);
                 self.breaker.reset();
-                Ok(value)
+                Ok(answer)
             }
             Err(err) => {
                 // Dropping the guard lets a waiter try (it fails fast on the breaker).
@@ -248,6 +273,14 @@ where
                 Err(Unavailable)
             }
         }
+    }
+
+    fn fresh_until(&self, e: &Entry<T>) -> Instant {
+        e.loaded_at
+            + match e.value {
+                Some(_) => self.settings.ttl,
+                None => self.settings.negative_ttl,
+            }
     }
 
     fn refresh_in_background(&self, e: &Arc<Entry<T>>, key: K) {
@@ -286,19 +319,36 @@ where
     /// came from a load that began before the change (it may hold the old value).
     /// Entries loaded after the change stay, so they keep serving if the store
     /// goes down.
+    /// Every removal also bumps the shared change counter (see
+    /// [`sharing_changes`](Self::sharing_changes)), which invalidates views built
+    /// from this cache.
     pub async fn invalidate(&self, key: &K) {
         let changed_at = Instant::now();
         self.cache.remove(key);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let cache = self.cache.clone();
+        let changes = self.changes.clone();
         let key = key.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            cache.remove_if(&key, |e| e.started_at < changed_at);
+            if cache
+                .remove_if(&key, |e| e.started_at < changed_at)
+                .is_some()
+            {
+                changes.fetch_add(1, Ordering::AcqRel);
+            }
         });
     }
 
     pub fn invalidate_all(&self) {
         self.cache.clear();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts this cache's invalidations on `changes` (shared with other caches).
+    pub fn sharing_changes(mut self, changes: Arc<AtomicU64>) -> Self {
+        self.changes = changes;
+        self
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -307,6 +357,18 @@ where
 }
 
 impl<T: Send + Sync + 'static> Cached<IdKey, T> {
+    /// [`get_id`](Self::get_id), with the instant the answer stops being fresh.
+    pub async fn get_id_until(
+        &self,
+        id: &str,
+        now: Instant,
+    ) -> Result<(Option<Arc<T>>, Instant), Unavailable> {
+        match self.hit_until(&IdRef(id), now, || IdKey::new(id)) {
+            Some(v) => Ok(v),
+            None => self.load_until(&IdKey::new(id)).await,
+        }
+    }
+
     /// [`get_at`](Self::get_at) by a borrowed id: a hit builds no key.
     pub async fn get_id(&self, id: &str, now: Instant) -> Result<Option<Arc<T>>, Unavailable> {
         match self.hit(&IdRef(id), now, || IdKey::new(id)) {
@@ -446,6 +508,21 @@ impl Equivalent<(IdKey, IdKey)> for PolicyKeyRef<'_> {
     }
 }
 
+/// What a request needs once it knows its tenant and role: the tenant, the role's
+/// policy and the tenant's rate limit, resolved together so a request makes one
+/// lookup instead of three. Built from the three caches; valid while none of them
+/// changed (a shared change counter) and until the first of its parts turns stale.
+#[derive(Debug)]
+pub struct TenantView {
+    pub tenant: Arc<Tenant>,
+    /// `None`: the role has no policy in this tenant (everything is forbidden).
+    pub policy: Option<Arc<Policy>>,
+    /// `None`: the tenant's tier default applies.
+    pub limit: Option<Arc<RateLimit>>,
+    changes_seen: u64,
+    fresh_until: Instant,
+}
+
 /// The caches the hot path reads.
 pub struct ControlPlane {
     store: Store,
@@ -457,14 +534,24 @@ pub struct ControlPlane {
     pub keys: Cached<IdKey, CachedKey>,
     pub policies: Cached<(IdKey, IdKey), Policy>,
     pub limits: Cached<IdKey, RateLimit>,
+    views: Cache<(IdKey, IdKey), Arc<TenantView>>,
+    view_stats: Arc<CacheStats>,
+    /// Invalidations of the tenant, policy and limit caches (views built before
+    /// the last one are stale).
+    changes: Arc<AtomicU64>,
 }
 
 impl ControlPlane {
     pub fn new(store: Store, settings: CacheSettings) -> Self {
         let breaker = Arc::new(Breaker::new(Duration::from_millis(500)));
         let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+        let changes = Arc::new(AtomicU64::new(0));
+        let view_capacity = usize::try_from(settings.max_entries.max(16)).unwrap_or(usize::MAX);
         ControlPlane {
             store,
+            views: Cache::new(view_capacity),
+            view_stats: Arc::new(CacheStats::default()),
+            changes: changes.clone(),
             last_change_lag_ms: AtomicU64::new(0),
             max_change_lag_ms: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
@@ -476,7 +563,8 @@ impl ControlPlane {
                     let s = s1.clone();
                     Box::pin(async move { s.get_tenant(&id.to_text()).await })
                 },
-            ),
+            )
+            .sharing_changes(changes.clone()),
             keys: Cached::new(
                 "api_keys",
                 settings.clone(),
@@ -503,11 +591,13 @@ impl ControlPlane {
                     let s = s3.clone();
                     Box::pin(async move { s.get_policy(&t.to_text(), &r.to_text()).await })
                 },
-            ),
+            )
+            .sharing_changes(changes.clone()),
             limits: Cached::new("rate_limits", settings, breaker, move |id: IdKey| {
                 let s = s4.clone();
                 Box::pin(async move { s.get_rate_limit(&id.to_text()).await })
-            }),
+            })
+            .sharing_changes(changes),
         }
     }
 
@@ -550,6 +640,47 @@ impl ControlPlane {
     ) -> Result<Option<Arc<RateLimit>>, Unavailable> {
         self.limits.get_id(tenant, now).await
     }
+    /// The tenant, policy and limit for a request of `role` in `tenant`; `Ok(None)`
+    /// when the tenant does not exist. One lookup when the view is fresh.
+    pub async fn tenant_view(
+        &self,
+        tenant: &str,
+        role: &str,
+        now: Instant,
+    ) -> Result<Option<Arc<TenantView>>, Unavailable> {
+        // Read before the parts: a change after this makes the view stale at once.
+        let changes_seen = self.changes.load(Ordering::Acquire);
+        if let Some(v) = self.views.get(&PolicyKeyRef(tenant, role)) {
+            if v.changes_seen == changes_seen && now < v.fresh_until {
+                self.view_stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(v));
+            }
+        }
+        self.view_stats.misses.fetch_add(1, Ordering::Relaxed);
+        let (Some(t), t_until) = self.tenants.get_id_until(tenant, now).await? else {
+            return Ok(None);
+        };
+        let owned = || (IdKey::new(tenant), IdKey::new(role));
+        let (policy, p_until) =
+            match self
+                .policies
+                .hit_until(&PolicyKeyRef(tenant, role), now, owned)
+            {
+                Some(v) => v,
+                None => self.policies.load_until(&owned()).await?,
+            };
+        let (limit, l_until) = self.limits.get_id_until(tenant, now).await?;
+        let view = Arc::new(TenantView {
+            tenant: t,
+            policy,
+            limit,
+            changes_seen,
+            fresh_until: t_until.min(p_until).min(l_until),
+        });
+        self.views.insert(owned(), view.clone());
+        Ok(Some(view))
+    }
+
     /// Applies one change event. Returns true when signing keys changed.
     pub async fn apply(&self, c: &Change) -> bool {
         let lag = u64::try_from(tenantgate_core::time::now_ms().saturating_sub(c.created_at_ms))
@@ -581,6 +712,7 @@ impl ControlPlane {
         self.keys.invalidate_all();
         self.policies.invalidate_all();
         self.limits.invalidate_all();
+        self.views.clear();
     }
 
     /// Prometheus text for change propagation: how stale the caches can be.
@@ -602,8 +734,9 @@ impl ControlPlane {
         )
     }
 
-    pub fn all_stats(&self) -> [(&'static str, Arc<CacheStats>); 4] {
+    pub fn all_stats(&self) -> [(&'static str, Arc<CacheStats>); 5] {
         [
+            ("tenant_views", self.view_stats.clone()),
             (self.tenants.name(), self.tenants.stats.clone()),
             (self.keys.name(), self.keys.stats.clone()),
             (self.policies.name(), self.policies.stats.clone()),
@@ -615,6 +748,7 @@ impl ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tenantgate_core::domain::TenantStatus;
 
     fn settings(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSettings {
         CacheSettings {
@@ -883,5 +1017,110 @@ mod tests {
         assert!(CachedKey::from_record(&rec).is_none());
         rec.digest = "ab".repeat(31);
         assert!(CachedKey::from_record(&rec).is_none());
+    }
+
+    /// Views over a real (SQLite) store: one lookup when fresh, rebuilt after each
+    /// change event that touches the tenant, its policies or its limit.
+    #[tokio::test]
+    async fn tenant_views_follow_change_events() {
+        use tenantgate_core::domain::{Permission, Tier};
+        use tenantgate_core::store::{NewTenant, TenantPatch};
+        use tenantgate_core::testing::TestDb;
+        let db = TestDb::sqlite();
+        let store = Store::open(&db.url, 2).await.unwrap();
+        let mut events = store.subscribe();
+        store
+            .create_tenant(&NewTenant {
+                id: "acme".into(),
+                name: "Acme".into(),
+                tier: Tier::Pro,
+                admin_user: None,
+            })
+            .await
+            .unwrap();
+        while events.try_recv().is_ok() {}
+        let cp = ControlPlane::new(store.clone(), settings(60_000, 1_000, 600_000));
+        async fn view(cp: &ControlPlane) -> Arc<TenantView> {
+            cp.tenant_view("acme", "developer", Instant::now())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+        // Applies every change the store announced.
+        async fn apply_all(
+            cp: &ControlPlane,
+            events: &mut tokio::sync::broadcast::Receiver<Change>,
+        ) -> usize {
+            let mut n = 0;
+            while let Ok(c) = events.try_recv() {
+                cp.apply(&c).await;
+                n += 1;
+            }
+            n
+        }
+
+        let v1 = view(&cp).await;
+        assert_eq!(v1.tenant.status, TenantStatus::Active);
+        let v1b = view(&cp).await;
+        assert!(Arc::ptr_eq(&v1, &v1b), "a fresh view is served as is");
+        assert_eq!(cp.view_stats.hits.load(Ordering::SeqCst), 1);
+        assert!(cp
+            .tenant_view("nobody", "developer", Instant::now())
+            .await
+            .unwrap()
+            .is_none());
+
+        assert_ne!(v1.limit.as_deref().map(|l| l.max_requests), Some(7));
+        let rl = RateLimit {
+            max_requests: 7,
+            window_seconds: 60,
+            burst: None,
+        };
+        store.put_rate_limit("acme", &rl).await.unwrap();
+        assert!(apply_all(&cp, &mut events).await > 0);
+        let v2 = view(&cp).await;
+        assert_eq!(v2.limit.as_deref(), Some(&rl));
+
+        store
+            .update_tenant(
+                "acme",
+                &TenantPatch {
+                    name: None,
+                    tier: None,
+                    status: Some(TenantStatus::Suspended),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(apply_all(&cp, &mut events).await > 0);
+        assert_eq!(view(&cp).await.tenant.status, TenantStatus::Suspended);
+
+        let only_delete = Policy {
+            role: "developer".into(),
+            permissions: vec![Permission::new("delete", "*")],
+        };
+        store.put_policy("acme", &only_delete).await.unwrap();
+        assert!(apply_all(&cp, &mut events).await > 0);
+        let v4 = view(&cp).await;
+        let p = v4.policy.as_deref().unwrap();
+        assert!(p.allows(tenantgate_core::domain::Action::Delete, "orders"));
+        assert!(!p.allows(tenantgate_core::domain::Action::Read, "orders"));
+
+        // An unrelated tenant's change also retires views (one shared counter):
+        // they are rebuilt from the caches, with the same content.
+        cp.apply(&Change {
+            id: 0,
+            kind: ChangeKind::Tenant,
+            tenant_id: "other".into(),
+            subject: String::new(),
+            created_at_ms: 0,
+        })
+        .await;
+        let v5 = view(&cp).await;
+        assert!(!Arc::ptr_eq(&v4, &v5));
+        assert_eq!(v5.policy, v4.policy);
+
+        store.close().await;
+        db.cleanup().await;
     }
 }

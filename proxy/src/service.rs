@@ -144,12 +144,13 @@ impl Gate {
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
 
-        let tenant = self
+        let view = self
             .control
-            .tenant(principal.tenant_id(), ctx.start)
+            .tenant_view(principal.tenant_id(), principal.role(), ctx.start)
             .await
             .map_err(|_| Reject::Unavailable)?
             .ok_or(Reject::UnknownTenant)?;
+        let tenant = &view.tenant;
         ctx.tenant = Some(tenant.clone());
         if tenant.status != TenantStatus::Active {
             return Err(Reject::TenantSuspended);
@@ -158,21 +159,18 @@ impl Gate {
         let action =
             Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
         let resource = route.resource_for(&path);
-        let policy = self
-            .control
-            .policy(&tenant.id, principal.role(), ctx.start)
-            .await
-            .map_err(|_| Reject::Unavailable)?;
-        if !policy.is_some_and(|p| p.allows(action, resource)) {
+        if !view
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.allows(action, resource))
+        {
             return Err(Reject::Forbidden);
         }
 
-        let limit = self
-            .control
-            .rate_limit(&tenant.id, ctx.start)
-            .await
-            .map_err(|_| Reject::Unavailable)?
-            .map(|l| *l)
+        let limit = view
+            .limit
+            .as_deref()
+            .copied()
             .unwrap_or_else(|| tenant.tier.default_rate_limit());
         let decision = self
             .limiter
