@@ -195,6 +195,21 @@ fn control(c: &mut Criterion) {
             })
         })
     });
+    // What a request does now: the credential, then one view (tenant + policy + limit).
+    g.bench_function("request_hits(key+tenant_view)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let now = Instant::now();
+                let k = cp.api_key(&plane.prefix, now).await.unwrap().unwrap();
+                let v = cp
+                    .tenant_view(k.principal.tenant_id(), k.principal.role(), now)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                black_box(v)
+            })
+        })
+    });
     g.bench_function("api_key_negative_hit", |b| {
         b.iter(|| {
             rt.block_on(cp.api_key(black_box("ffffffffffff"), Instant::now()))
