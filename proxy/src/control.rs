@@ -172,33 +172,18 @@ where
     where
         Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
     {
-        self.get_at(key, Instant::now()).await
+        let answer = match self.hit(key, Instant::now(), || key.to_owned()) {
+            Some(v) => v,
+            None => self.load(key).await?,
+        };
+        Ok(answer.0)
     }
 
-    /// [`get`](Self::get) with the caller's clock reading (one per request).
-    pub async fn get_at<Q>(&self, key: &Q, now: Instant) -> Result<Option<Arc<T>>, Unavailable>
-    where
-        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
-    {
-        match self.hit(key, now, || key.to_owned()) {
-            Some(v) => Ok(v),
-            None => self.load(key).await,
-        }
-    }
-
-    /// The cached answer when it is fresh enough (`Some(None)`: known not to
-    /// exist), `None` when the caller must [`load`](Self::load). Synchronous.
-    /// `owned` builds the key for a refresh-ahead past the TTL.
-    pub fn hit<Q>(&self, key: &Q, now: Instant, owned: impl FnOnce() -> K) -> Option<Option<Arc<T>>>
-    where
-        Q: Hash + Equivalent<K> + ?Sized,
-    {
-        self.hit_until(key, now, owned).map(|(v, _)| v)
-    }
-
-    /// [`hit`](Self::hit), with the instant the answer stops being fresh (its TTL,
-    /// or the negative TTL for "does not exist").
-    pub fn hit_until<Q>(
+    /// The cached answer when it is fresh enough (`Some((None, _))`: known not to
+    /// exist), with the instant it stops being fresh (its TTL, or the negative TTL);
+    /// `None` when the caller must [`load`](Self::load). Synchronous. `owned`
+    /// builds the key for a refresh-ahead past the TTL.
+    pub fn hit<Q>(
         &self,
         key: &Q,
         now: Instant,
@@ -228,16 +213,9 @@ where
         }
     }
 
-    /// A miss: loads `key` from the store, coalesced with concurrent loads of it.
-    pub async fn load<Q>(&self, key: &Q) -> Result<Option<Arc<T>>, Unavailable>
-    where
-        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
-    {
-        self.load_until(key).await.map(|(v, _)| v)
-    }
-
-    /// [`load`](Self::load), with the instant the answer stops being fresh.
-    pub async fn load_until<Q>(&self, key: &Q) -> Result<(Option<Arc<T>>, Instant), Unavailable>
+    /// A miss: loads `key` from the store, coalesced with concurrent loads of it;
+    /// with the instant the answer stops being fresh.
+    pub async fn load<Q>(&self, key: &Q) -> Result<(Option<Arc<T>>, Instant), Unavailable>
     where
         Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
     {
@@ -357,20 +335,13 @@ where
 }
 
 impl<T: Send + Sync + 'static> Cached<IdKey, T> {
-    /// [`get_id`](Self::get_id), with the instant the answer stops being fresh.
-    pub async fn get_id_until(
+    /// The value for a borrowed id (a hit builds no key), with the instant it stops
+    /// being fresh; `now` is the caller's clock reading (one per request).
+    pub async fn get_id(
         &self,
         id: &str,
         now: Instant,
     ) -> Result<(Option<Arc<T>>, Instant), Unavailable> {
-        match self.hit_until(&IdRef(id), now, || IdKey::new(id)) {
-            Some(v) => Ok(v),
-            None => self.load_until(&IdKey::new(id)).await,
-        }
-    }
-
-    /// [`get_at`](Self::get_at) by a borrowed id: a hit builds no key.
-    pub async fn get_id(&self, id: &str, now: Instant) -> Result<Option<Arc<T>>, Unavailable> {
         match self.hit(&IdRef(id), now, || IdKey::new(id)) {
             Some(v) => Ok(v),
             None => self.load(&IdKey::new(id)).await,
@@ -609,7 +580,7 @@ impl ControlPlane {
     // clock once, not once per cache.
 
     pub async fn tenant(&self, id: &str, now: Instant) -> Result<Option<Arc<Tenant>>, Unavailable> {
-        self.tenants.get_id(id, now).await
+        Ok(self.tenants.get_id(id, now).await?.0)
     }
 
     pub async fn api_key(
@@ -617,7 +588,7 @@ impl ControlPlane {
         prefix: &str,
         now: Instant,
     ) -> Result<Option<Arc<CachedKey>>, Unavailable> {
-        self.keys.get_id(prefix, now).await
+        Ok(self.keys.get_id(prefix, now).await?.0)
     }
 
     pub async fn policy(
@@ -626,6 +597,15 @@ impl ControlPlane {
         role: &str,
         now: Instant,
     ) -> Result<Option<Arc<Policy>>, Unavailable> {
+        Ok(self.policy_until(tenant, role, now).await?.0)
+    }
+
+    async fn policy_until(
+        &self,
+        tenant: &str,
+        role: &str,
+        now: Instant,
+    ) -> Result<(Option<Arc<Policy>>, Instant), Unavailable> {
         let owned = || (IdKey::new(tenant), IdKey::new(role));
         match self.policies.hit(&PolicyKeyRef(tenant, role), now, owned) {
             Some(v) => Ok(v),
@@ -638,7 +618,7 @@ impl ControlPlane {
         tenant: &str,
         now: Instant,
     ) -> Result<Option<Arc<RateLimit>>, Unavailable> {
-        self.limits.get_id(tenant, now).await
+        Ok(self.limits.get_id(tenant, now).await?.0)
     }
     /// The tenant, policy and limit for a request of `role` in `tenant`; `Ok(None)`
     /// when the tenant does not exist. One lookup when the view is fresh.
@@ -657,19 +637,11 @@ impl ControlPlane {
             }
         }
         self.view_stats.misses.fetch_add(1, Ordering::Relaxed);
-        let (Some(t), t_until) = self.tenants.get_id_until(tenant, now).await? else {
+        let (Some(t), t_until) = self.tenants.get_id(tenant, now).await? else {
             return Ok(None);
         };
-        let owned = || (IdKey::new(tenant), IdKey::new(role));
-        let (policy, p_until) =
-            match self
-                .policies
-                .hit_until(&PolicyKeyRef(tenant, role), now, owned)
-            {
-                Some(v) => v,
-                None => self.policies.load_until(&owned()).await?,
-            };
-        let (limit, l_until) = self.limits.get_id_until(tenant, now).await?;
+        let (policy, p_until) = self.policy_until(tenant, role, now).await?;
+        let (limit, l_until) = self.limits.get_id(tenant, now).await?;
         let view = Arc::new(TenantView {
             tenant: t,
             policy,
@@ -677,7 +649,8 @@ impl ControlPlane {
             changes_seen,
             fresh_until: t_until.min(p_until).min(l_until),
         });
-        self.views.insert(owned(), view.clone());
+        self.views
+            .insert((IdKey::new(tenant), IdKey::new(role)), view.clone());
         Ok(Some(view))
     }
 
@@ -989,18 +962,18 @@ mod tests {
         for id in ["acme", long.as_str()] {
             let now = Instant::now();
             assert_eq!(
-                c.get_id(id, now).await.unwrap().unwrap().as_str(),
+                c.get_id(id, now).await.unwrap().0.unwrap().as_str(),
                 format!("v-{id}")
             );
             assert_eq!(
-                c.get_id(id, now).await.unwrap().unwrap().as_str(),
+                c.get_id(id, now).await.unwrap().0.unwrap().as_str(),
                 format!("v-{id}")
             );
         }
         assert_eq!(c.stats.misses.load(Ordering::SeqCst), 2);
         assert_eq!(c.stats.hits.load(Ordering::SeqCst), 2);
         c.invalidate(&IdKey::new("acme")).await;
-        assert!(c.get_id("acme", Instant::now()).await.unwrap().is_some());
+        assert!(c.get_id("acme", Instant::now()).await.unwrap().0.is_some());
         assert_eq!(c.stats.misses.load(Ordering::SeqCst), 3);
     }
 
