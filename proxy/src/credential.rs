@@ -5,7 +5,7 @@
 use crate::headers::X_API_KEY;
 use crate::reject::Reject;
 use http::header::AUTHORIZATION;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
@@ -13,7 +13,10 @@ pub enum Credential<'a> {
     Jwt(&'a str),
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a http::HeaderValue>, Reject> {
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a http::HeaderValue>, Reject> {
     let mut it = headers.get_all(name).iter();
     let first = it.next();
     if it.next().is_some() {
@@ -24,7 +27,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a http::Hea
 
 /// The request's one credential, `None` when it has none.
 pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
-    let auth = match single(headers, AUTHORIZATION.as_str())? {
+    let auth = match single(headers, &AUTHORIZATION)? {
         None => None,
         Some(v) => {
             let v = v.to_str().map_err(|_| Reject::InvalidToken)?.trim();
@@ -46,7 +49,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
             }
         }
     };
-    let key = match single(headers, X_API_KEY)? {
+    let key = match single(headers, &X_API_KEY)? {
         None => None,
         Some(v) => {
             let v = v.to_str().map_err(|_| Reject::InvalidApiKey)?.trim();

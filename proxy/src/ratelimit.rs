@@ -4,7 +4,8 @@
 //! exactly with a manual clock. Capacity is `burst` (default `max_requests`); the
 //! refill rate is `max_requests / window_seconds` tokens per second.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,18 +63,64 @@ pub struct Decision {
     pub window_secs: u64,
 }
 
+pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
 impl Decision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy`.
-    pub fn headers(&self) -> [(&'static str, HeaderValue); 4] {
-        let policy = HeaderValue::try_from(format!("{};w={}", self.limit, self.window_secs))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
+    pub fn headers(&self) -> [(HeaderName, HeaderValue); 4] {
+        let (limit, policy) = limit_values(self.limit, self.window_secs);
         [
-            ("ratelimit-limit", HeaderValue::from(self.limit)),
-            ("ratelimit-remaining", HeaderValue::from(self.remaining)),
-            ("ratelimit-reset", HeaderValue::from(self.reset_secs)),
-            ("ratelimit-policy", policy),
+            (RATELIMIT_LIMIT.clone(), limit),
+            (
+                RATELIMIT_REMAINING.clone(),
+                HeaderValue::from(self.remaining),
+            ),
+            (RATELIMIT_RESET.clone(), HeaderValue::from(self.reset_secs)),
+            (RATELIMIT_POLICY.clone(), policy),
         ]
     }
+}
+
+/// How many (limit, window) renderings each thread keeps.
+const LIMIT_VALUES_KEPT: usize = 8;
+
+thread_local! {
+    /// The `RateLimit-Limit` and `RateLimit-Policy` values of the limits this
+    /// thread answered last: they change with the limit, not per request, and
+    /// rendering the policy is a `format!` and two allocations.
+    static LIMIT_VALUES: RefCell<Vec<(u64, u64, HeaderValue, HeaderValue)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+fn limit_values(limit: u64, window_secs: u64) -> (HeaderValue, HeaderValue) {
+    let render = || {
+        let policy = HeaderValue::try_from(format!("{limit};w={window_secs}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        (HeaderValue::from(limit), policy)
+    };
+    LIMIT_VALUES
+        .try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            if let Some(i) = kept
+                .iter()
+                .position(|(l, w, _, _)| *l == limit && *w == window_secs)
+            {
+                let (_, _, l, p) = &kept[i];
+                return Some((l.clone(), p.clone()));
+            }
+            let (l, p) = render();
+            if kept.len() == LIMIT_VALUES_KEPT {
+                kept.remove(0);
+            }
+            kept.push((limit, window_secs, l.clone(), p.clone()));
+            Some((l, p))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(render)
 }
 
 /// One tenant's bucket: fractional tokens and the time they were computed at.
@@ -301,10 +348,25 @@ mod tests {
         let l = lim(100, 60, None);
         let d = Bucket::full(&l, 0).take(&l, 0, 1);
         let h = d.headers();
-        let has = |n: &str, v: &str| h.iter().any(|(hn, hv)| *hn == n && hv == v);
+        let has = |n: &str, v: &str| h.iter().any(|(hn, hv)| hn == n && hv == v);
         assert!(has("ratelimit-limit", "100"));
         assert!(has("ratelimit-remaining", "99"));
-        assert!(h.iter().any(|(n, _)| *n == "ratelimit-reset"));
+        assert!(h.iter().any(|(n, _)| n == "ratelimit-reset"));
         assert!(has("ratelimit-policy", "100;w=60"));
+    }
+
+    #[test]
+    fn limit_values_follow_the_limit_past_the_kept_renderings() {
+        // More distinct limits than a thread keeps, twice over: each answer must be
+        // its own limit's, whether rendered fresh or reused.
+        for round in 0..2 {
+            for n in 1..=(LIMIT_VALUES_KEPT as u64 * 2) {
+                let l = lim(n * 10, 60 + n, None);
+                let d = Bucket::full(&l, 0).take(&l, 0, 1);
+                let h = d.headers();
+                assert_eq!(h[0].1, (n * 10).to_string().as_str(), "round {round}");
+                assert_eq!(h[3].1, format!("{};w={}", n * 10, 60 + n).as_str());
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! contract's JSON response.
 
 use crate::ratelimit::Decision;
-use http::HeaderValue;
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue};
 
 /// Why a request is not proxied (or failed upstream).
 #[derive(Debug, Clone, PartialEq)]
@@ -88,18 +89,18 @@ impl Reject {
     }
 
     /// Extra headers besides content-type.
-    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         match self {
-            Reject::NoCredential => vec![("www-authenticate", HeaderValue::from_static("Bearer"))],
+            Reject::NoCredential => vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
             Reject::InvalidToken | Reject::AmbiguousCredential => {
                 vec![(
-                    "www-authenticate",
+                    WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 )]
             }
             Reject::RateLimited(d) => {
                 let mut h = d.headers().to_vec();
-                h.push(("retry-after", HeaderValue::from(d.retry_after_secs.max(1))));
+                h.push((RETRY_AFTER, HeaderValue::from(d.retry_after_secs.max(1))));
                 h
             }
             _ => Vec::new(),

@@ -17,6 +17,7 @@ use crate::reject::Reject;
 use crate::route::{check_path, Route, RouteTable};
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -189,18 +190,17 @@ impl Gate {
     /// (if any) is small enough to drain.
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
         let body = reject.body(request_id_str(&ctx.request_id));
-        let mut h = ResponseHeader::build(reject.status(), Some(8))?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        for (n, v) in reject.headers() {
-            h.insert_header(n, v)?;
-        }
+        let fixed = [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CONTENT_LENGTH, HeaderValue::from(body.len())),
+            (X_REQUEST_ID.clone(), ctx.request_id.clone()),
+        ];
+        let h = headers::new_response(reject.status(), fixed.into_iter().chain(reject.headers()))?;
         if !session.is_body_empty() {
             let small = session
                 .req_header()
                 .headers
-                .get(http::header::CONTENT_LENGTH)
+                .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<usize>().ok())
                 .is_some_and(|n| n <= self.opts.max_drain_bytes);
@@ -252,7 +252,7 @@ impl ProxyHttp for Gate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
+        ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
             _ => headers::new_request_id(),
         };
@@ -290,16 +290,16 @@ impl ProxyHttp for Gate {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(p) = &ctx.principal {
+        let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
+        match &ctx.principal {
             // The upstream trusts the injected identity; it never sees the secret.
-            upstream_request.remove_header(X_API_KEY);
-            upstream_request.remove_header(&http::header::AUTHORIZATION);
-            for (name, value) in p.headers() {
-                upstream_request.insert_header(name, value)?;
-            }
+            Some(p) => headers::edit_request(
+                upstream_request,
+                &[&X_API_KEY, &AUTHORIZATION],
+                p.headers().chain([request_id]),
+            ),
+            None => headers::edit_request(upstream_request, &[], [request_id]),
         }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        Ok(())
     }
 
     async fn response_filter(
@@ -308,16 +308,17 @@ impl ProxyHttp for Gate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(d) = &ctx.decision {
-            for (n, v) in d.headers() {
-                upstream_response.insert_header(n, v)?;
-            }
-        }
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if upstream_response.status.is_server_error() {
             ctx.upstream_error = true;
         }
-        Ok(())
+        let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
+        match &ctx.decision {
+            Some(d) => headers::edit_response(
+                upstream_response,
+                d.headers().into_iter().chain([request_id]),
+            ),
+            None => headers::edit_response(upstream_response, [request_id]),
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
