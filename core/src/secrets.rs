@@ -36,18 +36,21 @@ pub fn generate_api_key() -> GeneratedApiKey {
 
 /// The parts of a well-formed key; `None` for anything else, without any lookup.
 pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
-    if key.len() != API_KEY_LEN {
+    // Fixed positions, checked byte by byte (this runs on every API-key request).
+    const SEP: usize = 3 + API_KEY_PREFIX_LEN;
+    let b = key.as_bytes();
+    if b.len() != API_KEY_LEN || !b.starts_with(b"tg_") || b[SEP] != b'_' {
         return None;
     }
-    let rest = key.strip_prefix("tg_")?;
-    let (prefix, secret) = rest.split_once('_')?;
-    let prefix_ok = prefix.len() == API_KEY_PREFIX_LEN
-        && prefix
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    let secret_ok =
-        secret.len() == API_KEY_SECRET_LEN && secret.bytes().all(|c| c.is_ascii_alphanumeric());
-    (prefix_ok && secret_ok).then_some((prefix, secret))
+    let prefix_ok = b[3..SEP]
+        .iter()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let secret_ok = b[SEP + 1..].iter().all(u8::is_ascii_alphanumeric);
+    if !(prefix_ok && secret_ok) {
+        return None;
+    }
+    // All ASCII by now, so both cuts are char boundaries.
+    key.get(3..SEP).zip(key.get(SEP + 1..))
 }
 
 /// Hex digest of a full key: HMAC-SHA-256 keyed by the pepper, or SHA-256 without one.
@@ -154,6 +157,17 @@ mod tests {
         assert!(parse_api_key(&bad).is_none());
         let upper = format!("tg_{}{}", k[3..15].to_uppercase(), &k[15..]);
         assert!(parse_api_key(&upper).is_none() || k[3..15] == k[3..15].to_uppercase());
+        // The separator moved, a non-ASCII character of the right byte length, a
+        // separator inside the secret: all refused without a panic.
+        let moved = format!("tg_{}_{}", &k[3..14], &k[14..API_KEY_LEN - 1]);
+        assert_eq!(moved.len(), API_KEY_LEN);
+        assert!(parse_api_key(&moved).is_none());
+        let accented = format!("tg_{}_é{}", &k[3..15], &k[18..]);
+        assert_eq!(accented.len(), API_KEY_LEN);
+        assert!(parse_api_key(&accented).is_none());
+        let mut underscore = k.clone();
+        underscore.replace_range(30..31, "_");
+        assert!(parse_api_key(&underscore).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
+use pingora::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
 use tenantgate_core::config::RouteConfig;
 
@@ -16,6 +17,9 @@ pub struct Route {
     pub public: bool,
     pub addrs: Vec<String>,
     pub upstream: Arc<Upstream>,
+    /// The address when the upstream is one backend: it is used whatever its
+    /// health (there is nothing else to try), so no selection runs per request.
+    pub single: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Route {
@@ -30,6 +34,22 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    pub fn new(rc: &RouteConfig, addrs: Vec<String>, upstream: Arc<Upstream>) -> Self {
+        let backends = upstream.backends().get_backend();
+        let single = match backends.len() {
+            1 => backends.iter().next().map(|b| b.addr.clone()),
+            _ => None,
+        };
+        Route {
+            prefix: rc.prefix.clone(),
+            resource: rc.resource.clone(),
+            public: rc.public,
+            addrs,
+            upstream,
+            single,
+        }
+    }
+
     /// The RBAC resource: the configured one, else the first path segment after the prefix.
     pub fn resource_for<'a>(&'a self, path: &'a str) -> &'a str {
         if let Some(r) = &self.resource {
@@ -55,13 +75,7 @@ impl RouteTable {
             let addrs = rc.upstream.addrs();
             let lb = Upstream::try_from_iter(addrs.iter().map(String::as_str))
                 .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-            routes.push(Arc::new(Route {
-                prefix: rc.prefix.clone(),
-                resource: rc.resource.clone(),
-                public: rc.public,
-                addrs,
-                upstream: Arc::new(lb),
-            }));
+            routes.push(Arc::new(Route::new(rc, addrs, Arc::new(lb))));
         }
         Ok(Self::from_routes(routes))
     }
@@ -84,27 +98,58 @@ impl RouteTable {
 }
 
 /// Refuses paths an upstream might normalise into another route: `.`/`..` segments
-/// (also percent-encoded), encoded `/` or `\`, backslashes, NUL.
+/// (also percent-encoded), encoded `/` or `\\`, backslashes, NUL.
+///
+/// One pass over the bytes, no allocation: it runs on every request.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
+    const ENCODED: &str = "encoded slashes, backslashes and NUL are not allowed in the path";
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return Err("the request path must start with /");
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-        || path.contains('\\')
-    {
-        return Err("encoded slashes, backslashes and NUL are not allowed in the path");
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => return Err(ENCODED),
+            b'%' => {
+                let hex = (
+                    b.get(i + 1).map(u8::to_ascii_lowercase),
+                    b.get(i + 2).map(u8::to_ascii_lowercase),
+                );
+                if matches!(
+                    hex,
+                    (Some(b'2'), Some(b'f')) | (Some(b'5'), Some(b'c')) | (Some(b'0'), Some(b'0'))
+                ) {
+                    return Err(ENCODED);
+                }
+            }
+            _ => {}
+        }
     }
-    for seg in path.split('/') {
-        let seg = seg.split([';']).next().unwrap_or("");
-        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
+    for seg in b.split(|&c| c == b'/') {
+        let seg = seg.split(|&c| c == b';').next().unwrap_or_default();
+        if is_dot_segment(seg) {
             return Err("dot segments are not allowed in the path");
         }
     }
     Ok(())
+}
+
+/// Whether a segment (parameters cut off) decodes to `.` or `..`: one or two
+/// units, each `.` or `%2e` in either case.
+fn is_dot_segment(mut seg: &[u8]) -> bool {
+    let mut dots = 0;
+    while !seg.is_empty() {
+        seg = match seg {
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => rest,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -167,8 +212,64 @@ mod tests {
             "/a\\b",
             "relative",
             "/x/..;/y",
+            "/x/%2e",
+            "/x/.%2E;p=1",
+            "/a%00b",
+            "/a%2Fb",
+            "/..",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/", "/x/...", "/x/.%2e.", "/x/%2", "/x/%", "/x/.a", "/x/;..", "/%2e%2ex",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    /// The rule as first written (allocating, substring searches): the one-pass
+    /// version must agree with it on every path.
+    fn check_path_model(path: &str) -> Result<(), &'static str> {
+        if !path.starts_with('/') {
+            return Err("the request path must start with /");
+        }
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f")
+            || lower.contains("%5c")
+            || lower.contains("%00")
+            || path.contains('\\')
+        {
+            return Err("encoded slashes, backslashes and NUL are not allowed in the path");
+        }
+        for seg in path.split('/') {
+            let seg = seg.split([';']).next().unwrap_or("");
+            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+            if decoded == "." || decoded == ".." {
+                return Err("dot segments are not allowed in the path");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_pass_check_agrees_with_the_model_on_all_short_paths() {
+        // Every path of up to 6 characters over the alphabet that matters.
+        let alphabet = [
+            '/', '.', '%', '2', 'e', 'E', 'f', '5', 'c', '0', ';', 'a', '\\',
+        ];
+        let mut paths = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = Vec::with_capacity(paths.len() * alphabet.len());
+            for p in &paths {
+                for c in alphabet {
+                    next.push(format!("{p}{c}"));
+                }
+            }
+            for p in &next {
+                let path = format!("/{p}");
+                assert_eq!(check_path(&path), check_path_model(&path), "{path:?}");
+            }
+            paths = next;
         }
     }
 }

@@ -56,13 +56,7 @@ pub fn build_gate(
         lb.set_health_check(TcpHealthCheck::new());
         lb.health_check_frequency = Some(Duration::from_secs(2));
         let svc = background_service(&format!("health check {}", rc.prefix), lb);
-        built.push(Arc::new(crate::route::Route {
-            prefix: rc.prefix.clone(),
-            resource: rc.resource.clone(),
-            public: rc.public,
-            addrs,
-            upstream: svc.task(),
-        }));
+        built.push(Arc::new(crate::route::Route::new(rc, addrs, svc.task())));
         balancers.push(svc);
     }
     let settings = CacheSettings {

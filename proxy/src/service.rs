@@ -123,9 +123,12 @@ impl Gate {
         if header_bytes > self.opts.max_header_bytes {
             return Err(Reject::HeadersTooLarge);
         }
-        let path = session.req_header().uri.path().to_owned();
-        check_path(&path).map_err(Reject::BadRequest)?;
-        let route = self.routes.find(&path).cloned().ok_or(Reject::NoRoute)?;
+        // A shared handle on the URI (a reference count), not a copy of the path:
+        // the headers are edited below while the path is still needed.
+        let uri = session.req_header().uri.clone();
+        let path = uri.path();
+        check_path(path).map_err(Reject::BadRequest)?;
+        let route = self.routes.find(path).cloned().ok_or(Reject::NoRoute)?;
         ctx.route = Some(route.clone());
 
         // Scrub: always, on every route, before anything else reads the headers.
@@ -159,7 +162,7 @@ impl Gate {
 
         let action =
             Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
-        let resource = route.resource_for(&path);
+        let resource = route.resource_for(path);
         if !view
             .policy
             .as_ref()
@@ -270,13 +273,21 @@ impl ProxyHttp for Gate {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
-        let backend = route
-            .upstream
-            .select(b"", 256)
-            // Every backend marked unhealthy: try one anyway rather than fail blind.
-            .or_else(|| route.upstream.select_with(b"", 256, |_, _| true))
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream backend"))?;
-        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        let addr = match &route.single {
+            Some(addr) => addr.clone(),
+            None => {
+                route
+                    .upstream
+                    .select(b"", 256)
+                    // Every backend marked unhealthy: try one anyway rather than fail blind.
+                    .or_else(|| route.upstream.select_with(b"", 256, |_, _| true))
+                    .ok_or_else(|| {
+                        Error::explain(ErrorType::ConnectNoRoute, "no upstream backend")
+                    })?
+                    .addr
+            }
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.opts.connect_timeout);
         peer.options.read_timeout = Some(self.opts.read_timeout);
         peer.options.write_timeout = Some(self.opts.read_timeout);
