@@ -378,3 +378,29 @@ async fn sigterm_exits_zero_and_usage_is_metered() {
     assert_eq!(v["totals"]["requests"], 10, "{v}");
     assert_eq!(v["totals"]["denied"], 3, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peppered_keys_verify_through_the_proxy() {
+    // With a pepper the stored digest is HMAC-SHA-256: the admin API writes it, the
+    // proxy (keyed once at startup) must compute the same one per request.
+    let s = stack()
+        .extra("[security]\napi_key_pepper = \"e2e-pepper-0123456789abcdef\"")
+        .start()
+        .await;
+    let t = s.tenant("peppered", "free").await;
+    let (key, key_id) = s.key(&t, "developer").await;
+    let (st, v) = s.with_key("GET", "/api/v1/whoami", &key).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["tenant_id"], t.as_str());
+    assert_eq!(v["api_key_id"], key_id.as_str());
+    // Same prefix, one character of the secret changed: refused.
+    let last = key.chars().last().unwrap();
+    let forged = format!(
+        "{}{}",
+        &key[..key.len() - 1],
+        if last == 'a' { 'b' } else { 'a' }
+    );
+    let (st, v) = s.with_key("GET", "/api/v1/whoami", &forged).await;
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+}

@@ -74,6 +74,42 @@ pub fn api_key_digest_bytes(key: &str, pepper: Option<&[u8]>) -> [u8; 32] {
     }
 }
 
+/// [`api_key_digest_bytes`] for one pepper, keyed once: HMAC's key schedule (two
+/// of its four SHA-256 blocks for a key) is done here instead of per request.
+#[derive(Clone)]
+pub struct ApiKeyDigester {
+    keyed: Option<Hmac<Sha256>>,
+}
+
+impl ApiKeyDigester {
+    pub fn new(pepper: Option<&[u8]>) -> Self {
+        let keyed = pepper
+            .filter(|p| !p.is_empty())
+            .and_then(|p| Hmac::<Sha256>::new_from_slice(p).ok());
+        ApiKeyDigester { keyed }
+    }
+
+    pub fn digest(&self, key: &str) -> [u8; 32] {
+        match &self.keyed {
+            Some(mac) => {
+                let mut mac = mac.clone();
+                mac.update(key.as_bytes());
+                mac.finalize().into_bytes().into()
+            }
+            None => Sha256::digest(key.as_bytes()).into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiKeyDigester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the pepper.
+        f.debug_struct("ApiKeyDigester")
+            .field("peppered", &self.keyed.is_some())
+            .finish()
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -168,6 +204,26 @@ mod tests {
         let mut underscore = k.clone();
         underscore.replace_range(30..31, "_");
         assert!(parse_api_key(&underscore).is_none());
+    }
+
+    #[test]
+    fn keyed_digester_matches_the_per_call_digest() {
+        let k = generate_api_key().key;
+        for pepper in [
+            None,
+            Some(&b""[..]),
+            Some(&b"pepper"[..]),
+            Some(&[7u8; 100][..]),
+        ] {
+            let d = ApiKeyDigester::new(pepper);
+            assert_eq!(d.digest(&k), api_key_digest_bytes(&k, pepper), "{pepper:?}");
+            // Reusable: the keyed state is cloned, not consumed.
+            assert_eq!(d.digest(&k), api_key_digest_bytes(&k, pepper));
+        }
+        assert_eq!(
+            format!("{:?}", ApiKeyDigester::new(Some(b"pepper"))),
+            "ApiKeyDigester { peppered: true }"
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub fn build_gate(
         limiter: rate.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
-        pepper: cfg.api_key_pepper().map(<[u8]>::to_vec),
+        digester: tenantgate_core::secrets::ApiKeyDigester::new(cfg.api_key_pepper()),
         opts: GateOptions {
             connect_timeout: Duration::from_millis(cfg.proxy.upstream_connect_timeout_ms),
             read_timeout: Duration::from_millis(cfg.proxy.upstream_read_timeout_ms),

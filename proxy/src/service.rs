@@ -60,7 +60,8 @@ pub struct Gate {
     pub limiter: Limiter,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
-    pub pepper: Option<Vec<u8>>,
+    /// API-key digests, keyed once with `security.api_key_pepper` when set.
+    pub digester: secrets::ApiKeyDigester,
     pub opts: GateOptions,
 }
 
@@ -95,7 +96,7 @@ impl Gate {
                     .await
                     .map_err(|_| Reject::Unavailable)?
                     .ok_or(Reject::InvalidApiKey)?;
-                let digest = secrets::api_key_digest_bytes(&key, self.pepper.as_deref());
+                let digest = self.digester.digest(&key);
                 if !secrets::ct_eq(&digest, &rec.digest) || !rec.is_usable_at(now_ms) {
                     return Err(Reject::InvalidApiKey);
                 }
