@@ -41,11 +41,14 @@ while (($#)); do
 done
 
 # Each scenario: a warm-up, then REPS measured runs of DUR seconds; the best run is
-# reported (other work on the machine only ever makes a run slower).
+# reported (other work on the machine only ever makes a run slower). The main
+# scenarios (tenantgate up and the peers) are measured in REPS rounds, each round
+# running every scenario once, so a slow minute on a shared machine lands on all
+# of them alike instead of on whichever scenario happened to be running.
 if ((QUICK)); then
     DUR=3 REPS=1 WARM=1 SCALE_WARM_MAX=90
 else
-    DUR=5 REPS=2 WARM=2 SCALE_WARM_MAX=150
+    DUR=5 REPS=3 WARM=2 SCALE_WARM_MAX=150
 fi
 WRK_THREADS=2 WRK_CONNS=64
 N_TENANTS=100 KEYS_PER_TENANT=10
@@ -306,13 +309,13 @@ run() {
     local id="$1" label="$2" target="$3" class="$4" pid="$5" url="$6" file="$7" mode="$8" order="$9"
     local expect="${10}" warm_file="${11:-$7}"
     check "$url" "$file" "$mode" "$expect" || { note "$label: skipped (check failed)"; return 0; }
-    if ((WARM > 0)); then
+    if ((WARM > 0 && ROUND <= 1)); then
         pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WARM}s" -s "$HERE/multi.lua" \
             "$url" -- "$warm_file" "$mode" "$order" "$WRK_THREADS" warm >/dev/null 2>&1 || true
     fi
     local rep out line best="" creds=0 t0 t1 b0 b1
     [ "$file" != "$NONE_FILE" ] && creds=$(grep -c . "$file")
-    for rep in $(seq "$REPS"); do
+    for rep in $(seq "$RUN_REPS"); do
         t0=$(cpu_ticks "$pid")
         b0=$(cpu_busy "$PROXY_CPU")
         out="$(pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DUR}s" --timeout 5s \
@@ -322,7 +325,7 @@ run() {
         line="$(printf '%s\n' "$out" | sed -n 's/^RESULT //p')"
         [ -n "$line" ] || { note "$label: wrk printed no result"; printf '%s\n' "$out" >&2; continue; }
         line="$(python3 "$HERE/report.py" --annotate "$line" "$id" "$label" "$target" "$class" \
-            "$expect" "$((t1 - t0))" "$CLK_TCK" "$creds" "$b0" "$b1" "$rep")"
+            "$expect" "$((t1 - t0))" "$CLK_TCK" "$creds" "$b0" "$b1" "$((ROUND > 0 ? ROUND : rep))")"
         log "$(python3 "$HERE/report.py" --describe "$line" "$PROXY_CPU")"
         if [ -z "$best" ] || python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["rps"] > json.loads(sys.argv[2])["rps"] else 1)' "$line" "$best"; then
             best="$line"
@@ -331,15 +334,36 @@ run() {
     [ -n "$best" ] && printf '%s\n' "$best" >>"$RESULTS"
     return 0
 }
+ROUND=0 RUN_REPS=$REPS
 
-perf_run() { # ID PID: profile the next scenario when --perf
-    ((PERF)) || return 0
+# Keeps the fastest line per scenario id of a results file (rounds append one each).
+best_per_id() {
+    python3 - "$1" <<'PY'
+import json, sys
+path = sys.argv[1]
+best, order = {}, []
+for line in open(path):
+    r = json.loads(line)
+    k = r.get("id")
+    if k not in best:
+        order.append(k)
+        best[k] = r
+    elif "rps" in r and r["rps"] > best[k].get("rps", 0):
+        best[k] = r
+with open(path, "w") as f:
+    for k in order:
+        f.write(json.dumps(best[k]) + "\n")
+PY
+}
+
+perf_run() { # ID PID: profile the next scenario when --perf (first round only)
+    ((PERF && ROUND <= 1)) || return 0
     command -v perf >/dev/null || need_apt linux-perf
     perf record -F 999 -g -p "$2" -o "$WORK/perf-$1.data" -- sleep "$((DUR + WARM))" >/dev/null 2>&1 &
     PERF_PID=$!
 }
 perf_done() {
-    ((PERF)) || return 0
+    ((PERF && ROUND <= 1)) || return 0
     wait "$PERF_PID" 2>/dev/null || true
     perf report -i "$WORK/perf-$1.data" --no-children --percent-limit 1 --stdio 2>/dev/null \
         | grep -v '^$' | head -n 150 >"$WORK/perf-$1.txt" || true
@@ -349,55 +373,65 @@ perf_done() {
 U="http://127.0.0.1"
 if ((!ONLY_SCALE)); then
 TGP=$PID_tenantgate
-log "scenarios: best of $REPS x ${DUR}s, wrk -t$WRK_THREADS -c$WRK_CONNS, after ${WARM}s warm-up"
-run direct "direct upstream (nginx)" nginx passthrough "$PID_nginx" \
-    "$U:$UPSTREAM_PORT/api/v1/echo" "$NONE_FILE" none seq 200
-perf_run passthrough "$TGP"
-run tg_public "public route (passthrough)" tenantgate passthrough "$TGP" \
-    "$U:$TG_PORT/public/echo" "$NONE_FILE" none seq 200
-perf_done passthrough
-perf_run apikey "$TGP"
-run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
-perf_done apikey
-run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200
-run tg_jwt_cached "JWT cached, 1000 tokens" tenantgate jwt "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
-"$HELPER" mint --dir "$KEYDIR" --out "$JWT_LEEWAY" --count 1000 --tenants "$N_TENANTS" --exp-in -2 2>/dev/null
-perf_run jwt_uncached "$TGP"
-run tg_jwt_uncached "JWT uncached (full verify each request)" tenantgate jwt_uncached "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$JWT_LEEWAY" bearer seq 200 "$JWT_CACHED"
-perf_done jwt_uncached
-run tg_401 "401 no credential" tenantgate 401 "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$NONE_FILE" none seq 401
-run tg_401_key "401 unknown API key" tenantgate 401_key "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$WORK/unknown-keys.txt" apikey seq 401
-run tg_429 "429 (tenant over its limit)" tenantgate 429 "$TGP" \
-    "$U:$TG_PORT/api/v1/echo" "$WORK/tiny.txt" apikey seq 429
+log "scenarios: best of $REPS rounds x ${DUR}s, wrk -t$WRK_THREADS -c$WRK_CONNS, after ${WARM}s warm-up"
+# One round: every main scenario once.
+main_round() {
+    run direct "direct upstream (nginx)" nginx passthrough "$PID_nginx" \
+        "$U:$UPSTREAM_PORT/api/v1/echo" "$NONE_FILE" none seq 200
+    perf_run passthrough "$TGP"
+    run tg_public "public route (passthrough)" tenantgate passthrough "$TGP" \
+        "$U:$TG_PORT/public/echo" "$NONE_FILE" none seq 200
+    perf_done passthrough
+    perf_run apikey "$TGP"
+    run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+    perf_done apikey
+    run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200
+    run tg_jwt_cached "JWT cached, 1000 tokens" tenantgate jwt "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+    "$HELPER" mint --dir "$KEYDIR" --out "$JWT_LEEWAY" --count 1000 --tenants "$N_TENANTS" --exp-in -2 2>/dev/null
+    perf_run jwt_uncached "$TGP"
+    run tg_jwt_uncached "JWT uncached (full verify each request)" tenantgate jwt_uncached "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$JWT_LEEWAY" bearer seq 200 "$JWT_CACHED"
+    perf_done jwt_uncached
+    run tg_401 "401 no credential" tenantgate 401 "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+    run tg_401_key "401 unknown API key" tenantgate 401_key "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$WORK/unknown-keys.txt" apikey seq 401
+    run tg_429 "429 (tenant over its limit)" tenantgate 429 "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$WORK/tiny.txt" apikey seq 429
 
-if ((PEERS)); then
-    run hap_pass "HAProxy passthrough" haproxy passthrough "$HAPROXY_PID" \
-        "$U:$HAPROXY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
-    run hap_jwt "HAProxy JWT (1000 tokens; never cached)" haproxy jwt "$HAPROXY_PID" \
-        "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
-    run hap_401 "HAProxy 401 no credential" haproxy 401 "$HAPROXY_PID" \
-        "$U:$HAPROXY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
-    run hap_429 "HAProxy 429" haproxy 429 "$HAPROXY_PID" \
-        "$U:$HAPROXY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
-    if [ -n "$ENVOY_PID" ]; then
-        run env_pass "Envoy passthrough" envoy passthrough "$ENVOY_PID" \
-            "$U:$ENVOY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
-        run env_jwt "Envoy JWT (1000 tokens, token cache)" envoy jwt "$ENVOY_PID" \
-            "$U:$ENVOY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
-        run env_jwt_uncached "Envoy JWT, no token cache" envoy jwt_uncached "$ENVOY_PID" \
-            "$U:$ENVOY_PORT/nocache/echo" "$JWT_CACHED" bearer seq 200
-        run env_401 "Envoy 401 no credential" envoy 401 "$ENVOY_PID" \
-            "$U:$ENVOY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
-        run env_429 "Envoy 429" envoy 429 "$ENVOY_PID" \
-            "$U:$ENVOY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
+    if ((PEERS)); then
+        run hap_pass "HAProxy passthrough" haproxy passthrough "$HAPROXY_PID" \
+            "$U:$HAPROXY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
+        run hap_jwt "HAProxy JWT (1000 tokens; never cached)" haproxy jwt "$HAPROXY_PID" \
+            "$U:$HAPROXY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+        run hap_401 "HAProxy 401 no credential" haproxy 401 "$HAPROXY_PID" \
+            "$U:$HAPROXY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+        run hap_429 "HAProxy 429" haproxy 429 "$HAPROXY_PID" \
+            "$U:$HAPROXY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
+        if [ -n "$ENVOY_PID" ]; then
+            run env_pass "Envoy passthrough" envoy passthrough "$ENVOY_PID" \
+                "$U:$ENVOY_PASS_PORT/public/echo" "$NONE_FILE" none seq 200
+            run env_jwt "Envoy JWT (1000 tokens, token cache)" envoy jwt "$ENVOY_PID" \
+                "$U:$ENVOY_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
+            run env_jwt_uncached "Envoy JWT, no token cache" envoy jwt_uncached "$ENVOY_PID" \
+                "$U:$ENVOY_PORT/nocache/echo" "$JWT_CACHED" bearer seq 200
+            run env_401 "Envoy 401 no credential" envoy 401 "$ENVOY_PID" \
+                "$U:$ENVOY_PORT/api/v1/echo" "$NONE_FILE" none seq 401
+            run env_429 "Envoy 429" envoy 429 "$ENVOY_PID" \
+                "$U:$ENVOY_PORT/api/v1/echo" "$WORK/jwt-tiny.txt" bearer seq 429
+        fi
     fi
-fi
+}
+for ROUND in $(seq "$REPS"); do
+    RUN_REPS=1
+    log "round $ROUND of $REPS"
+    main_round
+done
+ROUND=0 RUN_REPS=$REPS
+best_per_id "$RESULTS"
 
 TG_RSS_KB="$(awk '/VmRSS/ {print $2}' "/proc/$TGP/status")"
 TG_HWM_KB="$(awk '/VmHWM/ {print $2}' "/proc/$TGP/status")"
@@ -541,10 +575,16 @@ if ((SCALE)); then
         ((OFFSET >= NKEYS)) && break
     done
     ((OFFSET >= NKEYS)) || note "scale: the warm-up sent only $OFFSET of $NKEYS keys in ${SCALE_WARM_MAX}s; the 100k row includes cold keys"
-    run scale_1 "scale: 1 key (same process)" tenantgate scale_1 "$SP" \
-        "$U:$SCALE_PORT/api/v1/echo" "$WORK/scale-one.txt" apikey seq 200
-    run scale_all "scale: keys drawn from all $((NKEYS / 1000))k" tenantgate scale_all "$SP" \
-        "$U:$SCALE_PORT/api/v1/echo" "$SCALE_KEYS" apikey random 200
+    # The two rows alternate (rounds, as the main scenarios), so they share the minutes.
+    for ROUND in $(seq "$REPS"); do
+        RUN_REPS=1
+        run scale_1 "scale: 1 key (same process)" tenantgate scale_1 "$SP" \
+            "$U:$SCALE_PORT/api/v1/echo" "$WORK/scale-one.txt" apikey seq 200
+        run scale_all "scale: keys drawn from all $((NKEYS / 1000))k" tenantgate scale_all "$SP" \
+            "$U:$SCALE_PORT/api/v1/echo" "$SCALE_KEYS" apikey random 200
+    done
+    ROUND=0 RUN_REPS=$REPS
+    best_per_id "$RESULTS"
     MISSES2="$(key_misses)"
     printf '{"id":"rss_scale","rss_kb":%s,"hwm_kb":%s,"keys":%s,"tenants":%s,"misses_after_warm":%s,"misses_end":%s}\n' \
         "$(awk '/VmRSS/ {print $2}' "/proc/$SP/status")" "$(awk '/VmHWM/ {print $2}' "/proc/$SP/status")" \
