@@ -2,12 +2,15 @@
 # tenantgate load harness: tenantgate vs a direct upstream, its own public
 # (passthrough) route, HAProxy 2.6 and Envoy doing the same job, on 127.0.0.1 only.
 #
-#   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--only-scale] [--perf] [--out FILE]
+#   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--only-scale] [--perf]
+#                       [--[no-]callgrind] [--out FILE]
 #
-#   --quick     3 s per scenario (default 10 s), smaller token sets and warm-ups
+#   --quick     one 3 s run per scenario (default: best of three 5 s rounds), shorter warm-ups
 #   --no-scale  skip the 10k-tenant / 100k-key run
 #   --no-peers  skip HAProxy and Envoy
 #   --only-scale  only the 10k-tenant / 100k-key run (no peers, no other scenarios)
+#   --callgrind instructions per request of three rows under valgrind (on by default
+#               except with --quick / --only-scale; --no-callgrind skips it)
 #   --perf      also record a perf profile of tenantgate during the API-key and
 #               passthrough scenarios (reports land in the work directory)
 #   --out FILE  where the markdown goes (default benches/RESULTS.md)
@@ -24,17 +27,19 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 COMMAND="benches/load/run.sh $*"
 
-QUICK=0 SCALE=1 PEERS=1 PERF=0 ONLY_SCALE=0
+QUICK=0 SCALE=1 PEERS=1 PERF=0 ONLY_SCALE=0 CALLGRIND=1
 OUT="$ROOT/benches/RESULTS.md"
 while (($#)); do
     case "$1" in
-        --quick) QUICK=1 ;;
+        --quick) QUICK=1 CALLGRIND=0 ;;
+        --callgrind) CALLGRIND=1 ;;
+        --no-callgrind) CALLGRIND=0 ;;
         --no-scale) SCALE=0 ;;
         --no-peers) PEERS=0 ;;
         --perf) PERF=1 ;;
-        --only-scale) ONLY_SCALE=1 PEERS=0 SCALE=1 ;;
+        --only-scale) ONLY_SCALE=1 PEERS=0 SCALE=1 CALLGRIND=0 ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -61,6 +66,7 @@ TG_PORT=18080 TG_ADMIN_PORT=18081 TG_DEMO_PORT=18082 TG_METRICS_PORT=19090
 HAPROXY_PORT=18180 HAPROXY_PASS_PORT=18181
 ENVOY_PORT=18280 ENVOY_PASS_PORT=18281 ENVOY_ADMIN_PORT=19901
 REDIS_TG_PORT=18380 REDIS_TG_METRICS_PORT=19390 REDIS_PORT=16379
+REDIS2_TG_PORT=18381 REDIS2_TG_METRICS_PORT=19391
 SCALE_PORT=18480 SCALE_METRICS_PORT=19490
 
 CACHE="${TG_BENCH_CACHE:-$HOME/.cache/tenantgate-bench}"
@@ -455,30 +461,57 @@ proxy_env() {
     mkdir -p "$WORK/data-p$1"
     echo "TENANTGATE__METERING__NODE_ID=\"bench-p$1\"" "TENANTGATE__STORE__DATA_DIR=\"$WORK/data-p$1\""
 }
+# The two proxies run side by side (only the one under load uses the core), and the
+# three rows alternate in rounds like the main scenarios.
 tg_config "$WORK/local.toml" "$REDIS_TG_PORT" "$REDIS_TG_METRICS_PORT" "sqlite://$WORK/tg.db"
+tg_config "$WORK/redis.toml" "$REDIS2_TG_PORT" "$REDIS2_TG_METRICS_PORT" "sqlite://$WORK/tg.db" "$REDIS_TOML"
 # shellcheck disable=SC2046
 start tg_local "$PROXY_CPU" env $(proxy_env 0) "$TG" proxy --config "$WORK/local.toml"
-if wait_http "http://127.0.0.1:$REDIS_TG_METRICS_PORT/health" 20 "$PID_tg_local"; then
-    run tg_proxy_public "public route (passthrough), tenantgate proxy" tenantgate passthrough_proxy "$PID_tg_local" \
-        "$U:$REDIS_TG_PORT/public/echo" "$NONE_FILE" none seq 200
-    run tg_proxy_apikey "API key, local limiter (tenantgate proxy)" tenantgate apikey "$PID_tg_local" \
-        "$U:$REDIS_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
-else
+# shellcheck disable=SC2046
+start tg_redis "$PROXY_CPU" env $(proxy_env 9) "$TG" proxy --config "$WORK/redis.toml"
+LOCAL_OK=1 REDIS_OK=1
+wait_http "http://127.0.0.1:$REDIS_TG_METRICS_PORT/health" 20 "$PID_tg_local" || {
+    LOCAL_OK=0
     note "local-limiter proxy row skipped: tenantgate proxy did not start: $(tail -n 1 "$WORK/tg_local.log")"
+}
+wait_http "http://127.0.0.1:$REDIS2_TG_METRICS_PORT/health" 20 "$PID_tg_redis" || {
+    REDIS_OK=0
+    note "Redis backend: skipped: tenantgate proxy with [ratelimit] backend = \"redis\" did not start: $(grep -v '^$' "$WORK/tg_redis.log" | tail -n 1)"
+}
+for ROUND in $(seq "$REPS"); do
+    RUN_REPS=1
+    if ((LOCAL_OK)); then
+        run tg_proxy_public "public route (passthrough), tenantgate proxy" tenantgate passthrough_proxy "$PID_tg_local" \
+            "$U:$REDIS_TG_PORT/public/echo" "$NONE_FILE" none seq 200
+        run tg_proxy_apikey "API key, local limiter (tenantgate proxy)" tenantgate apikey "$PID_tg_local" \
+            "$U:$REDIS_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+    fi
+    if ((REDIS_OK)); then
+        run tg_redis_apikey "API key, Redis rate limit (tenantgate proxy)" tenantgate apikey_redis "$PID_tg_redis" \
+            "$U:$REDIS2_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+    fi
+done
+ROUND=0 RUN_REPS=$REPS
+best_per_id "$RESULTS"
+if ((REDIS_OK)); then
+    curl -s "$U:$REDIS2_TG_METRICS_PORT/metrics" | grep -E '^tenantgate_ratelimit_(redis_calls|leased_decisions)_total ' |
+        awk '{printf "%s%s", sep, $0; sep="; "} END {print ""}' | sed 's/^/Redis row, limiter counters at the end: /' >>"$NOTES"
 fi
 stop "$PID_tg_local"
-tg_config "$WORK/redis.toml" "$REDIS_TG_PORT" "$REDIS_TG_METRICS_PORT" "sqlite://$WORK/tg.db" "$REDIS_TOML"
-# shellcheck disable=SC2046
-start tg_redis "$PROXY_CPU" env $(proxy_env 0) "$TG" proxy --config "$WORK/redis.toml"
-if wait_http "http://127.0.0.1:$REDIS_TG_METRICS_PORT/health" 20 "$PID_tg_redis"; then
-    run tg_redis_apikey "API key, Redis rate limit (tenantgate proxy)" tenantgate apikey_redis "$PID_tg_redis" \
-        "$U:$REDIS_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
-    curl -s "$U:$REDIS_TG_METRICS_PORT/metrics" | grep -E '^tenantgate_ratelimit_(redis_calls|leased_decisions)_total ' |
-        awk '{printf "%s%s", sep, $0; sep="; "} END {print ""}' | sed 's/^/Redis row, limiter counters at the end: /' >>"$NOTES"
-else
-    note "Redis backend: skipped: tenantgate proxy with [ratelimit] backend = \"redis\" did not start: $(grep -v '^$' "$WORK/tg_redis.log" | tail -n 1)"
-fi
 stop "$PID_tg_redis"
+
+# Instructions per request under callgrind (a noise-free cost measure; see callgrind.sh).
+if ((CALLGRIND)); then
+    need_apt valgrind
+    log "callgrind: instructions per request (tenantgate proxy under valgrind, ~1 minute)"
+    # shellcheck disable=SC2046
+    env $(proxy_env 8) PROXY_CPU="$PROXY_CPU" LOAD_CPU="$LOAD_CPU" "$HERE/callgrind.sh" \
+        "$TG" "$WORK/local.toml" "$U:$REDIS_TG_PORT" "$U:$REDIS_TG_METRICS_PORT/health" "$RESULTS" \
+        "public:/public/echo:$NONE_FILE:none" \
+        "apikey:/api/v1/echo:$WORK/keys.txt:apikey" \
+        "jwt:/api/v1/echo:$JWT_CACHED:bearer" ||
+        note "callgrind: the instruction counts failed (see the log above)"
+fi
 
 # Over-admission: N proxies share a tenant limited to OVERADMIT_LIMIT per hour; one
 # wrk per proxy hammers it for OA_DUR seconds; admitted = requests - non-2xx. The
