@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request under callgrind: a cost measure that does not move with
 # the machine's other load (wall-clock rows on a shared VM move 10-20 % between runs;
-# these move ~1 %).
+# these a few per cent, mostly the once-a-second work's share).
 #
 #   benches/load/callgrind.sh TG CONFIG PROXY_URL HEALTH_URL OUT_JSONL SCENARIO...
 #
@@ -45,9 +45,9 @@ wrk_requests() { # URL FILE MODE SECONDS LABEL
 for sc in "$@"; do
     IFS=: read -r id path file mode <<<"$sc"
     wrk_requests "$PROXY_URL$path" "$file" "$mode" 3 warm >/dev/null
-    callgrind_control -z "$VG" >/dev/null
+    callgrind_control -z "$VG" >/dev/null 2>&1
     n="$(wrk_requests "$PROXY_URL$path" "$file" "$mode" 5 "$id")"
-    callgrind_control -d "$id" "$VG" >/dev/null
+    callgrind_control -d "$id" "$VG" >/dev/null 2>&1
     dump=""
     for _ in $(seq 100); do
         dump="$(ls -t "$DIR"/cg.*.out.* 2>/dev/null | head -n 1 || true)"

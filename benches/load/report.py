@@ -318,12 +318,12 @@ def main():
         w("")
         w("`tenantgate proxy` on the same store under valgrind's callgrind (`benches/load/callgrind.sh`): "
           "counters zeroed after a warm-up, instructions counted over 5 s of wrk, divided by the requests. "
-          "User-space work only (no kernel), and repeatable to about 1 % where the req/s rows move 10–20 % "
+          "User-space work only (no kernel), and repeatable to a few per cent where the req/s rows move 10–20 % "
           "between runs on this VM. Under valgrind SHA-256 runs without SHA-NI (about 3.5k instructions "
           "a 64-byte block: ~7k of the API-key row, ~35k of the JWT row, each ~0.1–0.4 µs natively) and the "
           "once-a-second usage flush is spread over ~700 requests a second instead of tens of thousands.")
         w("")
-        w("| scenario | instructions / request | × passthrough |")
+        w("| scenario | instructions / request | cost × passthrough |")
         w("|---|---:|---:|")
         for r in cg:
             ratio = f"{r['ir_per_req'] / cg_base:.2f}×" if cg_base else "–"
