@@ -191,7 +191,7 @@ def main():
     w(f"- **Versions**: tenantgate {v['tenantgate']}, HAProxy {v['haproxy']}, Envoy {v['envoy']}, "
       f"nginx {v['nginx']} (upstream), wrk {v['wrk']}")
     w(f"- **Load**: wrk `-t{a.threads} -c{a.conns}`, best of {a.reps} run(s) of {a.duration} s per scenario after a warm-up "
-      f"(tenantgate `up` and the peers in {a.reps} rounds, each round running every scenario once), "
+      f"(in {a.reps} rounds, each round running every scenario of its group once), "
       "HTTP/1.1 keep-alive, `GET` of a ~12-byte JSON body; each request carries the next "
       "credential of its list (100 tenants × 10 keys, or 1000 JWTs over 100 tenants).")
     w("- **Pinning**: the proxy under test on CPU 0 with one worker (tenantgate `threads = 1`, "

@@ -46,10 +46,10 @@ while (($#)); do
 done
 
 # Each scenario: a warm-up, then REPS measured runs of DUR seconds; the best run is
-# reported (other work on the machine only ever makes a run slower). The main
-# scenarios (tenantgate up and the peers) are measured in REPS rounds, each round
-# running every scenario once, so a slow minute on a shared machine lands on all
-# of them alike instead of on whichever scenario happened to be running.
+# reported (other work on the machine only ever makes a run slower). The runs are
+# made in REPS rounds (`rounds`), each round running every scenario of its group
+# once, so a slow minute on a shared machine lands on all of them alike instead of
+# on whichever scenario happened to be running.
 if ((QUICK)); then
     DUR=3 REPS=1 WARM=1 SCALE_WARM_MAX=90
 else
@@ -319,28 +319,32 @@ run() {
         pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WARM}s" -s "$HERE/multi.lua" \
             "$url" -- "$warm_file" "$mode" "$order" "$WRK_THREADS" warm >/dev/null 2>&1 || true
     fi
-    local rep out line best="" creds=0 t0 t1 b0 b1
+    local out line creds=0 t0 t1 b0 b1
     [ "$file" != "$NONE_FILE" ] && creds=$(grep -c . "$file")
-    for rep in $(seq "$RUN_REPS"); do
-        t0=$(cpu_ticks "$pid")
-        b0=$(cpu_busy "$PROXY_CPU")
-        out="$(pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DUR}s" --timeout 5s \
-            -s "$HERE/multi.lua" "$url" -- "$file" "$mode" "$order" "$WRK_THREADS" "$id")"
-        t1=$(cpu_ticks "$pid")
-        b1=$(cpu_busy "$PROXY_CPU")
-        line="$(printf '%s\n' "$out" | sed -n 's/^RESULT //p')"
-        [ -n "$line" ] || { note "$label: wrk printed no result"; printf '%s\n' "$out" >&2; continue; }
-        line="$(python3 "$HERE/report.py" --annotate "$line" "$id" "$label" "$target" "$class" \
-            "$expect" "$((t1 - t0))" "$CLK_TCK" "$creds" "$b0" "$b1" "$((ROUND > 0 ? ROUND : rep))")"
-        log "$(python3 "$HERE/report.py" --describe "$line" "$PROXY_CPU")"
-        if [ -z "$best" ] || python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["rps"] > json.loads(sys.argv[2])["rps"] else 1)' "$line" "$best"; then
-            best="$line"
-        fi
-    done
-    [ -n "$best" ] && printf '%s\n' "$best" >>"$RESULTS"
-    return 0
+    t0=$(cpu_ticks "$pid")
+    b0=$(cpu_busy "$PROXY_CPU")
+    out="$(pin "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DUR}s" --timeout 5s \
+        -s "$HERE/multi.lua" "$url" -- "$file" "$mode" "$order" "$WRK_THREADS" "$id")"
+    t1=$(cpu_ticks "$pid")
+    b1=$(cpu_busy "$PROXY_CPU")
+    line="$(printf '%s\n' "$out" | sed -n 's/^RESULT //p')"
+    [ -n "$line" ] || { note "$label: wrk printed no result"; printf '%s\n' "$out" >&2; return 0; }
+    line="$(python3 "$HERE/report.py" --annotate "$line" "$id" "$label" "$target" "$class" \
+        "$expect" "$((t1 - t0))" "$CLK_TCK" "$creds" "$b0" "$b1" "$ROUND")"
+    log "$(python3 "$HERE/report.py" --describe "$line" "$PROXY_CPU")"
+    printf '%s\n' "$line" >>"$RESULTS"
 }
-ROUND=0 RUN_REPS=$REPS
+ROUND=0
+
+# rounds FUNC: runs FUNC (a list of `run`s) REPS times, then keeps each row's best run.
+rounds() {
+    for ROUND in $(seq "$REPS"); do
+        ((REPS == 1)) || log "$1: round $ROUND of $REPS"
+        "$1"
+    done
+    ROUND=0
+    best_per_id "$RESULTS"
+}
 
 # Keeps the fastest line per scenario id of a results file (rounds append one each).
 best_per_id() {
@@ -431,13 +435,7 @@ main_round() {
         fi
     fi
 }
-for ROUND in $(seq "$REPS"); do
-    RUN_REPS=1
-    log "round $ROUND of $REPS"
-    main_round
-done
-ROUND=0 RUN_REPS=$REPS
-best_per_id "$RESULTS"
+rounds main_round
 
 TG_RSS_KB="$(awk '/VmRSS/ {print $2}' "/proc/$TGP/status")"
 TG_HWM_KB="$(awk '/VmHWM/ {print $2}' "/proc/$TGP/status")"
@@ -478,8 +476,7 @@ wait_http "http://127.0.0.1:$REDIS2_TG_METRICS_PORT/health" 20 "$PID_tg_redis" |
     REDIS_OK=0
     note "Redis backend: skipped: tenantgate proxy with [ratelimit] backend = \"redis\" did not start: $(grep -v '^$' "$WORK/tg_redis.log" | tail -n 1)"
 }
-for ROUND in $(seq "$REPS"); do
-    RUN_REPS=1
+proxy_round() {
     if ((LOCAL_OK)); then
         run tg_proxy_public "public route (passthrough), tenantgate proxy" tenantgate passthrough_proxy "$PID_tg_local" \
             "$U:$REDIS_TG_PORT/public/echo" "$NONE_FILE" none seq 200
@@ -490,9 +487,8 @@ for ROUND in $(seq "$REPS"); do
         run tg_redis_apikey "API key, Redis rate limit (tenantgate proxy)" tenantgate apikey_redis "$PID_tg_redis" \
             "$U:$REDIS2_TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
     fi
-done
-ROUND=0 RUN_REPS=$REPS
-best_per_id "$RESULTS"
+}
+rounds proxy_round
 if ((REDIS_OK)); then
     curl -s "$U:$REDIS2_TG_METRICS_PORT/metrics" | grep -E '^tenantgate_ratelimit_(redis_calls|leased_decisions)_total ' |
         awk '{printf "%s%s", sep, $0; sep="; "} END {print ""}' | sed 's/^/Redis row, limiter counters at the end: /' >>"$NOTES"
@@ -609,15 +605,13 @@ if ((SCALE)); then
     done
     ((OFFSET >= NKEYS)) || note "scale: the warm-up sent only $OFFSET of $NKEYS keys in ${SCALE_WARM_MAX}s; the 100k row includes cold keys"
     # The two rows alternate (rounds, as the main scenarios), so they share the minutes.
-    for ROUND in $(seq "$REPS"); do
-        RUN_REPS=1
+    scale_round() {
         run scale_1 "scale: 1 key (same process)" tenantgate scale_1 "$SP" \
             "$U:$SCALE_PORT/api/v1/echo" "$WORK/scale-one.txt" apikey seq 200
         run scale_all "scale: keys drawn from all $((NKEYS / 1000))k" tenantgate scale_all "$SP" \
             "$U:$SCALE_PORT/api/v1/echo" "$SCALE_KEYS" apikey random 200
-    done
-    ROUND=0 RUN_REPS=$REPS
-    best_per_id "$RESULTS"
+    }
+    rounds scale_round
     MISSES2="$(key_misses)"
     printf '{"id":"rss_scale","rss_kb":%s,"hwm_kb":%s,"keys":%s,"tenants":%s,"misses_after_warm":%s,"misses_end":%s}\n' \
         "$(awk '/VmRSS/ {print $2}' "/proc/$SP/status")" "$(awk '/VmHWM/ {print $2}' "/proc/$SP/status")" \
