@@ -187,6 +187,61 @@ impl Policy {
     }
 }
 
+/// A policy compiled for the hot path: the actions granted on every resource as a
+/// bit set (one test for `*` grants, no strings compared), then the actions
+/// granted per named resource. Decides exactly as [`Policy::allows`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    everywhere: u8,
+    named: Box<[(u8, Box<str>)]>,
+}
+
+impl Action {
+    const ALL: [Action; 4] = [Action::Read, Action::Create, Action::Update, Action::Delete];
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl Grants {
+    pub fn new(policy: &Policy) -> Self {
+        let mut everywhere = 0u8;
+        let mut named: Vec<(u8, Box<str>)> = Vec::new();
+        for p in &policy.permissions {
+            let bits = Action::ALL
+                .iter()
+                .filter(|a| p.action == "*" || p.action == a.as_str())
+                .fold(0u8, |m, a| m | a.bit());
+            if bits == 0 {
+                continue;
+            }
+            if p.resource == "*" {
+                everywhere |= bits;
+            } else if let Some(e) = named.iter_mut().find(|(_, r)| **r == *p.resource) {
+                e.0 |= bits;
+            } else {
+                named.push((bits, p.resource.as_str().into()));
+            }
+        }
+        // Resources already covered everywhere need no entry of their own.
+        named.retain(|(bits, _)| bits & !everywhere != 0);
+        Grants {
+            everywhere,
+            named: named.into(),
+        }
+    }
+
+    pub fn allows(&self, action: Action, resource: &str) -> bool {
+        let bit = action.bit();
+        self.everywhere & bit != 0
+            || self
+                .named
+                .iter()
+                .any(|(bits, r)| bits & bit != 0 && **r == *resource)
+    }
+}
+
 /// The seed's DEFAULT_ROLES, created for every new tenant.
 pub fn default_policies() -> Vec<Policy> {
     let p = Permission::new;
@@ -293,6 +348,48 @@ pub fn valid_email(email: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiled_grants_decide_exactly_like_the_policy() {
+        let actions = ["*", "read", "create", "update", "delete", "bogus"];
+        let resources = ["*", "resources", "jobs", "api_keys"];
+        let all: Vec<Permission> = actions
+            .iter()
+            .flat_map(|a| resources.iter().map(move |r| Permission::new(a, r)))
+            .collect();
+        let mut policies: Vec<Policy> = default_policies();
+        policies.push(Policy {
+            role: "none".into(),
+            permissions: vec![],
+        });
+        // Every policy of up to two permissions over the grid above, plus a few
+        // longer ones with repeats and overlaps.
+        for a in &all {
+            for b in &all {
+                policies.push(Policy {
+                    role: "r".into(),
+                    permissions: vec![a.clone(), b.clone()],
+                });
+            }
+        }
+        policies.push(Policy {
+            role: "r".into(),
+            permissions: all.clone(),
+        });
+        for p in &policies {
+            let g = Grants::new(p);
+            for action in Action::ALL {
+                for resource in ["resources", "jobs", "api_keys", "other", "*", ""] {
+                    assert_eq!(
+                        g.allows(action, resource),
+                        p.allows(action, resource),
+                        "{p:?} {action:?} {resource}"
+                    );
+                }
+            }
+        }
+        assert!(!Grants::default().allows(Action::Read, "x"));
+    }
 
     #[test]
     fn tenant_id_rules() {

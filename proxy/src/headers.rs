@@ -4,11 +4,10 @@
 //! identity namespaces is removed on every route, whatever its case or count, and
 //! only then are the trusted values written.
 
-use bytes::Bytes;
+use crate::small::SmallStr;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, Result};
-use std::sync::Arc;
 
 // Names as `HeaderName`s built at compile time: looking one up or inserting it
 // costs no parsing and no allocation (a `&str` name is parsed, and a custom one
@@ -89,35 +88,22 @@ impl AuthMethod {
 
 /// The trusted identity of an authenticated request, as injected upstream.
 ///
-/// Built once per cached API key or verified token, not per request: the values
-/// live back to back in one buffer and each header value is a checked slice of it
-/// (injecting one is a reference count, no allocation or validation).
-#[derive(Debug, Clone)]
+/// Built once per cached API key or verified token and stored inline in its
+/// cache entry: the four values back to back in one small buffer (inline up to
+/// [`PRINCIPAL_INLINE`] bytes), checked once here. Injecting copies each value
+/// into the request's own header value: a few small allocations on lines that are
+/// hot anyway, where sharing one buffer cost a reference count on a line of its
+/// own (a cache miss per request when many keys are in use).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// tenant id, user id, role, API key id (empty for a JWT), back to back.
-    text: Arc<str>,
+    text: SmallStr<PRINCIPAL_INLINE>,
     ends: [u16; 4],
-    /// The four values as header values, slices of one buffer sharing `text`.
-    values: [HeaderValue; 4],
     pub method: AuthMethod,
 }
 
-impl PartialEq for Principal {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text && self.ends == other.ends && self.method == other.method
-    }
-}
-
-impl Eq for Principal {}
-
-/// Lets `Bytes` share a `Principal`'s text.
-struct SharedText(Arc<str>);
-
-impl AsRef<[u8]> for SharedText {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
+/// Identity text kept inline in a principal: a tenant id, two UUIDs and a role fit.
+pub const PRINCIPAL_INLINE: usize = 110;
 
 /// An identity value that cannot be sent as a header (a control character), or
 /// identity values longer than 64 KiB together.
@@ -137,29 +123,29 @@ impl Principal {
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         let mut ends = [0u16; 4];
         for (end, part) in ends.iter_mut().zip(parts) {
-            if part.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-                return Err(InvalidIdentity);
-            }
+            // Exactly what `HeaderValue` accepts, so `headers()` cannot fail.
+            HeaderValue::from_str(part).map_err(|_| InvalidIdentity)?;
             text.push_str(part);
             *end = u16::try_from(text.len()).map_err(|_| InvalidIdentity)?;
         }
-        let text: Arc<str> = text.into();
-        let buf = Bytes::from_owner(SharedText(text.clone()));
-        let value = |i| {
-            HeaderValue::from_maybe_shared(buf.slice(range(&ends, i))).map_err(|_| InvalidIdentity)
-        };
-        let values = [value(0)?, value(1)?, value(2)?, value(3)?];
         Ok(Principal {
-            text,
+            text: SmallStr::new(&text),
             ends,
-            values,
             method,
         })
     }
 
     fn part(&self, i: usize) -> &str {
         // The ends fall between the `&str`s it was built from: always char boundaries.
-        self.text.get(range(&self.ends, i)).unwrap_or_default()
+        self.text
+            .as_str()
+            .get(range(&self.ends, i))
+            .unwrap_or_default()
+    }
+
+    fn value(&self, i: usize) -> HeaderValue {
+        // Checked in `new`; the fallback is never taken.
+        HeaderValue::from_str(self.part(i)).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     pub fn tenant_id(&self) -> &str {
@@ -181,16 +167,16 @@ impl Principal {
     /// `(name, value)` pairs to inject, in a fixed order.
     pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         let fixed = [
-            (X_TENANT_ID.clone(), self.values[0].clone()),
-            (X_USER_ID.clone(), self.values[1].clone()),
-            (X_TENANT_ROLE.clone(), self.values[2].clone()),
+            (X_TENANT_ID.clone(), self.value(0)),
+            (X_USER_ID.clone(), self.value(1)),
+            (X_TENANT_ROLE.clone(), self.value(2)),
             (
                 X_AUTH_METHOD.clone(),
                 HeaderValue::from_static(self.method.as_str()),
             ),
         ];
-        let key = (self.method == AuthMethod::ApiKey)
-            .then(|| (X_API_KEY_ID.clone(), self.values[3].clone()));
+        let key =
+            (self.method == AuthMethod::ApiKey).then(|| (X_API_KEY_ID.clone(), self.value(3)));
         fixed.into_iter().chain(key)
     }
 }

@@ -15,3 +15,4 @@ pub mod reject;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod small;

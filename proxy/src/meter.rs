@@ -21,6 +21,7 @@
 //! Sequence numbers are `max(previous + 1, unix microseconds)`, so they keep growing
 //! across restarts even with a fixed `[metering] node_id`.
 
+use crate::control::IdKey;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -189,7 +190,7 @@ impl Slots {
     }
 }
 
-type Shard = HashMap<String, Slots, TenantHash>;
+type Shard = HashMap<IdKey, Slots, TenantHash>;
 
 /// One sealed batch of this process.
 #[derive(Debug, Clone)]
@@ -530,10 +531,10 @@ impl Meter {
         let minute = s.at_unix_s.div_euclid(60) * 60;
         let idx = (self.hasher.hash_one(tenant_id) as usize) % SHARDS;
         let mut shard = lock(&self.shards[idx]);
-        let added = match shard.get_mut(tenant_id) {
+        let added = match shard.get_mut(tenant_id.as_bytes()) {
             Some(slots) => slots.add(minute, s),
             None => {
-                shard.insert(tenant_id.to_owned(), Slots::new(minute, s));
+                shard.insert(IdKey::new(tenant_id), Slots::new(minute, s));
                 true
             }
         };
@@ -571,14 +572,16 @@ impl Meter {
         for shard in &self.shards {
             let taken = {
                 let mut g = lock(shard);
-                let hasher = g.hasher().clone();
-                std::mem::replace(&mut *g, HashMap::with_hasher(hasher))
+                // The next interval likely sees as many tenants: start it at this
+                // size rather than growing (and rehashing) from empty every second.
+                let next = HashMap::with_capacity_and_hasher(g.len(), g.hasher().clone());
+                std::mem::replace(&mut *g, next)
             };
             for (tenant, slots) in taken {
                 let n = slots.len();
                 for (minute, c) in slots.into_rows() {
                     rows.push(UsageDelta {
-                        tenant_id: tenant.clone(),
+                        tenant_id: tenant.to_text(),
                         bucket_start: minute,
                         requests: c.requests,
                         rate_limited: c.rate_limited,

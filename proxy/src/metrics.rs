@@ -3,6 +3,7 @@
 //! cannot blow up the metrics cardinality.
 
 use crate::control::ControlPlane;
+use crate::control::IdKey;
 use crate::meter::Meter;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
@@ -23,7 +24,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 struct Handles {
     owner: u64,
     requests: FastMap<(&'static str, u16), IntCounter>,
-    tenants: FastMap<Box<str>, IntCounter>,
+    tenants: FastMap<IdKey, IntCounter>,
 }
 
 /// More tenants than this in one thread's handle map: start it over.
@@ -134,7 +135,7 @@ impl ProxyMetrics {
                 })
                 .inc();
             if let Some(t) = tenant {
-                if let Some(c) = h.tenants.get(t) {
+                if let Some(c) = h.tenants.get(t.as_bytes()) {
                     c.inc();
                     return;
                 }
@@ -145,7 +146,7 @@ impl ProxyMetrics {
                     .tenant_requests
                     .with_label_values(&[self.tenant_label(t)]);
                 c.inc();
-                h.tenants.insert(t.into(), c);
+                h.tenants.insert(IdKey::new(t), c);
             }
         });
     }

@@ -4,6 +4,7 @@
 //! exactly with a manual clock. Capacity is `burst` (default `max_requests`); the
 //! refill rate is `max_requests / window_seconds` tokens per second.
 
+use crate::control::IdKey;
 use http::{HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -183,7 +184,9 @@ const SHARDS: usize = 64;
 /// Tenant → its bucket and the limit it was last checked against.
 /// foldhash: tenant ids come from the store, not from clients, and SipHash was
 /// two of the limiter's ~80 ns per check.
-type BucketMap = HashMap<Arc<str>, (Bucket, RateLimit), foldhash::fast::RandomState>;
+/// Keyed by the tenant id inline (probing compares bytes in the table, no pointer
+/// to follow), looked up with the id's bytes.
+type BucketMap = HashMap<IdKey, (Bucket, RateLimit), foldhash::fast::RandomState>;
 
 /// In-process limiter: sharded maps of tenant → bucket.
 pub struct LocalLimiter {
@@ -214,7 +217,7 @@ impl LocalLimiter {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match map.get_mut(tenant) {
+        match map.get_mut(tenant.as_bytes()) {
             Some((b, l)) => {
                 *l = *limit;
                 b.take(limit, now, 1)
@@ -222,7 +225,7 @@ impl LocalLimiter {
             None => {
                 let mut b = Bucket::full(limit, now);
                 let d = b.take(limit, now, 1);
-                map.insert(Arc::from(tenant), (b, *limit));
+                map.insert(IdKey::new(tenant), (b, *limit));
                 d
             }
         }
@@ -231,7 +234,7 @@ impl LocalLimiter {
     /// Forgets a tenant's bucket (e.g. its limit was changed to a smaller one).
     pub fn reset(&self, tenant: &str) {
         if let Ok(mut m) = self.shard(tenant).lock() {
-            m.remove(tenant);
+            m.remove(tenant.as_bytes());
         }
     }
 

@@ -5,10 +5,10 @@
 //! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
-use crate::control::ControlPlane;
+use crate::control::{CachedKey, ControlPlane, Shared, TenantView};
 use crate::credential::{self, Credential};
 use crate::headers::{self, Principal, X_API_KEY, X_REQUEST_ID};
-use crate::jwt::JwtVerifier;
+use crate::jwt::{Identity, JwtVerifier};
 use crate::limiter::{LimitError, Limiter};
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
@@ -25,7 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::domain::{Action, Tenant, TenantStatus};
+use tenantgate_core::domain::{Action, TenantStatus};
 use tenantgate_core::secrets;
 
 /// Timeouts and limits of the proxy.
@@ -72,12 +72,29 @@ pub struct Ctx {
     /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
-    principal: Option<Arc<Principal>>,
+    who: Option<Who>,
     /// Set once the tenant is known to exist: the request is metered for it.
-    tenant: Option<Arc<Tenant>>,
+    view: Option<Arc<TenantView>>,
     decision: Option<Decision>,
     reject: Option<Reject>,
     upstream_error: bool,
+}
+
+/// Who an admitted request speaks for: the cached key or the verified token it
+/// authenticated with. Both hold the principal inline, so this is one reference
+/// count on an entry the lookup has just read.
+enum Who {
+    Key(Shared<CachedKey>),
+    Jwt(Arc<Identity>),
+}
+
+impl Who {
+    fn principal(&self) -> &Principal {
+        match self {
+            Who::Key(k) => &k.principal,
+            Who::Jwt(id) => &id.principal,
+        }
+    }
 }
 
 impl Gate {
@@ -86,7 +103,7 @@ impl Gate {
         cred: OwnedCredential,
         now: Instant,
         now_ms: i64,
-    ) -> Result<Arc<Principal>, Reject> {
+    ) -> Result<Who, Reject> {
         match cred {
             OwnedCredential::ApiKey(key) => {
                 let (prefix, _) = secrets::parse_api_key(&key).ok_or(Reject::InvalidApiKey)?;
@@ -100,10 +117,10 @@ impl Gate {
                 if !secrets::ct_eq(&digest, &rec.digest) || !rec.is_usable_at(now_ms) {
                     return Err(Reject::InvalidApiKey);
                 }
-                Ok(rec.principal.clone())
+                Ok(Who::Key(rec))
             }
             OwnedCredential::Jwt(token) => match self.jwt.verify(&token).await {
-                Ok(id) => Ok(id.principal.clone()),
+                Ok(id) => Ok(Who::Jwt(id)),
                 Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
                 Err(e) => {
                     tracing::debug!(error = %e, "jwt rejected");
@@ -145,9 +162,10 @@ impl Gate {
             Some(Credential::Jwt(t)) => OwnedCredential::Jwt(t.to_owned()),
             None => return Err(Reject::NoCredential),
         };
-        let principal = self
+        let who = self
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
+        let principal = who.principal();
 
         let view = self
             .control
@@ -155,9 +173,8 @@ impl Gate {
             .await
             .map_err(|_| Reject::Unavailable)?
             .ok_or(Reject::UnknownTenant)?;
-        let tenant = &view.tenant;
-        ctx.tenant = Some(tenant.clone());
-        if tenant.status != TenantStatus::Active {
+        ctx.view = Some(view.clone());
+        if view.status != TenantStatus::Active {
             return Err(Reject::TenantSuspended);
         }
 
@@ -165,28 +182,23 @@ impl Gate {
             Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
         let resource = route.resource_for(path);
         if !view
-            .policy
+            .grants
             .as_ref()
-            .is_some_and(|p| p.allows(action, resource))
+            .is_some_and(|g| g.allows(action, resource))
         {
             return Err(Reject::Forbidden);
         }
 
-        let limit = view
-            .limit
-            .as_deref()
-            .copied()
-            .unwrap_or_else(|| tenant.tier.default_rate_limit());
         let decision = self
             .limiter
-            .check(&tenant.id, &limit)
+            .check(view.tenant_id.as_str(), &view.limit)
             .await
             .map_err(|LimitError::Unavailable| Reject::Unavailable)?;
         ctx.decision = Some(decision);
         if !decision.allowed {
             return Err(Reject::RateLimited(decision));
         }
-        ctx.principal = Some(principal);
+        ctx.who = Some(who);
         Ok(())
     }
 
@@ -247,8 +259,8 @@ impl ProxyHttp for Gate {
             start_unix_ms: tenantgate_core::time::now_ms(),
             request_id: HeaderValue::from_static(""),
             route: None,
-            principal: None,
-            tenant: None,
+            who: None,
+            view: None,
             decision: None,
             reject: None,
             upstream_error: false,
@@ -303,12 +315,12 @@ impl ProxyHttp for Gate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
-        match &ctx.principal {
+        match &ctx.who {
             // The upstream trusts the injected identity; it never sees the secret.
-            Some(p) => headers::edit_request(
+            Some(who) => headers::edit_request(
                 upstream_request,
                 &[&X_API_KEY, &AUTHORIZATION],
-                p.headers().chain([request_id]),
+                who.principal().headers().chain([request_id]),
             ),
             None => headers::edit_request(upstream_request, &[], [request_id]),
         }
@@ -386,7 +398,7 @@ impl ProxyHttp for Gate {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let code = ctx.reject.as_ref().map(Reject::code).unwrap_or("ok");
-        let tenant = ctx.tenant.as_ref().map(|t| t.id.as_str());
+        let tenant = ctx.view.as_ref().map(|v| v.tenant_id.as_str());
         if let Some(tenant) = tenant {
             self.meter.record(
                 tenant,

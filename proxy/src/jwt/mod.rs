@@ -53,7 +53,7 @@ pub struct Identity {
     /// The token's `exp`, seconds since the epoch.
     pub exp: i64,
     /// The same identity rendered as the headers to inject (once per token).
-    pub principal: Arc<Principal>,
+    pub principal: Principal,
 }
 
 /// Why a token was refused. Only [`JwtError::KeysUnavailable`] is our fault (503);
@@ -384,7 +384,7 @@ impl JwtVerifier {
         )
         .map_err(|_| JwtError::Malformed)?;
         Ok(Identity {
-            principal: Arc::new(principal),
+            principal,
             tenant_id: checked.tenant_id,
             user_id: checked.user_id,
             role: checked.role,
