@@ -20,6 +20,7 @@ use tenantgate_core::domain::{ApiKeyRecord, Grants, Policy, RateLimit, Tenant, T
 use tenantgate_core::store::{Change, ChangeKind, Store, StoreError};
 
 use crate::headers::{AuthMethod, Principal};
+use crate::metrics::TenantSeries;
 use crate::small::SmallStr;
 
 /// The store could not answer and nothing usable was cached.
@@ -535,6 +536,8 @@ pub struct TenantView {
     /// The tenant's own rate limit, or its tier's default.
     pub limit: RateLimit,
     pub tenant: Shared<Tenant>,
+    /// The tenant's request counter, resolved by the first request through the view.
+    pub series: TenantSeries,
     changes_seen: u64,
     fresh_until: Instant,
 }
@@ -700,6 +703,7 @@ impl ControlPlane {
                 .copied()
                 .unwrap_or_else(|| t.tier.default_rate_limit()),
             tenant: t,
+            series: TenantSeries::default(),
             changes_seen,
             fresh_until: t_until.min(p_until).min(l_until),
         });

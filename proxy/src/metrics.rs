@@ -3,7 +3,6 @@
 //! cannot blow up the metrics cardinality.
 
 use crate::control::ControlPlane;
-use crate::control::IdKey;
 use crate::meter::Meter;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
@@ -13,26 +12,28 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Each worker thread's resolved series, so a request costs a few atomic adds and
-/// no label hashing under the registry's lock. Keyed by the owning
+/// Each worker thread's resolved outcome series, so a request costs a few atomic
+/// adds and no label hashing under the registry's lock. Keyed by the owning
 /// [`ProxyMetrics`] (tests make several in one process).
 #[derive(Default)]
 struct Handles {
     owner: u64,
     requests: FastMap<(&'static str, u16), IntCounter>,
-    tenants: FastMap<IdKey, IntCounter>,
 }
-
-/// More tenants than this in one thread's handle map: start it over.
-const MAX_TENANT_HANDLES: usize = 100_000;
 
 thread_local! {
     static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
 }
+
+/// A tenant's request counter, resolved on first use and kept where the tenant's
+/// other per-request state is (its [`TenantView`](crate::control::TenantView)):
+/// counting is then one atomic add, with no per-thread map of 10k tenants to probe.
+#[derive(Debug, Default)]
+pub struct TenantSeries(OnceLock<(u64, IntCounter)>);
 
 static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -111,7 +112,15 @@ impl ProxyMetrics {
         "other"
     }
 
-    pub fn observe(&self, code: &'static str, status: u16, seconds: f64, tenant: Option<&str>) {
+    /// Counts one finished request: its outcome, latency and (when it was
+    /// attributed to a tenant) the tenant's series.
+    pub fn observe(
+        &self,
+        code: &'static str,
+        status: u16,
+        seconds: f64,
+        tenant: Option<(&str, &TenantSeries)>,
+    ) {
         if code == "ok" {
             self.proxied.observe(seconds);
         } else {
@@ -119,7 +128,7 @@ impl ProxyMetrics {
         }
         HANDLES.with(|h| {
             let Ok(mut h) = h.try_borrow_mut() else {
-                return self.observe_uncached(code, status, tenant);
+                return self.observe_uncached(code, status);
             };
             if h.owner != self.id {
                 *h = Handles {
@@ -134,32 +143,30 @@ impl ProxyMetrics {
                         .with_label_values(&[code, status.to_string().as_str()])
                 })
                 .inc();
-            if let Some(t) = tenant {
-                if let Some(c) = h.tenants.get(t.as_bytes()) {
-                    c.inc();
-                    return;
-                }
-                if h.tenants.len() >= MAX_TENANT_HANDLES {
-                    h.tenants.clear();
-                }
-                let c = self
-                    .tenant_requests
-                    .with_label_values(&[self.tenant_label(t)]);
-                c.inc();
-                h.tenants.insert(IdKey::new(t), c);
-            }
         });
+        if let Some((t, series)) = tenant {
+            let (owner, c) = series.0.get_or_init(|| {
+                (
+                    self.id,
+                    self.tenant_requests
+                        .with_label_values(&[self.tenant_label(t)]),
+                )
+            });
+            if *owner == self.id {
+                c.inc();
+            } else {
+                // Resolved by another `ProxyMetrics` (only in tests).
+                self.tenant_requests
+                    .with_label_values(&[self.tenant_label(t)])
+                    .inc();
+            }
+        }
     }
 
-    fn observe_uncached(&self, code: &str, status: u16, tenant: Option<&str>) {
+    fn observe_uncached(&self, code: &str, status: u16) {
         self.requests
             .with_label_values(&[code, status.to_string().as_str()])
             .inc();
-        if let Some(t) = tenant {
-            self.tenant_requests
-                .with_label_values(&[self.tenant_label(t)])
-                .inc();
-        }
     }
 
     /// Prometheus text: the registry plus cache and metering counters.
@@ -289,31 +296,44 @@ mod tests {
     #[test]
     fn observe_counts() {
         let m = ProxyMetrics::new(5).unwrap();
-        m.observe("ok", 200, 0.001, Some("t"));
-        m.observe("forbidden", 403, 0.0001, Some("t"));
+        let t = TenantSeries::default();
+        m.observe("ok", 200, 0.001, Some(("t", &t)));
+        m.observe("forbidden", 403, 0.0001, Some(("t", &t)));
+        m.observe("unauthorized", 401, 0.0001, None);
         assert_eq!(m.requests.with_label_values(&["ok", "200"]).get(), 1);
+        assert_eq!(
+            m.requests.with_label_values(&["unauthorized", "401"]).get(),
+            1
+        );
         assert_eq!(m.tenant_requests.with_label_values(&["t"]).get(), 2);
         let hist = |m: &ProxyMetrics, outcome: &str| {
             m.latency.with_label_values(&[outcome]).get_sample_count()
         };
-        assert_eq!((hist(&m, "proxied"), hist(&m, "rejected")), (1, 1));
+        assert_eq!((hist(&m, "proxied"), hist(&m, "rejected")), (1, 2));
     }
 
     #[test]
     fn cached_series_stay_with_their_registry() {
-        // Two instances on one thread (as in tests): each counts only its own.
+        // Two instances on one thread (as in tests): each counts only its own, also
+        // when a tenant's series was resolved by the other one.
         let a = ProxyMetrics::new(1).unwrap();
         let b = ProxyMetrics::new(1).unwrap();
+        let (t1, t2, t9) = (
+            TenantSeries::default(),
+            TenantSeries::default(),
+            TenantSeries::default(),
+        );
         for _ in 0..3 {
-            a.observe("ok", 200, 0.001, Some("t1"));
-            b.observe("ok", 200, 0.001, Some("t2"));
-            a.observe("ok", 200, 0.001, Some("t9"));
+            a.observe("ok", 200, 0.001, Some(("t1", &t1)));
+            b.observe("ok", 200, 0.001, Some(("t2", &t2)));
+            a.observe("ok", 200, 0.001, Some(("t9", &t9)));
         }
+        b.observe("ok", 200, 0.001, Some(("t1", &t1)));
         assert_eq!(a.requests.with_label_values(&["ok", "200"]).get(), 6);
-        assert_eq!(b.requests.with_label_values(&["ok", "200"]).get(), 3);
+        assert_eq!(b.requests.with_label_values(&["ok", "200"]).get(), 4);
         assert_eq!(a.tenant_requests.with_label_values(&["t1"]).get(), 3);
         assert_eq!(a.tenant_requests.with_label_values(&["other"]).get(), 3);
         assert_eq!(b.tenant_requests.with_label_values(&["t2"]).get(), 3);
-        assert_eq!(b.tenant_requests.with_label_values(&["t1"]).get(), 0);
+        assert_eq!(b.tenant_requests.with_label_values(&["other"]).get(), 1);
     }
 }

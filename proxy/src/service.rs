@@ -413,8 +413,12 @@ impl ProxyHttp for Gate {
                 },
             );
         }
-        self.metrics
-            .observe(code, status, elapsed.as_secs_f64(), tenant);
+        self.metrics.observe(
+            code,
+            status,
+            elapsed.as_secs_f64(),
+            ctx.view.as_ref().map(|v| (v.tenant_id.as_str(), &v.series)),
+        );
         if ctx.reject.is_some() || status >= 500 {
             tracing::info!(
                 request_id = request_id_str(&ctx.request_id),
