@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde_json::json;
 
 use tenantgate_core::config::{RouteConfig, Upstreams};
-use tenantgate_core::domain::{Action, ApiKeyRecord, Permission, Policy, RateLimit, Tier};
+use tenantgate_core::domain::{Action, ApiKeyRecord, Grants, Permission, Policy, RateLimit, Tier};
 use tenantgate_core::jwt::SigningKey;
 use tenantgate_core::secrets::{
     api_key_digest, api_key_digest_bytes, ct_eq, generate_api_key, parse_api_key, ApiKeyDigester,
@@ -426,6 +426,24 @@ fn rbac(c: &mut Criterion) {
             let a = Action::from_method(black_box("PATCH")).unwrap();
             developer.allows(a, black_box("resources"))
         })
+    });
+    // What the proxy runs: the policy compiled once per tenant view.
+    let (admin, developer, big) = (
+        Grants::new(&admin),
+        Grants::new(&developer),
+        Grants::new(&big),
+    );
+    g.bench_function("compiled/admin_wildcard", |b| {
+        b.iter(|| admin.allows(black_box(Action::Delete), black_box("resources")))
+    });
+    g.bench_function("compiled/developer_read_star", |b| {
+        b.iter(|| developer.allows(black_box(Action::Read), black_box("resources")))
+    });
+    g.bench_function("compiled/developer_delete_denied", |b| {
+        b.iter(|| developer.allows(black_box(Action::Delete), black_box("invoices")))
+    });
+    g.bench_function("compiled/20_grants_last_matches", |b| {
+        b.iter(|| big.allows(black_box(Action::Update), black_box("invoices")))
     });
     g.finish();
 }

