@@ -407,20 +407,24 @@ fn rbac(c: &mut Criterion) {
         permissions,
     };
 
+    let cases = [
+        ("admin_wildcard", &admin, Action::Delete, "resources"),
+        ("developer_read_star", &developer, Action::Read, "resources"),
+        (
+            "developer_delete_denied",
+            &developer,
+            Action::Delete,
+            "invoices",
+        ),
+        ("20_grants_last_matches", &big, Action::Update, "invoices"),
+    ];
     let mut g = c.benchmark_group("rbac");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("admin_wildcard", |b| {
-        b.iter(|| admin.allows(black_box(Action::Delete), black_box("resources")))
-    });
-    g.bench_function("developer_read_star", |b| {
-        b.iter(|| developer.allows(black_box(Action::Read), black_box("resources")))
-    });
-    g.bench_function("developer_delete_denied", |b| {
-        b.iter(|| developer.allows(black_box(Action::Delete), black_box("invoices")))
-    });
-    g.bench_function("20_grants_last_matches", |b| {
-        b.iter(|| big.allows(black_box(Action::Update), black_box("invoices")))
-    });
+    for (name, policy, action, resource) in cases {
+        g.bench_function(name, |b| {
+            b.iter(|| policy.allows(black_box(action), black_box(resource)))
+        });
+    }
     g.bench_function("action_from_method+allows", |b| {
         b.iter(|| {
             let a = Action::from_method(black_box("PATCH")).unwrap();
@@ -428,23 +432,12 @@ fn rbac(c: &mut Criterion) {
         })
     });
     // What the proxy runs: the policy compiled once per tenant view.
-    let (admin, developer, big) = (
-        Grants::new(&admin),
-        Grants::new(&developer),
-        Grants::new(&big),
-    );
-    g.bench_function("compiled/admin_wildcard", |b| {
-        b.iter(|| admin.allows(black_box(Action::Delete), black_box("resources")))
-    });
-    g.bench_function("compiled/developer_read_star", |b| {
-        b.iter(|| developer.allows(black_box(Action::Read), black_box("resources")))
-    });
-    g.bench_function("compiled/developer_delete_denied", |b| {
-        b.iter(|| developer.allows(black_box(Action::Delete), black_box("invoices")))
-    });
-    g.bench_function("compiled/20_grants_last_matches", |b| {
-        b.iter(|| big.allows(black_box(Action::Update), black_box("invoices")))
-    });
+    for (name, policy, action, resource) in cases {
+        let grants = Grants::new(policy);
+        g.bench_function(format!("compiled/{name}"), |b| {
+            b.iter(|| grants.allows(black_box(action), black_box(resource)))
+        });
+    }
     g.finish();
 }
 

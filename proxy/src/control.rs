@@ -282,19 +282,19 @@ where
         Q: Hash + Equivalent<K> + ?Sized,
     {
         let slot = self.cache.get(key)?;
-        let loaded_at = slot.stamp().loaded_at;
-        let age = now.saturating_duration_since(loaded_at);
+        let age = now.saturating_duration_since(slot.stamp().loaded_at);
+        let until = self.fresh_until(&slot);
         match slot {
             Slot::Missing(_) if age < self.settings.negative_ttl => {
                 self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
-                Some((None, loaded_at + self.settings.negative_ttl))
+                Some((None, until))
             }
             Slot::Found(e) if age < self.settings.max_staleness => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 if age >= self.settings.ttl {
                     self.refresh_in_background(&e, owned());
                 }
-                Some((Some(Shared(e)), loaded_at + self.settings.ttl))
+                Some((Some(Shared(e)), until))
             }
             _ => {
                 self.cache.remove_if(key, |cur| cur.same(&slot));
@@ -434,7 +434,7 @@ impl<T: Send + Sync + 'static> Cached<IdKey, T> {
         id: &str,
         now: Instant,
     ) -> Result<(Option<Shared<T>>, Instant), Unavailable> {
-        match self.hit(&IdRef(id), now, || IdKey::new(id)) {
+        match self.hit(id.as_bytes(), now, || IdKey::new(id)) {
             Some(v) => Ok(v),
             None => self.load(&IdKey::new(id)).await,
         }
@@ -487,29 +487,14 @@ pub type IdKey = SmallStr<ID_INLINE>;
 
 pub const ID_INLINE: usize = 30;
 
-/// A borrowed id to look an [`IdKey`] up with: hashes and compares the same way.
-pub struct IdRef<'a>(pub &'a str);
-
-impl Hash for IdRef<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.as_bytes().hash(h);
-    }
-}
-
-impl Equivalent<IdKey> for IdRef<'_> {
-    fn equivalent(&self, key: &IdKey) -> bool {
-        self.0.as_bytes() == key.as_bytes()
-    }
-}
-
 /// A policy lookup without building the owned `(tenant, role)` key: hashes and
 /// compares like the tuple of [`IdKey`]s it stands for.
 struct PolicyKeyRef<'a>(&'a str, &'a str);
 
 impl Hash for PolicyKeyRef<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        IdRef(self.0).hash(h);
-        IdRef(self.1).hash(h);
+        self.0.as_bytes().hash(h);
+        self.1.as_bytes().hash(h);
     }
 }
 
@@ -535,7 +520,6 @@ pub struct TenantView {
     pub grants: Option<Grants>,
     /// The tenant's own rate limit, or its tier's default.
     pub limit: RateLimit,
-    pub tenant: Shared<Tenant>,
     /// The tenant's request counter, resolved by the first request through the view.
     pub series: TenantSeries,
     changes_seen: u64,
@@ -702,7 +686,6 @@ impl ControlPlane {
                 .as_deref()
                 .copied()
                 .unwrap_or_else(|| t.tier.default_rate_limit()),
-            tenant: t,
             series: TenantSeries::default(),
             changes_seen,
             fresh_until: t_until.min(p_until).min(l_until),
@@ -997,14 +980,14 @@ mod tests {
             let k = IdKey::new(id);
             assert_eq!(k.as_bytes(), id.as_bytes());
             assert_eq!(k.to_text(), id);
-            assert_eq!(s.hash_one(IdRef(id)), s.hash_one(&k));
-            assert!(IdRef(id).equivalent(&k));
+            assert_eq!(s.hash_one(id.as_bytes()), s.hash_one(&k));
+            assert!(id.as_bytes().equivalent(&k));
             assert_eq!(k, IdKey::new(id));
         }
         assert!(matches!(IdKey::new(&"x".repeat(30)), IdKey::Inline(30, _)));
         assert!(matches!(IdKey::new(&"x".repeat(31)), IdKey::Heap(_)));
         assert_ne!(IdKey::new("ab"), IdKey::new("abc"));
-        assert!(!IdRef("ab").equivalent(&IdKey::new("abc")));
+        assert!(!"ab".as_bytes().equivalent(&IdKey::new("abc")));
     }
 
     #[tokio::test]

@@ -145,20 +145,14 @@ impl ProxyMetrics {
                 .inc();
         });
         if let Some((t, series)) = tenant {
-            let (owner, c) = series.0.get_or_init(|| {
-                (
-                    self.id,
-                    self.tenant_requests
-                        .with_label_values(&[self.tenant_label(t)]),
-                )
-            });
-            if *owner == self.id {
-                c.inc();
-            } else {
-                // Resolved by another `ProxyMetrics` (only in tests).
+            let resolve = || {
                 self.tenant_requests
                     .with_label_values(&[self.tenant_label(t)])
-                    .inc();
+            };
+            match series.0.get_or_init(|| (self.id, resolve())) {
+                (owner, c) if *owner == self.id => c.inc(),
+                // Resolved by another `ProxyMetrics` (only in tests).
+                _ => resolve().inc(),
             }
         }
     }

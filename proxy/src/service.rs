@@ -398,7 +398,8 @@ impl ProxyHttp for Gate {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let code = ctx.reject.as_ref().map(Reject::code).unwrap_or("ok");
-        let tenant = ctx.view.as_ref().map(|v| v.tenant_id.as_str());
+        let view = ctx.view.as_deref();
+        let tenant = view.map(|v| v.tenant_id.as_str());
         if let Some(tenant) = tenant {
             self.meter.record(
                 tenant,
@@ -417,7 +418,7 @@ impl ProxyHttp for Gate {
             code,
             status,
             elapsed.as_secs_f64(),
-            ctx.view.as_ref().map(|v| (v.tenant_id.as_str(), &v.series)),
+            view.map(|v| (v.tenant_id.as_str(), &v.series)),
         );
         if ctx.reject.is_some() || status >= 500 {
             tracing::info!(
