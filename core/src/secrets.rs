@@ -42,10 +42,14 @@ pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
     if b.len() != API_KEY_LEN || !b.starts_with(b"tg_") || b[SEP] != b'_' {
         return None;
     }
-    let prefix_ok = b[3..SEP]
+    // Folded without early exit, so the compiler checks many bytes at a time
+    // (a well-formed key, the common case, is read to the end either way).
+    let prefix_ok = b[3..SEP].iter().fold(true, |ok, c| {
+        ok & (c.is_ascii_digit() | (b'a'..=b'f').contains(c))
+    });
+    let secret_ok = b[SEP + 1..]
         .iter()
-        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
-    let secret_ok = b[SEP + 1..].iter().all(u8::is_ascii_alphanumeric);
+        .fold(true, |ok, c| ok & c.is_ascii_alphanumeric());
     if !(prefix_ok && secret_ok) {
         return None;
     }

@@ -135,17 +135,23 @@ impl Principal {
         })
     }
 
-    fn part(&self, i: usize) -> &str {
-        // The ends fall between the `&str`s it was built from: always char boundaries.
+    fn part_bytes(&self, i: usize) -> &[u8] {
         self.text
-            .as_str()
+            .as_bytes()
             .get(range(&self.ends, i))
             .unwrap_or_default()
     }
 
+    fn part(&self, i: usize) -> &str {
+        // The ends fall between the `&str`s it was built from, so the part is UTF-8
+        // on its own; only its own bytes are checked (not the whole text).
+        std::str::from_utf8(self.part_bytes(i)).unwrap_or_default()
+    }
+
     fn value(&self, i: usize) -> HeaderValue {
+        // From the bytes: `HeaderValue` checks them itself, so no UTF-8 check first.
         // Checked in `new`; the fallback is never taken.
-        HeaderValue::from_str(self.part(i)).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_bytes(self.part_bytes(i)).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     pub fn tenant_id(&self) -> &str {

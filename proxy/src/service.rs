@@ -5,7 +5,7 @@
 //! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
-use crate::control::{CachedKey, ControlPlane, Shared, TenantView};
+use crate::control::{CachedKey, ControlPlane, IdKey, Shared, TenantView};
 use crate::credential::{self, Credential};
 use crate::headers::{self, Principal, X_API_KEY, X_REQUEST_ID};
 use crate::jwt::{Identity, JwtVerifier};
@@ -105,15 +105,13 @@ impl Gate {
         now_ms: i64,
     ) -> Result<Who, Reject> {
         match cred {
-            OwnedCredential::ApiKey(key) => {
-                let (prefix, _) = secrets::parse_api_key(&key).ok_or(Reject::InvalidApiKey)?;
+            OwnedCredential::ApiKey { prefix, digest } => {
                 let rec = self
                     .control
-                    .api_key(prefix, now)
+                    .api_key(prefix.as_str(), now)
                     .await
                     .map_err(|_| Reject::Unavailable)?
                     .ok_or(Reject::InvalidApiKey)?;
-                let digest = self.digester.digest(&key);
                 if !secrets::ct_eq(&digest, &rec.digest) || !rec.is_usable_at(now_ms) {
                     return Err(Reject::InvalidApiKey);
                 }
@@ -158,7 +156,15 @@ impl Gate {
         }
 
         let cred = match credential::extract(&session.req_header().headers)? {
-            Some(Credential::ApiKey(k)) => OwnedCredential::ApiKey(k.to_owned()),
+            // Parsed and digested while the header is at hand: what the lookup
+            // needs (the prefix, inline) is kept instead of a copy of the key.
+            Some(Credential::ApiKey(k)) => {
+                let (prefix, _) = secrets::parse_api_key(k).ok_or(Reject::InvalidApiKey)?;
+                OwnedCredential::ApiKey {
+                    prefix: IdKey::new(prefix),
+                    digest: self.digester.digest(k),
+                }
+            }
             Some(Credential::Jwt(t)) => OwnedCredential::Jwt(t.to_owned()),
             None => return Err(Reject::NoCredential),
         };
@@ -244,8 +250,14 @@ fn request_id_str(v: &HeaderValue) -> &str {
     v.to_str().unwrap_or("")
 }
 
+/// The credential, owned across the lookups' awaits (the session's headers are
+/// not `Sync`, so the future cannot hold a borrow of them).
 enum OwnedCredential {
-    ApiKey(String),
+    /// A well-formed API key: its lookup prefix and the digest of the whole key.
+    ApiKey {
+        prefix: IdKey,
+        digest: [u8; 32],
+    },
     Jwt(String),
 }
 
