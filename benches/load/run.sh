@@ -3,9 +3,10 @@
 # (passthrough) route, HAProxy 2.6 and Envoy doing the same job, on 127.0.0.1 only.
 #
 #   benches/load/run.sh [--quick] [--no-scale] [--no-peers] [--only-scale] [--perf]
-#                       [--[no-]callgrind] [--out FILE]
+#                       [--[no-]callgrind] [--rounds N] [--out FILE]
 #
-#   --quick     one 3 s run per scenario (default: best of three 5 s rounds), shorter warm-ups
+#   --quick     one 3 s run per scenario (default: best of five 5 s rounds), shorter warm-ups
+#   --rounds N  rounds of the full run (default 5; more rounds, steadier best-of on a busy host)
 #   --no-scale  skip the 10k-tenant / 100k-key run
 #   --no-peers  skip HAProxy and Envoy
 #   --only-scale  only the 10k-tenant / 100k-key run (no peers, no other scenarios)
@@ -27,7 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 COMMAND="benches/load/run.sh $*"
 
-QUICK=0 SCALE=1 PEERS=1 PERF=0 ONLY_SCALE=0 CALLGRIND=1
+QUICK=0 SCALE=1 PEERS=1 PERF=0 ONLY_SCALE=0 CALLGRIND=1 ROUNDS=5
 OUT="$ROOT/benches/RESULTS.md"
 while (($#)); do
     case "$1" in
@@ -39,7 +40,10 @@ while (($#)); do
         --perf) PERF=1 ;;
         --only-scale) ONLY_SCALE=1 PEERS=0 SCALE=1 CALLGRIND=0 ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --rounds)
+            [[ "${2:-}" =~ ^[1-9][0-9]?$ ]] || { echo "--rounds takes a number 1..99" >&2; exit 2; }
+            ROUNDS="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -53,7 +57,7 @@ done
 if ((QUICK)); then
     DUR=3 REPS=1 WARM=1 SCALE_WARM_MAX=90
 else
-    DUR=5 REPS=3 WARM=2 SCALE_WARM_MAX=150
+    DUR=5 REPS=$ROUNDS WARM=2 SCALE_WARM_MAX=150
 fi
 WRK_THREADS=2 WRK_CONNS=64
 N_TENANTS=100 KEYS_PER_TENANT=10
