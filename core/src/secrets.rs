@@ -199,6 +199,20 @@ mod tests {
         let mut underscore = k.clone();
         underscore.replace_range(30..31, "_");
         assert!(parse_api_key(&underscore).is_none());
+        // One foreign byte anywhere, first or last of its part included, is refused.
+        for i in 0..API_KEY_LEN {
+            for c in ["!", "G", " ", "\x7f"] {
+                let mut one = k.clone();
+                one.replace_range(i..=i, c);
+                let allowed = match i {
+                    0..=2 => k[i..=i] == *c,
+                    15 => c == "_",
+                    3..=14 => false, // "G" is not hex, the rest not alphanumeric
+                    _ => c == "G",
+                };
+                assert_eq!(parse_api_key(&one).is_some(), allowed, "{i} {c:?}");
+            }
+        }
     }
 
     #[test]
