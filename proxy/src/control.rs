@@ -183,7 +183,17 @@ pub struct Cached<K, T> {
     pub stats: Arc<CacheStats>,
     /// Bumped by every invalidation.
     changes: Arc<AtomicU64>,
+    /// Background refreshes in flight at most (see [`REFRESHES_IN_FLIGHT`]).
+    refresh_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Background refreshes one cache runs at a time. Entries loaded together (a
+/// warm-up, a restart, a burst of new keys) go stale together: with 100k keys, one
+/// refresh task each at the TTL queued 100k loads on a pool of a few connections,
+/// which timed out, tripped the breaker (so misses were refused) and logged a
+/// warning per load. A stale entry keeps serving until `max_staleness` and asks
+/// again on its next hit, so the refreshes spread out instead.
+pub const REFRESHES_IN_FLIGHT: usize = 2;
 
 /// After a failed load, misses fail fast for a short while (the store is down;
 /// one background probe per window finds out when it is back).
@@ -247,6 +257,7 @@ where
             settings,
             stats: Arc::new(CacheStats::default()),
             changes: Arc::new(AtomicU64::new(0)),
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new(REFRESHES_IN_FLIGHT)),
         }
     }
 
@@ -292,7 +303,7 @@ where
             Slot::Found(e) if age < self.settings.max_staleness => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 if age >= self.settings.ttl {
-                    self.refresh_in_background(&e, owned());
+                    self.refresh_in_background(&e, owned);
                 }
                 Some((Some(Shared(e)), until))
             }
@@ -351,10 +362,18 @@ where
             }
     }
 
-    fn refresh_in_background(&self, e: &Arc<Entry<T>>, key: K) {
-        if self.breaker.is_open() || e.refreshing.swap(true, Ordering::AcqRel) {
+    fn refresh_in_background(&self, e: &Arc<Entry<T>>, key: impl FnOnce() -> K) {
+        if self.breaker.is_open() || e.refreshing.load(Ordering::Acquire) {
             return;
         }
+        // No free slot: this entry asks again on its next hit.
+        let Ok(slot) = self.refresh_slots.clone().try_acquire_owned() else {
+            return;
+        };
+        if e.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let key = key();
         self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
         let cache = self.cache.clone();
         let load = (self.loader)(key.clone());
@@ -362,6 +381,7 @@ where
         let old = Slot::Found(e.clone());
         let name = self.name;
         tokio::spawn(async move {
+            let _slot = slot;
             let started_at = Instant::now();
             match load.await {
                 // Replace only the entry that asked for the refresh: an invalidation
@@ -779,6 +799,8 @@ mod tests {
         exists: Arc<AtomicBool>,
         down: Arc<AtomicBool>,
         loads: Arc<AtomicU64>,
+        /// Most loads seen running at once.
+        max_in_flight: Arc<AtomicU64>,
     }
 
     fn cache(s: CacheSettings, delay_ms: u64) -> (Cached<String, u32>, Fake) {
@@ -787,6 +809,7 @@ mod tests {
             exists: Arc::new(AtomicBool::new(true)),
             down: Arc::new(AtomicBool::new(false)),
             loads: Arc::new(AtomicU64::new(0)),
+            max_in_flight: Arc::new(AtomicU64::new(0)),
         };
         let (value, exists, down, loads) = (
             fake.value.clone(),
@@ -794,6 +817,7 @@ mod tests {
             fake.down.clone(),
             fake.loads.clone(),
         );
+        let (in_flight, max_in_flight) = (Arc::new(AtomicU64::new(0)), fake.max_in_flight.clone());
         let c = Cached::new(
             "test",
             s,
@@ -801,8 +825,11 @@ mod tests {
             move |_k: String| {
                 let (value, exists, down, loads) =
                     (value.clone(), exists.clone(), down.clone(), loads.clone());
+                let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
                 Box::pin(async move {
                     loads.fetch_add(1, Ordering::SeqCst);
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_in_flight.fetch_max(now, Ordering::SeqCst);
                     // The row is read when the load begins; the delay is the rest of
                     // the round trip (so a change during it is not seen).
                     let row = exists
@@ -812,6 +839,7 @@ mod tests {
                     if delay_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                     if failed {
                         return Err(StoreError::Unavailable("down".into()));
                     }
@@ -877,6 +905,45 @@ mod tests {
         }
         assert_eq!(fake.loads.load(Ordering::SeqCst), 2);
         assert_eq!(c.stats.refreshes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn entries_that_go_stale_together_refresh_a_few_at_a_time() {
+        let (c, fake) = cache(settings(300, 50, 600_000), 30);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            assert_eq!(c.get(k.as_str()).await.unwrap().as_deref(), Some(&1));
+        }
+        assert_eq!(fake.loads.load(Ordering::SeqCst), 20);
+        fake.value.store(2, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // All stale at once: every hit still answers at once, only two refresh.
+        for k in &keys {
+            assert_eq!(c.get(k.as_str()).await.unwrap().as_deref(), Some(&1));
+        }
+        assert_eq!(
+            c.stats.refreshes.load(Ordering::SeqCst),
+            REFRESHES_IN_FLIGHT as u64
+        );
+        // Later hits start the rest as slots free up, until every entry is new.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut fresh = 0;
+            for k in &keys {
+                if c.get(k.as_str()).await.unwrap().as_deref() == Some(&2) {
+                    fresh += 1;
+                }
+            }
+            if fresh == keys.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {fresh} entries refreshed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(c.stats.refreshes.load(Ordering::SeqCst) >= 20);
+        assert!(fake.max_in_flight.load(Ordering::SeqCst) <= REFRESHES_IN_FLIGHT as u64);
+        // No load failed, so the breaker never opened: a miss still loads.
+        assert_eq!(c.get("new").await.unwrap().as_deref(), Some(&2));
     }
 
     #[tokio::test]
