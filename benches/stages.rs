@@ -19,7 +19,7 @@ use pingora::http::RequestHeader;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde_json::json;
 
-use tenantgate_core::config::{RouteConfig, Upstreams};
+use tenantgate_core::config::RouteSettings;
 use tenantgate_core::domain::{Action, ApiKeyRecord, Grants, Permission, Policy, RateLimit, Tier};
 use tenantgate_core::jwt::SigningKey;
 use tenantgate_core::secrets::{
@@ -27,14 +27,13 @@ use tenantgate_core::secrets::{
 };
 use tenantgate_core::store::{NewTenant, Store};
 use tenantgate_core::testing::TestDb;
-use tenantgate_proxy::control::{CacheSettings, ControlPlane};
-use tenantgate_proxy::credential;
-use tenantgate_proxy::headers::{
-    edit_request, identity_headers_in, AuthMethod, Principal, X_API_KEY, X_REQUEST_ID,
-};
-use tenantgate_proxy::jwt::{IssuerSpec, JwtVerifier, KeySource};
+use tenantgate_proxy::auth::jwt::{IssuerSpec, JwtVerifier, KeySource};
+use tenantgate_proxy::auth::{presented, ApiKeys, AuthMethod, CachedKey, Principal};
+use tenantgate_proxy::cache::{Breaker, CacheSettings, Shared, Unavailable};
+use tenantgate_proxy::control::ControlPlane;
+use tenantgate_proxy::headers::{edit_request, identity_headers_in, X_API_KEY, X_REQUEST_ID};
+use tenantgate_proxy::limiter::{LocalLimiter, MonotonicClock};
 use tenantgate_proxy::meter::{Meter, Sample};
-use tenantgate_proxy::ratelimit::{LocalLimiter, MonotonicClock};
 use tenantgate_proxy::route::{check_path, RouteTable};
 
 const ISSUER: &str = "https://idp.bench.local";
@@ -69,7 +68,7 @@ fn api_keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("api_key");
     g.throughput(Throughput::Elements(1));
     g.bench_function("extract_credential", |b| {
-        b.iter(|| credential::extract(black_box(&headers)).unwrap())
+        b.iter(|| presented(black_box(&headers)).unwrap())
     });
     g.bench_function("parse", |b| b.iter(|| parse_api_key(black_box(&key))));
     g.bench_function("parse+sha256+ct_eq", |b| {
@@ -94,6 +93,7 @@ fn api_keys(c: &mut Criterion) {
 // ---- control plane ---------------------------------------------------------------
 
 struct Plane {
+    keys: ApiKeys,
     control: ControlPlane,
     prefix: String,
     tenant: String,
@@ -134,12 +134,28 @@ async fn control_plane() -> Plane {
         negative_ttl: Duration::from_secs(3600),
         ..CacheSettings::default()
     };
+    let breaker = Arc::new(Breaker::new(1, Duration::from_millis(500)));
     Plane {
-        control: ControlPlane::new(store, settings),
+        keys: ApiKeys::new(
+            store.clone(),
+            settings.clone(),
+            breaker.clone(),
+            ApiKeyDigester::new(None),
+        ),
+        control: ControlPlane::new(store, settings, breaker),
         prefix: g.prefix,
         tenant,
         db,
     }
+}
+
+/// A key lookup as the authenticator makes it (cache hit, or a load).
+async fn api_key(
+    keys: &ApiKeys,
+    prefix: &str,
+    now: Instant,
+) -> Result<Option<Shared<CachedKey>>, Unavailable> {
+    Ok(keys.cache.get_id(prefix, now).await?.0)
 }
 
 fn control(c: &mut Criterion) {
@@ -148,8 +164,7 @@ fn control(c: &mut Criterion) {
     let cp = &plane.control;
     // Warm every cache once.
     rt.block_on(async {
-        assert!(cp
-            .api_key(&plane.prefix, Instant::now())
+        assert!(api_key(&plane.keys, &plane.prefix, Instant::now())
             .await
             .unwrap()
             .is_some());
@@ -168,8 +183,7 @@ fn control(c: &mut Criterion) {
             .await
             .unwrap()
             .is_some());
-        assert!(cp
-            .api_key("ffffffffffff", Instant::now())
+        assert!(api_key(&plane.keys, "ffffffffffff", Instant::now())
             .await
             .unwrap()
             .is_none());
@@ -179,15 +193,22 @@ fn control(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("api_key_hit", |b| {
         b.iter(|| {
-            rt.block_on(cp.api_key(black_box(&plane.prefix), Instant::now()))
-                .unwrap()
+            rt.block_on(api_key(
+                &plane.keys,
+                black_box(&plane.prefix),
+                Instant::now(),
+            ))
+            .unwrap()
         })
     });
     g.bench_function("request_hits(key+tenant+policy+limit)", |b| {
         b.iter(|| {
             rt.block_on(async {
                 let now = Instant::now();
-                let k = cp.api_key(&plane.prefix, now).await.unwrap().unwrap();
+                let k = api_key(&plane.keys, &plane.prefix, now)
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let t = cp
                     .tenant(k.principal.tenant_id(), now)
                     .await
@@ -208,7 +229,10 @@ fn control(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let now = Instant::now();
-                let k = cp.api_key(&plane.prefix, now).await.unwrap().unwrap();
+                let k = api_key(&plane.keys, &plane.prefix, now)
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let v = cp
                     .tenant_view(k.principal.tenant_id(), k.principal.role(), now)
                     .await
@@ -220,8 +244,12 @@ fn control(c: &mut Criterion) {
     });
     g.bench_function("api_key_negative_hit", |b| {
         b.iter(|| {
-            rt.block_on(cp.api_key(black_box("ffffffffffff"), Instant::now()))
-                .unwrap()
+            rt.block_on(api_key(
+                &plane.keys,
+                black_box("ffffffffffff"),
+                Instant::now(),
+            ))
+            .unwrap()
         })
     });
     // A true miss: every prefix is new, so each iteration loads from SQLite (and
@@ -233,7 +261,10 @@ fn control(c: &mut Criterion) {
                 n += 1;
                 format!("{:012x}", 0x1000_0000_0000u64 + n)
             },
-            |prefix| rt.block_on(cp.api_key(&prefix, Instant::now())).unwrap(),
+            |prefix| {
+                rt.block_on(api_key(&plane.keys, &prefix, Instant::now()))
+                    .unwrap()
+            },
             BatchSize::SmallInput,
         )
     });
@@ -444,9 +475,9 @@ fn rbac(c: &mut Criterion) {
 // ---- route -----------------------------------------------------------------------
 
 fn route(c: &mut Criterion) {
-    let rc = |prefix: &str, public: bool| RouteConfig {
+    let rc = |prefix: &str, public: bool| RouteSettings {
         prefix: prefix.into(),
-        upstream: Upstreams::One("127.0.0.1:9".into()),
+        upstreams: vec!["127.0.0.1:9".into()],
         resource: None,
         public,
     };

@@ -2,12 +2,15 @@
 //! `migrate`, `check-config`.
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tenantgate_core::config::{Config, ConfigError, RouteConfig, Upstreams};
-use tenantgate_core::store::Store;
+use tenantgate_core::config::{ConfigError, LogFormat, Settings};
 
+mod stack;
 mod up;
+
+use stack::Stack;
 
 /// mimalloc instead of glibc's malloc: the proxy allocates and frees many small
 /// buffers per request (headers, futures, strings); glibc's malloc/free/consolidate
@@ -65,7 +68,7 @@ enum Cmd {
     },
 }
 
-/// A failure that ends the process: exit code and one line.
+/// A failure that ends the process: exit code (2: configuration) and one line.
 pub struct Fatal {
     code: u8,
     message: String,
@@ -100,86 +103,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<Config, Fatal> {
-    Ok(Config::load(path)?)
+fn load(path: Option<&Path>) -> Result<Settings, Fatal> {
+    Ok(Settings::load(path)?)
 }
 
-pub fn source_name(path: Option<&Path>) -> String {
+fn source_name(path: Option<&Path>) -> String {
     path.map(|p| p.display().to_string())
         .unwrap_or_else(|| "(built-in defaults)".into())
 }
 
-pub fn init_logging(cfg: &Config) {
+/// Crates whose `info` lines are start-up chatter: shown at `warn` unless
+/// `log.level` names them.
+const QUIET_CRATES: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_load_balancing",
+];
+
+/// The `tracing` filter for `level`, with [`QUIET_CRATES`] at `warn` unless the
+/// level mentions them.
+fn log_filter(level: &str) -> String {
+    let mut filter = level.to_owned();
+    if !level.contains("pingora") {
+        for c in QUIET_CRATES {
+            filter.push_str(&format!(",{c}=warn"));
+        }
+    }
+    filter
+}
+
+fn init_logging(cfg: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .or_else(|_| EnvFilter::try_new(log_filter(&cfg.log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" {
+    let json = match cfg.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
-}
-
-pub fn control_runtime() -> Result<tokio::runtime::Runtime, Fatal> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tenantgate-control")
-        .enable_all()
-        .build()
-        .map_err(|e| Fatal::runtime(format!("cannot start the runtime: {e}")))
-}
-
-pub async fn open_store(url: &str, max: u32) -> Result<Store, Fatal> {
-    Store::open(url, max)
-        .await
-        .map_err(|e| Fatal::runtime(format!("store.url: {e}")))
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-pub async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener, Fatal> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Fatal::runtime(format!("{key} {addr}: cannot listen: {e}")))
-}
-
-/// The routes the proxy serves: the configured ones, or `/api/v1/` → the demo upstream.
-pub fn effective_routes(cfg: &Config) -> Vec<RouteConfig> {
-    if cfg.routes.is_empty() {
-        vec![RouteConfig {
-            prefix: "/api/v1/".into(),
-            upstream: Upstreams::One(cfg.upstream_demo.listen.to_string()),
-            resource: None,
-            public: false,
-        }]
-    } else {
-        cfg.routes.clone()
-    }
 }
 
 fn run(cli: Cli) -> Result<(), Fatal> {
@@ -195,69 +166,31 @@ fn run(cli: Cli) -> Result<(), Fatal> {
                 path.display(),
                 cfg.routes.len(),
                 cfg.jwt.issuers.len(),
-                if cfg.store.url.starts_with("sqlite:") {
-                    "sqlite"
-                } else {
-                    "postgres"
-                }
+                cfg.store.backend.as_str()
             );
             Ok(())
         }
         Cmd::Migrate { config } => {
             let cfg = load(config.as_deref())?;
             init_logging(&cfg);
-            let rt = control_runtime()?;
-            rt.block_on(async {
-                let store = open_store(&cfg.store.url, 2).await?;
-                store.close().await;
-                println!("migrations applied to {}", redact_url(&cfg.store.url));
-                Ok(())
-            })
+            let stack = Stack::new(cfg)?;
+            stack.migrate()
         }
         Cmd::Admin { config } => {
             let cfg = load(config.as_deref())?;
-            let token = cfg
-                .require_bootstrap_token(&source_name(config.as_deref()))?
-                .to_owned();
+            let token = cfg.require_bootstrap_token(&source_name(config.as_deref()))?;
+            let token_sha256 = stack::sha256(token.as_bytes());
             init_logging(&cfg);
-            let rt = control_runtime()?;
-            rt.block_on(async {
-                let store = open_store(&cfg.store.url, cfg.store.pool_size()).await?;
-                let kek = tenantgate_admin::load_kek(&cfg)
-                    .await
-                    .map_err(|e| Fatal::runtime(e.to_string()))?;
-                let opts = tenantgate_admin::AdminOptions::from_config(&cfg, &token, kek);
-                let state = tenantgate_admin::build_state(store.clone(), opts)
-                    .await
-                    .map_err(|e| Fatal::runtime(e.to_string()))?;
-                let listener = bind(cfg.admin.listen, "admin.listen").await?;
-                tracing::info!(listen = %cfg.admin.listen, "admin API listening");
-                tenantgate_admin::serve(listener, state, shutdown_signal())
-                    .await
-                    .map_err(|e| Fatal::runtime(format!("admin API: {e}")))?;
-                store.close().await;
-                Ok(())
-            })
+            let stack = Stack::new(cfg)?;
+            stack.start_admin(token_sha256)?;
+            stack.wait_for_signal()
         }
         Cmd::DemoUpstream { config } => {
             let cfg = load(config.as_deref())?;
             init_logging(&cfg);
-            let rt = control_runtime()?;
-            rt.block_on(async {
-                let url = cfg
-                    .upstream_demo
-                    .store_url
-                    .clone()
-                    .unwrap_or(cfg.store.url.clone());
-                let state = tenantgate_demo::init(&url)
-                    .await
-                    .map_err(|e| Fatal::runtime(format!("upstream_demo: {e}")))?;
-                let listener = bind(cfg.upstream_demo.listen, "upstream_demo.listen").await?;
-                tracing::info!(listen = %cfg.upstream_demo.listen, "demo upstream listening");
-                tenantgate_demo::serve(listener, state, shutdown_signal())
-                    .await
-                    .map_err(|e| Fatal::runtime(format!("demo upstream: {e}")))
-            })
+            let stack = Stack::new(cfg)?;
+            stack.start_demo()?;
+            stack.wait_for_signal()
         }
         Cmd::Proxy { config } => {
             let cfg = load(config.as_deref())?;
@@ -265,30 +198,12 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             if cfg.routes.is_empty() {
                 tracing::warn!("no [[routes]] configured: every request will be 404 no_route");
             }
-            let rt = control_runtime()?;
-            let store = rt.block_on(open_store(&cfg.store.url, cfg.store.pool_size()))?;
-            let (gate, balancers, shared) =
-                tenantgate_proxy::server::build_gate(&cfg, store, &cfg.routes)
-                    .map_err(Fatal::runtime)?;
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tenantgate_proxy::server::start_background(rt.handle(), &cfg, &shared, rx)
-                .map_err(Fatal::runtime)?;
-            check_listen_free(cfg.proxy.listen, "proxy.listen")?;
-            let server = tenantgate_proxy::server::pingora_server(&cfg, gate, balancers);
-            tracing::info!(listen = %cfg.proxy.listen, admin = %cfg.proxy.admin_listen, "proxy listening");
-            tenantgate_proxy::server::run_until_shutdown(rt.handle(), server, &shared, tx);
-            rt.shutdown_timeout(std::time::Duration::from_secs(2));
-            Ok(())
+            let routes = cfg.routes.clone();
+            let stack = Stack::new(cfg)?;
+            stack.run_proxy(&routes, || {})
         }
-        Cmd::Up { config } => up::run(config.as_deref()),
+        Cmd::Up { config } => up::run(load(config.as_deref())?),
     }
-}
-
-/// Pingora binds late and aborts on failure; check first so the error is ours.
-pub fn check_listen_free(addr: std::net::SocketAddr, key: &str) -> Result<(), Fatal> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| Fatal::runtime(format!("{key} {addr}: cannot listen: {e}")))
 }
 
 /// A store URL without its password, for messages.
@@ -302,5 +217,28 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingora_chatter_is_quiet_unless_asked_for() {
+        assert_eq!(
+            log_filter("info"),
+            "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn"
+        );
+        assert_eq!(
+            log_filter("pingora_core=info,info"),
+            "pingora_core=info,info"
+        );
+    }
+
+    #[test]
+    fn store_urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 }

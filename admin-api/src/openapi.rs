@@ -1,7 +1,8 @@
-//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]`s, plus
-//! schema-only types for shapes serialized by core types.
+//! The OpenAPI 3 document: its frame (info, security, tags) here, the paths from
+//! the handlers' `#[utoipa::path]`s as the resource routers register them
+//! ([`crate::api_router`]), plus schema-only types for shapes serialized by core
+//! types.
 
-use crate::routes::{api_keys, auth_login, meta, policies, rate_limit, tenants, usage, users};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -11,30 +12,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
     info(
         title = "tenantgate admin API",
         description = "Tenants, users, API keys, RBAC policies, rate limits and usage; login tokens and their JWKS.",
-    ),
-    paths(
-        tenants::create,
-        tenants::list,
-        tenants::get,
-        tenants::update,
-        tenants::delete,
-        api_keys::create,
-        api_keys::list,
-        api_keys::revoke,
-        api_keys::rotate,
-        users::create,
-        users::list,
-        auth_login::login,
-        policies::list,
-        policies::get,
-        policies::put,
-        rate_limit::get,
-        rate_limit::put,
-        usage::get,
-        meta::jwks,
-        meta::health,
-        meta::metrics,
-        meta::openapi,
     ),
     components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName)),
     modifiers(&BearerAuth),
@@ -143,4 +120,10 @@ pub struct JwkDoc {
     pub kid: String,
     pub n: String,
     pub e: String,
+}
+
+/// The whole document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| crate::api_router().split_for_parts().1)
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tenantgate_core::jwt::{self, LoginClaims, PublicJwk, SigningKey, LOGIN_AUDIENCE};
+use tenantgate_core::sealing;
 use tenantgate_core::store::StoredSigningKey;
 use tenantgate_core::time::now_ms;
 use tenantgate_core::{Store, StoreError};
@@ -36,7 +37,7 @@ pub async fn load_or_create(store: &Store, kek: &[u8; 32]) -> Result<SigningKey,
             .pkcs8_der()
             .map_err(|e| AdminInitError::Key(e.to_string()))?;
         let private_sealed =
-            jwt::seal(kek, &der).map_err(|e| AdminInitError::Key(e.to_string()))?;
+            sealing::seal(kek, &der).map_err(|e| AdminInitError::Key(e.to_string()))?;
         let public_jwk = serde_json::to_string(&key.public_jwk())
             .map_err(|e| AdminInitError::Key(e.to_string()))?;
         let stored = StoredSigningKey {
@@ -69,8 +70,9 @@ async fn newest_usable(
     let mut chosen = None;
     // Newest first, as the store lists them.
     for k in stored.iter().filter(|k| k.retired_at_ms.is_none()) {
-        let opened =
-            jwt::open(kek, &k.private_sealed).and_then(|der| SigningKey::from_pkcs8(&k.kid, &der));
+        let opened = sealing::open(kek, &k.private_sealed)
+            .map_err(|_| jwt::JwtError::Unseal)
+            .and_then(|der| SigningKey::from_pkcs8(&k.kid, &der));
         match opened {
             Ok(key) => {
                 if chosen.is_none() {

@@ -1432,10 +1432,12 @@ async fn usage(h: H, _url: String) {
     let delta = |offset: i64, requests: u64| tenantgate_core::usage::UsageDelta {
         tenant_id: "use".into(),
         bucket_start: t0 + offset,
-        requests,
-        denied: 1,
-        bytes_in: 100,
-        ..Default::default()
+        counts: tenantgate_core::usage::UsageCounts {
+            requests,
+            denied: 1,
+            bytes_in: 100,
+            ..Default::default()
+        },
     };
     h.store()
         .apply_usage("node-a", 1, &[delta(0, 5), delta(60, 7), delta(3_600, 11)])
@@ -1644,7 +1646,7 @@ async fn signing_keys_persist_and_rotate(h: H, url: String) {
         assert!(!sealed.contains(&plain[40..120]));
     }
     assert_eq!(
-        tenantgate_core::jwt::open(&[7u8; 32], &sealed).unwrap(),
+        tenantgate_core::sealing::open(&[7u8; 32], &sealed).unwrap(),
         der
     );
 
@@ -1726,9 +1728,9 @@ async fn store_failures_are_503(h: H, _url: String) {
 #[tokio::test]
 async fn kek_from_secret_or_generated_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = tenantgate_core::Config::default();
+    let mut cfg = tenantgate_core::Settings::default();
     cfg.store.data_dir = dir.path().join("nested/data");
-    let k1 = tenantgate_admin::load_kek(&cfg).await.unwrap();
+    let k1 = tenantgate_core::sealing::load_kek(&cfg).await.unwrap();
     let path = cfg.store.data_dir.join("secret.key");
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.trim().len(), 64);
@@ -1740,35 +1742,35 @@ async fn kek_from_secret_or_generated_file() {
             0o600
         );
     }
-    let k2 = tenantgate_admin::load_kek(&cfg).await.unwrap();
+    let k2 = tenantgate_core::sealing::load_kek(&cfg).await.unwrap();
     assert_eq!(k1, k2);
 
     cfg.admin.secret_key = Some("a-long-server-secret".into());
-    let k3 = tenantgate_admin::load_kek(&cfg).await.unwrap();
+    let k3 = tenantgate_core::sealing::load_kek(&cfg).await.unwrap();
     assert_eq!(
         k3,
-        tenantgate_core::jwt::derive_kek(b"a-long-server-secret")
+        tenantgate_core::sealing::derive_kek(b"a-long-server-secret")
     );
     assert_ne!(k3, k1);
 
     cfg.admin.secret_key = None;
     std::fs::write(&path, "garbage").unwrap();
-    assert!(tenantgate_admin::load_kek(&cfg).await.is_err());
+    assert!(tenantgate_core::sealing::load_kek(&cfg).await.is_err());
 }
 
 #[test]
 fn options_from_config() {
     use sha2::Digest;
-    let mut cfg = tenantgate_core::Config::default();
+    let mut cfg = tenantgate_core::Settings::default();
     cfg.security.api_key_pepper = Some("zq-pepper-value".into());
-    let o = AdminOptions::from_config(&cfg, "tok", [1u8; 32]);
+    let o = AdminOptions::from_settings(&cfg, sha2::Sha256::digest(b"tok").into(), [1u8; 32]);
     assert_eq!(
         o.bootstrap_token_sha256,
         <[u8; 32]>::from(sha2::Sha256::digest(b"tok"))
     );
     assert_eq!(o.api_key_pepper.as_deref(), Some(&b"zq-pepper-value"[..]));
     assert_eq!(o.issuer, cfg.admin.issuer);
-    assert_eq!(o.token_ttl_seconds, cfg.admin.token_ttl_seconds);
+    assert_eq!(o.token_ttl_seconds, cfg.admin.token_ttl.as_secs());
     assert!(!format!("{o:?}").contains("zq-pepper"));
 }
 

@@ -1,9 +1,6 @@
-//! RS256 signing keys for login tokens: generation, sealing at rest, JWKS, signing.
-//!
-//! Private keys never reach the store in the clear: they are sealed with AES-256-GCM
-//! under a key-encryption key derived from the server secret.
+//! RS256 signing keys for login tokens: generation, JWKS, signing. Their private
+//! keys are stored sealed ([`crate::sealing`]).
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
@@ -184,46 +181,6 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// A 32-byte key-encryption key derived from the server secret.
-pub fn derive_kek(secret: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"tenantgate/kek/v1\0");
-    h.update(secret);
-    h.finalize().into()
-}
-
-/// AES-256-GCM: base64(nonce || ciphertext || tag).
-pub fn seal(kek: &[u8; 32], plaintext: &[u8]) -> Result<String, JwtError> {
-    let key = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| JwtError::Sign)?;
-    let key = LessSafeKey::new(key);
-    let nonce_bytes: [u8; NONCE_LEN] = crate::secrets::random_bytes();
-    let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce_bytes),
-        Aad::from(b"tenantgate-signing-key"),
-        &mut buf,
-    )
-    .map_err(|_| JwtError::Sign)?;
-    let mut out = nonce_bytes.to_vec();
-    out.extend_from_slice(&buf);
-    Ok(STANDARD.encode(out))
-}
-
-pub fn open(kek: &[u8; 32], sealed: &str) -> Result<Vec<u8>, JwtError> {
-    let raw = STANDARD.decode(sealed).map_err(|_| JwtError::Unseal)?;
-    if raw.len() < NONCE_LEN + 16 {
-        return Err(JwtError::Unseal);
-    }
-    let (nonce, ct) = raw.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| JwtError::Unseal)?;
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).map_err(|_| JwtError::Unseal)?);
-    let mut buf = ct.to_vec();
-    let plain = key
-        .open_in_place(nonce, Aad::from(b"tenantgate-signing-key"), &mut buf)
-        .map_err(|_| JwtError::Unseal)?;
-    Ok(plain.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,12 +214,12 @@ mod tests {
     fn pkcs8_round_trip_and_sealing() {
         let key = SigningKey::generate().unwrap();
         let der = key.pkcs8_der().unwrap();
-        let kek = derive_kek(b"secret");
-        let sealed = seal(&kek, &der).unwrap();
+        let kek = crate::sealing::derive_kek(b"secret");
+        let sealed = crate::sealing::seal(&kek, &der).unwrap();
         assert!(!sealed.contains("PRIVATE"));
-        let opened = open(&kek, &sealed).unwrap();
+        let opened = crate::sealing::open(&kek, &sealed).unwrap();
         assert_eq!(opened, der);
-        assert!(open(&derive_kek(b"other"), &sealed).is_err());
+        assert!(crate::sealing::open(&crate::sealing::derive_kek(b"other"), &sealed).is_err());
         let again = SigningKey::from_pkcs8(&key.kid, &opened).unwrap();
         assert_eq!(again.public_jwk(), key.public_jwk());
     }

@@ -5,11 +5,12 @@
 pub mod config;
 pub mod domain;
 pub mod jwt;
+pub mod sealing;
 pub mod secrets;
 pub mod store;
 pub mod testing;
 pub mod time;
 pub mod usage;
 
-pub use config::Config;
+pub use config::Settings;
 pub use store::{Change, ChangeKind, Store, StoreError};

@@ -34,6 +34,30 @@ pub fn generate_api_key() -> GeneratedApiKey {
     }
 }
 
+/// A new key for `tenant_id` as a stored record (digest only, with the `pepper`
+/// when set) and the full key, to be shown once.
+pub fn mint_api_key(
+    tenant_id: &str,
+    name: String,
+    role: String,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pepper: Option<&[u8]>,
+) -> (crate::domain::ApiKeyRecord, String) {
+    let generated = generate_api_key();
+    let record = crate::domain::ApiKeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant_id.to_owned(),
+        prefix: generated.prefix,
+        digest: api_key_digest(&generated.key, pepper),
+        name,
+        role,
+        created_at: chrono::Utc::now(),
+        expires_at,
+        revoked_at: None,
+    };
+    (record, generated.key)
+}
+
 /// The parts of a well-formed key; `None` for anything else, without any lookup.
 pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
     // Fixed positions, checked byte by byte (this runs on every API-key request).

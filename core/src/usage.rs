@@ -1,6 +1,6 @@
 //! Usage rollups: per tenant per minute counters and a fixed latency histogram.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Number of latency histogram buckets.
 pub const LATENCY_BUCKETS: usize = 16;
@@ -16,12 +16,11 @@ pub fn latency_bucket(us: u64) -> usize {
     LATENCY_BOUNDS_US.partition_point(|&b| b < us)
 }
 
-/// What one flush adds to one (tenant, minute).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UsageDelta {
-    pub tenant_id: String,
-    /// Unix seconds, a multiple of 60.
-    pub bucket_start: i64,
+/// The counters of one tenant over one bucket (a minute, hour or day): what a
+/// metering flush adds and what a stored row holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageCounts {
     pub requests: u64,
     pub rate_limited: u64,
     pub denied: u64,
@@ -32,9 +31,9 @@ pub struct UsageDelta {
     pub latency_buckets: [u64; LATENCY_BUCKETS],
 }
 
-impl UsageDelta {
-    /// Adds `o`'s counts (same tenant and minute) to this one.
-    pub fn merge(&mut self, o: &UsageDelta) {
+impl UsageCounts {
+    /// Adds `o`'s counts to these.
+    pub fn merge(&mut self, o: &UsageCounts) {
         self.requests = self.requests.saturating_add(o.requests);
         self.rate_limited = self.rate_limited.saturating_add(o.rate_limited);
         self.denied = self.denied.saturating_add(o.denied);
@@ -44,39 +43,6 @@ impl UsageDelta {
         self.latency_sum_us = self.latency_sum_us.saturating_add(o.latency_sum_us);
         for (a, b) in self.latency_buckets.iter_mut().zip(o.latency_buckets) {
             *a = a.saturating_add(b);
-        }
-    }
-}
-
-/// One stored minute (or an aggregate of several).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UsageRow {
-    pub bucket_start: i64,
-    pub requests: u64,
-    pub rate_limited: u64,
-    pub denied: u64,
-    pub upstream_errors: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub latency_sum_us: u64,
-    pub latency_buckets: [u64; LATENCY_BUCKETS],
-}
-
-impl UsageRow {
-    pub fn add(&mut self, o: &UsageRow) {
-        self.requests += o.requests;
-        self.rate_limited += o.rate_limited;
-        self.denied += o.denied;
-        self.upstream_errors += o.upstream_errors;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.latency_sum_us += o.latency_sum_us;
-        for (a, b) in self
-            .latency_buckets
-            .iter_mut()
-            .zip(o.latency_buckets.iter())
-        {
-            *a += *b;
         }
     }
 
@@ -101,6 +67,24 @@ impl UsageRow {
         }
         None
     }
+}
+
+/// What one flush adds to one (tenant, minute).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDelta {
+    pub tenant_id: String,
+    /// Unix seconds, a multiple of 60.
+    pub bucket_start: i64,
+    #[serde(flatten)]
+    pub counts: UsageCounts,
+}
+
+/// One stored bucket of a tenant (or an aggregate of several).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Unix seconds.
+    pub bucket_start: i64,
+    pub counts: UsageCounts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +128,7 @@ pub fn roll_up(rows: &[UsageRow], g: Granularity) -> Vec<UsageRow> {
     for r in rows {
         let start = r.bucket_start.div_euclid(step) * step;
         match out.last_mut() {
-            Some(last) if last.bucket_start == start => last.add(r),
+            Some(last) if last.bucket_start == start => last.counts.merge(&r.counts),
             _ => {
                 let mut n = r.clone();
                 n.bucket_start = start;
@@ -179,7 +163,8 @@ pub struct LatencySummary {
 }
 
 impl UsagePoint {
-    pub fn from_row(r: &UsageRow, with_start: bool) -> Self {
+    pub fn from_row(row: &UsageRow, with_start: bool) -> Self {
+        let r = &row.counts;
         let timed: u64 = r.latency_buckets.iter().sum();
         let latency_ms = match (
             r.latency_percentile_ms(0.50),
@@ -196,7 +181,7 @@ impl UsagePoint {
         };
         UsagePoint {
             bucket_start: with_start.then(|| {
-                crate::time::rfc3339(crate::time::from_ms(r.bucket_start.saturating_mul(1000)))
+                crate::time::rfc3339(crate::time::from_ms(row.bucket_start.saturating_mul(1000)))
             }),
             requests: r.requests,
             rate_limited: r.rate_limited,
@@ -227,19 +212,21 @@ mod tests {
             .iter()
             .map(|s| UsageRow {
                 bucket_start: *s,
-                requests: 1,
-                ..Default::default()
+                counts: UsageCounts {
+                    requests: 1,
+                    ..Default::default()
+                },
             })
             .collect();
         let h = roll_up(&rows, Granularity::Hour);
         assert_eq!(h.len(), 2);
-        assert_eq!(h[0].requests, 2);
+        assert_eq!(h[0].counts.requests, 2);
         assert_eq!(h[1].bucket_start, 3_600);
     }
 
     #[test]
     fn percentiles() {
-        let mut r = UsageRow::default();
+        let mut r = UsageCounts::default();
         r.latency_buckets[0] = 90;
         r.latency_buckets[5] = 10;
         assert_eq!(r.latency_percentile_ms(0.5), Some(0.25));

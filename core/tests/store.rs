@@ -6,7 +6,7 @@ use tenantgate_core::domain::{ApiKeyRecord, Permission, Policy, RateLimit, Tenan
 use tenantgate_core::secrets;
 use tenantgate_core::store::{ChangeKind, NewTenant, NewUser, Store, StoreError, TenantPatch};
 use tenantgate_core::testing::TestDb;
-use tenantgate_core::usage::UsageDelta;
+use tenantgate_core::usage::{UsageCounts, UsageDelta};
 
 fn key(tenant: &str, role: &str) -> (String, ApiKeyRecord) {
     let g = secrets::generate_api_key();
@@ -252,12 +252,14 @@ async fn usage_flushes_apply_once() {
         let mut d = UsageDelta {
             tenant_id: "t3".into(),
             bucket_start: 600,
-            requests: 5,
-            denied: 1,
-            bytes_out: 100,
-            ..Default::default()
+            counts: UsageCounts {
+                requests: 5,
+                denied: 1,
+                bytes_out: 100,
+                ..Default::default()
+            },
         };
-        d.latency_buckets[2] = 5;
+        d.counts.latency_buckets[2] = 5;
         assert!(s
             .apply_usage("node", 1, std::slice::from_ref(&d))
             .await
@@ -276,10 +278,10 @@ async fn usage_flushes_apply_once() {
             .unwrap());
         let rows = s.usage_minutes("t3", 0, 3600).await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].requests, 15);
-        assert_eq!(rows[0].denied, 3);
-        assert_eq!(rows[0].bytes_out, 300);
-        assert_eq!(rows[0].latency_buckets[2], 15);
+        assert_eq!(rows[0].counts.requests, 15);
+        assert_eq!(rows[0].counts.denied, 3);
+        assert_eq!(rows[0].counts.bytes_out, 300);
+        assert_eq!(rows[0].counts.latency_buckets[2], 15);
         assert!(s.usage_minutes("t3", 660, 3600).await.unwrap().is_empty());
     })
     .await;
@@ -296,13 +298,15 @@ async fn large_flushes_with_repeated_rows_add_up_exactly() {
                 let mut d = UsageDelta {
                     tenant_id: format!("big{}", i % 150),
                     bucket_start: 60 * (i / 150) as i64,
-                    requests: 1 + round,
-                    rate_limited: round,
-                    bytes_in: i,
-                    latency_sum_us: 10,
-                    ..Default::default()
+                    counts: UsageCounts {
+                        requests: 1 + round,
+                        rate_limited: round,
+                        bytes_in: i,
+                        latency_sum_us: 10,
+                        ..Default::default()
+                    },
                 };
-                d.latency_buckets[(i % 5) as usize] = 1 + round;
+                d.counts.latency_buckets[(i % 5) as usize] = 1 + round;
                 deltas.push(d);
             }
         }
@@ -315,11 +319,11 @@ async fn large_flushes_with_repeated_rows_add_up_exactly() {
             for (m, r) in rows.iter().enumerate() {
                 let i = t + 150 * m as u64;
                 assert_eq!(r.bucket_start, 60 * m as i64);
-                assert_eq!(r.requests, 1 + (1 + 2), "{r:?}");
-                assert_eq!(r.rate_limited, 1);
-                assert_eq!(r.bytes_in, 3 * i);
-                assert_eq!(r.latency_sum_us, 30);
-                assert_eq!(r.latency_buckets[(i % 5) as usize], 1 + (1 + 2));
+                assert_eq!(r.counts.requests, 1 + (1 + 2), "{r:?}");
+                assert_eq!(r.counts.rate_limited, 1);
+                assert_eq!(r.counts.bytes_in, 3 * i);
+                assert_eq!(r.counts.latency_sum_us, 30);
+                assert_eq!(r.counts.latency_buckets[(i % 5) as usize], 1 + (1 + 2));
             }
         }
     })
@@ -346,8 +350,10 @@ async fn report_flush_of_ten_thousand_rows() {
             .map(|i| UsageDelta {
                 tenant_id: format!("scale-{i:05}"),
                 bucket_start: 600,
-                requests: 3,
-                ..Default::default()
+                counts: UsageCounts {
+                    requests: 3,
+                    ..Default::default()
+                },
             })
             .collect();
         for seq in 1..=3 {

@@ -1,16 +1,20 @@
 //! tenantgate's hot path: a Pingora `ProxyHttp` service that enforces tenancy in
 //! front of any HTTP upstream. Stages, in order: route → scrub → authenticate →
 //! tenant → authorize → rate limit → inject → meter.
+//!
+//! Layers, each using only the ones above it: `small`, `cache` (generic) and
+//! `metrics`; `reject` and `headers`; `auth` (credentials → principal); `control`
+//! (tenant views, the change follower); `limiter`, `meter`, `route`; `service`
+//! (the stages); `server` (assembly).
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod cache;
 pub mod control;
-pub mod credential;
 pub mod headers;
-pub mod jwt;
 pub mod limiter;
 pub mod meter;
 pub mod metrics;
-pub mod ratelimit;
 pub mod reject;
 pub mod route;
 pub mod server;

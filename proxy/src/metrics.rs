@@ -1,9 +1,9 @@
-//! Prometheus metrics of the proxy. Per-tenant labels are capped: the first K
-//! tenants seen get their own series, the rest share `other`, so a tenant flood
-//! cannot blow up the metrics cardinality.
+//! Prometheus metrics of the proxy: requests by outcome, latency, and requests
+//! per tenant. Per-tenant labels are capped: the K tenants with the most requests
+//! over the last ranking period get their own series, the rest share `other`, so
+//! the series count stays bounded however many tenants there are. The ranking is
+//! redone at most once per [`RERANK_EVERY`], at scrape time.
 
-use crate::control::ControlPlane;
-use crate::meter::Meter;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
@@ -12,9 +12,15 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// How often the busiest tenants are ranked again.
+pub const RERANK_EVERY: Duration = Duration::from_secs(60);
+
+const TENANT_REQUESTS: &str = "tenantgate_proxy_tenant_requests_total";
 
 /// Each worker thread's resolved outcome series, so a request costs a few atomic
 /// adds and no label hashing under the registry's lock. Keyed by the owning
@@ -31,22 +37,35 @@ thread_local! {
 
 /// A tenant's request counter, resolved on first use and kept where the tenant's
 /// other per-request state is (its [`TenantView`](crate::control::TenantView)):
-/// counting is then one atomic add, with no per-thread map of 10k tenants to probe.
+/// counting is then one atomic add, with no per-thread map of tenants to probe.
 #[derive(Debug, Default)]
-pub struct TenantSeries(OnceLock<(u64, IntCounter)>);
+pub struct TenantSeries(OnceLock<(u64, Arc<AtomicU64>)>);
 
 static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which tenants have their own label, and what they had counted when ranked.
+#[derive(Default)]
+struct Ranking {
+    top: HashSet<Box<str>>,
+    counted_at_rank: HashMap<Box<str>, u64>,
+    ranked_at: Option<Instant>,
+}
 
 pub struct ProxyMetrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
-    pub tenant_requests: IntCounterVec,
-    top_tenants: RwLock<HashSet<String>>,
+    /// Every tenant's total since start (tenants are made by admins, not clients).
+    tenants: Mutex<HashMap<Box<str>, Arc<AtomicU64>>>,
+    ranking: Mutex<Ranking>,
     top_k: usize,
     proxied: Histogram,
     rejected: Histogram,
     id: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ProxyMetrics {
@@ -70,46 +89,26 @@ impl ProxyMetrics {
             ]),
             &["outcome"],
         )?;
-        let tenant_requests = IntCounterVec::new(
-            Opts::new(
-                "tenantgate_proxy_tenant_requests_total",
-                "Requests per tenant (busiest tenants by first arrival; the rest as `other`)",
-            ),
-            &["tenant"],
-        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(tenant_requests.clone()))?;
         Ok(ProxyMetrics {
             registry,
             requests,
             proxied: latency.get_metric_with_label_values(&["proxied"])?,
             rejected: latency.get_metric_with_label_values(&["rejected"])?,
             latency,
-            tenant_requests,
-            top_tenants: RwLock::new(HashSet::new()),
+            tenants: Mutex::new(HashMap::new()),
+            ranking: Mutex::new(Ranking::default()),
             top_k,
             id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
-    /// The label for a tenant: itself while fewer than K tenants have labels, else `other`.
-    pub fn tenant_label<'a>(&self, tenant: &'a str) -> &'a str {
-        if let Ok(set) = self.top_tenants.read() {
-            if set.contains(tenant) {
-                return tenant;
-            }
-            if set.len() >= self.top_k {
-                return "other";
-            }
-        }
-        if let Ok(mut set) = self.top_tenants.write() {
-            if set.len() < self.top_k {
-                set.insert(tenant.to_owned());
-                return tenant;
-            }
-        }
-        "other"
+    fn tenant_counter(&self, tenant: &str) -> Arc<AtomicU64> {
+        lock(&self.tenants)
+            .entry(tenant.into())
+            .or_default()
+            .clone()
     }
 
     /// Counts one finished request: its outcome, latency and (when it was
@@ -145,15 +144,11 @@ impl ProxyMetrics {
                 .inc();
         });
         if let Some((t, series)) = tenant {
-            let resolve = || {
-                self.tenant_requests
-                    .with_label_values(&[self.tenant_label(t)])
-            };
-            match series.0.get_or_init(|| (self.id, resolve())) {
-                (owner, c) if *owner == self.id => c.inc(),
+            match series.0.get_or_init(|| (self.id, self.tenant_counter(t))) {
+                (owner, c) if *owner == self.id => c.fetch_add(1, Ordering::Relaxed),
                 // Resolved by another `ProxyMetrics` (only in tests).
-                _ => resolve().inc(),
-            }
+                _ => self.tenant_counter(t).fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 
@@ -163,128 +158,85 @@ impl ProxyMetrics {
             .inc();
     }
 
-    /// Prometheus text: the registry plus cache and metering counters.
-    pub fn render(&self, control: &ControlPlane, meter: &Meter) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        let mut s = String::from_utf8_lossy(&out).into_owned();
-        let _ = writeln!(
-            s,
-            "# HELP tenantgate_proxy_cache_events_total Control-plane cache events"
-        );
-        let _ = writeln!(s, "# TYPE tenantgate_proxy_cache_events_total counter");
-        for (name, st) in control.all_stats() {
-            for (ev, v) in [
-                ("hit", st.hits.load(Ordering::Relaxed)),
-                ("miss", st.misses.load(Ordering::Relaxed)),
-                ("negative_hit", st.negative_hits.load(Ordering::Relaxed)),
-                ("load_error", st.load_errors.load(Ordering::Relaxed)),
-                ("refresh", st.refreshes.load(Ordering::Relaxed)),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "tenantgate_proxy_cache_events_total{{cache=\"{name}\",event=\"{ev}\"}} {v}"
-                );
+    /// The tenants with their own label: the `top_k` with the most requests since
+    /// the last ranking, ranked again once [`RERANK_EVERY`] has passed.
+    fn busiest(&self, now: Instant) -> HashSet<Box<str>> {
+        let mut r = lock(&self.ranking);
+        if r.ranked_at
+            .is_some_and(|at| now.duration_since(at) < RERANK_EVERY)
+        {
+            return r.top.clone();
+        }
+        let totals: Vec<(Box<str>, u64)> = lock(&self.tenants)
+            .iter()
+            .map(|(t, c)| (t.clone(), c.load(Ordering::Relaxed)))
+            .collect();
+        let mut recent: Vec<(u64, &Box<str>)> = totals
+            .iter()
+            .map(|(t, n)| (n - r.counted_at_rank.get(t).copied().unwrap_or(0), t))
+            .collect();
+        // Most recent requests first; ties by name, so the ranking is stable.
+        recent.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let top = recent
+            .iter()
+            .take(self.top_k)
+            .map(|(_, t)| (*t).clone())
+            .collect();
+        r.top = top;
+        r.counted_at_rank = totals.into_iter().collect();
+        r.ranked_at = Some(now);
+        r.top.clone()
+    }
+
+    /// Appends the registry's metrics and the per-tenant series as Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        self.render_at(out, Instant::now());
+    }
+
+    fn render_at(&self, out: &mut String, now: Instant) {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        out.push_str(&String::from_utf8_lossy(&buf));
+        let top = self.busiest(now);
+        let mut own: Vec<(Box<str>, u64)> = Vec::new();
+        let mut other = 0u64;
+        for (t, c) in lock(&self.tenants).iter() {
+            let n = c.load(Ordering::Relaxed);
+            if top.contains(t) {
+                own.push((t.clone(), n));
+            } else {
+                other += n;
             }
         }
-        let st = meter.stats();
-        for (name, kind, help, v) in [
-            (
-                "tenantgate_metering_recorded_total",
-                "counter",
-                "Requests recorded by metering",
-                st.recorded as f64,
-            ),
-            (
-                "tenantgate_metering_flushed_total",
-                "counter",
-                "Requests flushed to the store",
-                st.flushed_requests as f64,
-            ),
-            (
-                "tenantgate_metering_dropped_total",
-                "counter",
-                "Requests dropped past the memory and disk bounds",
-                st.dropped_requests as f64,
-            ),
-            (
-                "tenantgate_metering_dropped_batches_total",
-                "counter",
-                "Batches dropped past the memory and disk bounds",
-                st.dropped_batches as f64,
-            ),
-            (
-                "tenantgate_metering_flush_failures_total",
-                "counter",
-                "Failed flush attempts",
-                st.flush_failures as f64,
-            ),
-            (
-                "tenantgate_metering_spool_errors_total",
-                "counter",
-                "Spool files that could not be written or read",
-                st.spool_write_errors as f64,
-            ),
-            (
-                "tenantgate_metering_spool_corrupt_lines_total",
-                "counter",
-                "Spool lines skipped as torn or corrupt",
-                st.spool_corrupt_lines as f64,
-            ),
-            (
-                "tenantgate_metering_pending_requests",
-                "gauge",
-                "Requests recorded and not yet in the store (memory and spool)",
-                st.pending_requests as f64,
-            ),
-            (
-                "tenantgate_metering_queued_batches",
-                "gauge",
-                "Sealed batches waiting in memory",
-                st.queued_batches as f64,
-            ),
-            (
-                "tenantgate_metering_spool_bytes",
-                "gauge",
-                "Bytes of usage spooled to disk",
-                st.spool_bytes as f64,
-            ),
-            (
-                "tenantgate_metering_spool_batches",
-                "gauge",
-                "Batches spooled to disk waiting for the store",
-                st.spool_batches as f64,
-            ),
-            (
-                "tenantgate_metering_spool_files",
-                "gauge",
-                "Spool files waiting for the store",
-                st.spool_files as f64,
-            ),
-            (
-                "tenantgate_metering_flush_lag_seconds",
-                "gauge",
-                "Seconds since metering was last fully caught up with the store",
-                st.flush_lag_ms as f64 / 1000.0,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        own.sort();
+        let _ = writeln!(
+            out,
+            "# HELP {TENANT_REQUESTS} Requests per tenant (the busiest tenants of the last ranking; the rest as `other`)\n\
+             # TYPE {TENANT_REQUESTS} counter"
+        );
+        for (t, n) in own {
+            let _ = writeln!(out, "{TENANT_REQUESTS}{{tenant=\"{}\"}} {n}", escape(&t));
         }
-        s
+        let _ = writeln!(out, "{TENANT_REQUESTS}{{tenant=\"other\"}} {other}");
     }
+}
+
+/// A label value as the exposition format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn tenant_labels_are_capped() {
-        let m = ProxyMetrics::new(2).unwrap();
-        assert_eq!(m.tenant_label("a"), "a");
-        assert_eq!(m.tenant_label("b"), "b");
-        assert_eq!(m.tenant_label("c"), "other");
-        assert_eq!(m.tenant_label("a"), "a");
+    fn tenant_line(text: &str, tenant: &str) -> Option<u64> {
+        let prefix = format!("{TENANT_REQUESTS}{{tenant=\"{tenant}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
     }
 
     #[test]
@@ -299,11 +251,49 @@ mod tests {
             m.requests.with_label_values(&["unauthorized", "401"]).get(),
             1
         );
-        assert_eq!(m.tenant_requests.with_label_values(&["t"]).get(), 2);
+        let mut text = String::new();
+        m.render(&mut text);
+        assert_eq!(tenant_line(&text, "t"), Some(2));
+        assert_eq!(tenant_line(&text, "other"), Some(0));
         let hist = |m: &ProxyMetrics, outcome: &str| {
             m.latency.with_label_values(&[outcome]).get_sample_count()
         };
         assert_eq!((hist(&m, "proxied"), hist(&m, "rejected")), (1, 2));
+    }
+
+    #[test]
+    fn the_busiest_tenants_get_labels_and_are_ranked_again() {
+        let m = ProxyMetrics::new(2).unwrap();
+        let series: Vec<TenantSeries> = (0..4).map(|_| TenantSeries::default()).collect();
+        let hit = |i: usize, n: usize| {
+            for _ in 0..n {
+                m.observe("ok", 200, 0.001, Some((&format!("t{i}"), &series[i])));
+            }
+        };
+        // t0 arrives first but is quiet; t2 and t3 are the busy ones.
+        hit(0, 1);
+        hit(1, 2);
+        hit(2, 30);
+        hit(3, 20);
+        let t0 = Instant::now();
+        let mut text = String::new();
+        m.render_at(&mut text, t0);
+        assert_eq!(tenant_line(&text, "t2"), Some(30));
+        assert_eq!(tenant_line(&text, "t3"), Some(20));
+        assert_eq!(tenant_line(&text, "t0"), None);
+        assert_eq!(tenant_line(&text, "other"), Some(3));
+        // t0 becomes the busiest: it gets its label at the next ranking, not before.
+        hit(0, 100);
+        hit(2, 1);
+        let mut text = String::new();
+        m.render_at(&mut text, t0 + RERANK_EVERY / 2);
+        assert_eq!(tenant_line(&text, "t0"), None);
+        let mut text = String::new();
+        m.render_at(&mut text, t0 + RERANK_EVERY);
+        assert_eq!(tenant_line(&text, "t0"), Some(101));
+        assert_eq!(tenant_line(&text, "t2"), Some(31));
+        assert_eq!(tenant_line(&text, "t3"), None);
+        assert_eq!(tenant_line(&text, "other"), Some(22));
     }
 
     #[test]
@@ -312,22 +302,24 @@ mod tests {
         // when a tenant's series was resolved by the other one.
         let a = ProxyMetrics::new(1).unwrap();
         let b = ProxyMetrics::new(1).unwrap();
-        let (t1, t2, t9) = (
-            TenantSeries::default(),
-            TenantSeries::default(),
-            TenantSeries::default(),
-        );
+        let (t1, t2) = (TenantSeries::default(), TenantSeries::default());
         for _ in 0..3 {
             a.observe("ok", 200, 0.001, Some(("t1", &t1)));
             b.observe("ok", 200, 0.001, Some(("t2", &t2)));
-            a.observe("ok", 200, 0.001, Some(("t9", &t9)));
         }
         b.observe("ok", 200, 0.001, Some(("t1", &t1)));
-        assert_eq!(a.requests.with_label_values(&["ok", "200"]).get(), 6);
+        assert_eq!(a.requests.with_label_values(&["ok", "200"]).get(), 3);
         assert_eq!(b.requests.with_label_values(&["ok", "200"]).get(), 4);
-        assert_eq!(a.tenant_requests.with_label_values(&["t1"]).get(), 3);
-        assert_eq!(a.tenant_requests.with_label_values(&["other"]).get(), 3);
-        assert_eq!(b.tenant_requests.with_label_values(&["t2"]).get(), 3);
-        assert_eq!(b.tenant_requests.with_label_values(&["other"]).get(), 1);
+        let (mut ta, mut tb) = (String::new(), String::new());
+        a.render(&mut ta);
+        b.render(&mut tb);
+        assert_eq!(tenant_line(&ta, "t1"), Some(3));
+        assert_eq!(tenant_line(&tb, "t2"), Some(3));
+        assert_eq!(tenant_line(&tb, "other"), Some(1));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

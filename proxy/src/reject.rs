@@ -1,7 +1,7 @@
 //! The one error type of the hot path and the one function that turns it into the
 //! contract's JSON response.
 
-use crate::ratelimit::Decision;
+use crate::limiter::Decision;
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
 

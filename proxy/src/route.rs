@@ -7,7 +7,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
-use tenantgate_core::config::RouteConfig;
+use tenantgate_core::config::RouteSettings;
 
 pub type Upstream = LoadBalancer<RoundRobin>;
 
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
-    pub fn new(rc: &RouteConfig, addrs: Vec<String>, upstream: Arc<Upstream>) -> Self {
+    pub fn new(rc: &RouteSettings, upstream: Arc<Upstream>) -> Self {
         let backends = upstream.backends().get_backend();
         let single = match backends.len() {
             1 => backends.iter().next().map(|b| b.addr.clone()),
@@ -44,7 +44,7 @@ impl Route {
             prefix: rc.prefix.clone(),
             resource: rc.resource.clone(),
             public: rc.public,
-            addrs,
+            addrs: rc.upstreams.clone(),
             upstream,
             single,
         }
@@ -69,13 +69,12 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table and one round-robin balancer per route.
-    pub fn build(configs: &[RouteConfig]) -> Result<Self, String> {
+    pub fn build(configs: &[RouteSettings]) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(configs.len());
         for (i, rc) in configs.iter().enumerate() {
-            let addrs = rc.upstream.addrs();
-            let lb = Upstream::try_from_iter(addrs.iter().map(String::as_str))
+            let lb = Upstream::try_from_iter(rc.upstreams.iter().map(String::as_str))
                 .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-            routes.push(Arc::new(Route::new(rc, addrs, Arc::new(lb))));
+            routes.push(Arc::new(Route::new(rc, Arc::new(lb))));
         }
         Ok(Self::from_routes(routes))
     }
@@ -155,12 +154,11 @@ fn is_dot_segment(mut seg: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenantgate_core::config::Upstreams;
 
-    fn rc(prefix: &str, resource: Option<&str>, public: bool) -> RouteConfig {
-        RouteConfig {
+    fn rc(prefix: &str, resource: Option<&str>, public: bool) -> RouteSettings {
+        RouteSettings {
             prefix: prefix.into(),
-            upstream: Upstreams::One("127.0.0.1:9".into()),
+            upstreams: vec!["127.0.0.1:9".into()],
             resource: resource.map(Into::into),
             public,
         }

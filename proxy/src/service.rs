@@ -5,14 +5,12 @@
 //! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
-use crate::control::{CachedKey, ControlPlane, IdKey, Shared, TenantView};
-use crate::credential::{self, Credential};
-use crate::headers::{self, Principal, X_API_KEY, X_REQUEST_ID};
-use crate::jwt::{Identity, JwtVerifier};
-use crate::limiter::{LimitError, Limiter};
+use crate::auth::{Authenticated, Authenticator};
+use crate::control::{ControlPlane, TenantView};
+use crate::headers::{self, X_API_KEY, X_REQUEST_ID};
+use crate::limiter::{Decision, LimitError, Limiter};
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
-use crate::ratelimit::Decision;
 use crate::reject::Reject;
 use crate::route::{check_path, Route, RouteTable};
 use async_trait::async_trait;
@@ -26,7 +24,6 @@ use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenantgate_core::domain::{Action, TenantStatus};
-use tenantgate_core::secrets;
 
 /// Timeouts and limits of the proxy.
 #[derive(Debug, Clone)]
@@ -55,13 +52,11 @@ impl Default for GateOptions {
 
 pub struct Gate {
     pub routes: RouteTable,
+    pub auth: Arc<Authenticator>,
     pub control: Arc<ControlPlane>,
-    pub jwt: Arc<JwtVerifier>,
     pub limiter: Limiter,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
-    /// API-key digests, keyed once with `security.api_key_pepper` when set.
-    pub digester: secrets::ApiKeyDigester,
     pub opts: GateOptions,
 }
 
@@ -72,7 +67,7 @@ pub struct Ctx {
     /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
-    who: Option<Who>,
+    who: Option<Authenticated>,
     /// Set once the tenant is known to exist: the request is metered for it.
     view: Option<Arc<TenantView>>,
     decision: Option<Decision>,
@@ -80,54 +75,7 @@ pub struct Ctx {
     upstream_error: bool,
 }
 
-/// Who an admitted request speaks for: the cached key or the verified token it
-/// authenticated with. Both hold the principal inline, so this is one reference
-/// count on an entry the lookup has just read.
-enum Who {
-    Key(Shared<CachedKey>),
-    Jwt(Arc<Identity>),
-}
-
-impl Who {
-    fn principal(&self) -> &Principal {
-        match self {
-            Who::Key(k) => &k.principal,
-            Who::Jwt(id) => &id.principal,
-        }
-    }
-}
-
 impl Gate {
-    async fn authenticate(
-        &self,
-        cred: OwnedCredential,
-        now: Instant,
-        now_ms: i64,
-    ) -> Result<Who, Reject> {
-        match cred {
-            OwnedCredential::ApiKey { prefix, digest } => {
-                let rec = self
-                    .control
-                    .api_key(prefix.as_str(), now)
-                    .await
-                    .map_err(|_| Reject::Unavailable)?
-                    .ok_or(Reject::InvalidApiKey)?;
-                if !secrets::ct_eq(&digest, &rec.digest) || !rec.is_usable_at(now_ms) {
-                    return Err(Reject::InvalidApiKey);
-                }
-                Ok(Who::Key(rec))
-            }
-            OwnedCredential::Jwt(token) => match self.jwt.verify(&token).await {
-                Ok(id) => Ok(Who::Jwt(id)),
-                Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
-                Err(e) => {
-                    tracing::debug!(error = %e, "jwt rejected");
-                    Err(Reject::InvalidToken)
-                }
-            },
-        }
-    }
-
     /// Stages 1–6. `Ok` means: proxy it.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), Reject> {
         let header_bytes: usize = session
@@ -155,20 +103,12 @@ impl Gate {
             return Ok(());
         }
 
-        let cred = match credential::extract(&session.req_header().headers)? {
-            // Parsed and digested while the header is at hand: what the lookup
-            // needs (the prefix, inline) is kept instead of a copy of the key.
-            Some(Credential::ApiKey(k)) => {
-                let (prefix, _) = secrets::parse_api_key(k).ok_or(Reject::InvalidApiKey)?;
-                OwnedCredential::ApiKey {
-                    prefix: IdKey::new(prefix),
-                    digest: self.digester.digest(k),
-                }
-            }
-            Some(Credential::Jwt(t)) => OwnedCredential::Jwt(t.to_owned()),
-            None => return Err(Reject::NoCredential),
-        };
+        let cred = self
+            .auth
+            .credential(&session.req_header().headers)?
+            .ok_or(Reject::NoCredential)?;
         let who = self
+            .auth
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
         let principal = who.principal();
@@ -248,17 +188,6 @@ impl Gate {
 /// A request id header value as text (it is always ASCII: checked or generated).
 fn request_id_str(v: &HeaderValue) -> &str {
     v.to_str().unwrap_or("")
-}
-
-/// The credential, owned across the lookups' awaits (the session's headers are
-/// not `Sync`, so the future cannot hold a borrow of them).
-enum OwnedCredential {
-    /// A well-formed API key: its lookup prefix and the digest of the whole key.
-    ApiKey {
-        prefix: IdKey,
-        digest: [u8; 32],
-    },
-    Jwt(String),
 }
 
 #[async_trait]

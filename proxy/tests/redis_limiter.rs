@@ -14,7 +14,7 @@ use tenantgate_core::domain::RateLimit;
 use tenantgate_core::testing::{in_ci, OwnRedis};
 use tenantgate_proxy::limiter::redis_backend::{bucket_script, bucket_take};
 use tenantgate_proxy::limiter::{LimitError, Limiter, RedisLimiterOptions};
-use tenantgate_proxy::ratelimit::{LocalLimiter, MonotonicClock};
+use tenantgate_proxy::limiter::{LocalLimiter, MonotonicClock};
 
 fn skip(why: &str) {
     assert!(!in_ci(), "CI requires Redis for this test: {why}");

@@ -13,10 +13,12 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tenantgate_core::domain::ApiKeyRecord;
-use tenantgate_core::secrets::{api_key_digest, generate_api_key};
+use tenantgate_core::secrets::mint_api_key;
 use tenantgate_core::time::parse_rfc3339;
 use tenantgate_core::StoreError;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Longest rotation grace period: 30 days.
 pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
@@ -108,19 +110,13 @@ fn new_key(
     role: String,
     expires_at: Option<DateTime<Utc>>,
 ) -> (ApiKeyRecord, String) {
-    let generated = generate_api_key();
-    let record = ApiKeyRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        tenant_id: tenant_id.to_owned(),
-        prefix: generated.prefix,
-        digest: api_key_digest(&generated.key, state.options().api_key_pepper.as_deref()),
+    mint_api_key(
+        tenant_id,
         name,
         role,
-        created_at: Utc::now(),
         expires_at,
-        revoked_at: None,
-    };
-    (record, generated.key)
+        state.options().api_key_pepper.as_deref(),
+    )
 }
 
 fn created(record: ApiKeyRecord, key: String, rotated_from: Option<String>) -> ApiKeyCreated {
@@ -141,7 +137,7 @@ fn key_not_found() -> ApiError {
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{id}/api-keys", tag = "api-keys",
+    post, path = "/v1/tenants/{id}/api-keys", operation_id = "createApiKey", tag = "api-keys",
     params(("id" = String, Path, description = "Tenant id")),
     request_body = CreateApiKeyRequest,
     responses(
@@ -181,7 +177,7 @@ pub async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/api-keys", tag = "api-keys",
+    get, path = "/v1/tenants/{id}/api-keys", operation_id = "listApiKeys", tag = "api-keys",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant's keys, never their secrets", body = [ApiKeyInfo]),
@@ -204,7 +200,7 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tenants/{id}/api-keys/{key_id}", tag = "api-keys",
+    delete, path = "/v1/tenants/{id}/api-keys/{key_id}", operation_id = "revokeApiKey", tag = "api-keys",
     params(
         ("id" = String, Path, description = "Tenant id"),
         ("key_id" = String, Path, description = "API key id"),
@@ -234,7 +230,7 @@ pub async fn revoke(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{id}/api-keys/{key_id}/rotate", tag = "api-keys",
+    post, path = "/v1/tenants/{id}/api-keys/{key_id}/rotate", operation_id = "rotateApiKey", tag = "api-keys",
     params(
         ("id" = String, Path, description = "Tenant id"),
         ("key_id" = String, Path, description = "API key id"),
@@ -294,4 +290,12 @@ pub async fn rotate(
         StatusCode::CREATED,
         Json(created(record, key, Some(old.id))),
     ))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
+        .routes(routes!(rotate))
 }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tenantgate_core::domain::{valid_tenant_id, TenantStatus};
 use tenantgate_core::secrets::{dummy_password_hash, verify_password};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
@@ -33,7 +35,7 @@ pub struct LoginResponse {
 }
 
 #[utoipa::path(
-    post, path = "/v1/auth/login", tag = "auth",
+    post, path = "/v1/auth/login", operation_id = "login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "A login token", body = LoginResponse),
@@ -82,4 +84,9 @@ pub async fn login(
         token_type: "bearer",
         expires_in: ttl,
     }))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(login))
 }

@@ -1,7 +1,7 @@
 //! Unauthenticated service routes: health, metrics, OpenAPI, JWKS; the 404 fallback.
 
 use crate::error::ApiError;
-use crate::openapi::{ApiDoc, JwksDoc};
+use crate::openapi::JwksDoc;
 use crate::AdminState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,9 @@ use http::StatusCode;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tenantgate_core::jwt::Jwks;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How long /health waits for the store.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,7 +38,7 @@ pub struct HealthCheck {
 }
 
 #[utoipa::path(
-    get, path = "/health", tag = "meta",
+    get, path = "/health", operation_id = "health", tag = "meta",
     responses(
         (status = 200, description = "Up, and the store answers", body = HealthResponse),
         (status = 503, description = "The store does not answer", body = HealthResponse),
@@ -74,7 +76,7 @@ pub async fn health(State(state): State<AdminState>) -> (StatusCode, Json<Health
 }
 
 #[utoipa::path(
-    get, path = "/metrics", tag = "meta",
+    get, path = "/metrics", operation_id = "metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
@@ -90,15 +92,15 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
 }
 
 #[utoipa::path(
-    get, path = "/openapi.json", tag = "meta",
+    get, path = "/openapi.json", operation_id = "openapi", tag = "meta",
     responses((status = 200, description = "This document (OpenAPI 3)", content_type = "application/json", body = Object))
 )]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
 }
 
 #[utoipa::path(
-    get, path = "/.well-known/jwks.json", tag = "auth",
+    get, path = "/.well-known/jwks.json", operation_id = "loginJwks", tag = "auth",
     responses((status = 200, description = "Public keys of the login tokens", body = JwksDoc))
 )]
 pub async fn jwks(State(state): State<AdminState>) -> Response {
@@ -108,4 +110,13 @@ pub async fn jwks(State(state): State<AdminState>) -> Response {
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route")
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .routes(routes!(jwks))
 }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tenantgate_core::domain::{valid_name_token, Permission, Policy};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most permissions one role may hold.
 pub const MAX_PERMISSIONS: usize = 256;
@@ -98,7 +100,7 @@ fn validate(path_role: &str, req: PutPolicyRequest) -> Result<Policy, ApiError> 
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/policies", tag = "policies",
+    get, path = "/v1/tenants/{id}/policies", operation_id = "listPolicies", tag = "policies",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "Every role's policy", body = [PolicyResponse]),
@@ -118,7 +120,7 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/policies/{role}", tag = "policies",
+    get, path = "/v1/tenants/{id}/policies/{role}", operation_id = "getPolicy", tag = "policies",
     params(
         ("id" = String, Path, description = "Tenant id"),
         ("role" = String, Path, description = "Role name"),
@@ -148,7 +150,7 @@ pub async fn get(
 }
 
 #[utoipa::path(
-    put, path = "/v1/tenants/{id}/policies/{role}", tag = "policies",
+    put, path = "/v1/tenants/{id}/policies/{role}", operation_id = "putPolicy", tag = "policies",
     params(
         ("id" = String, Path, description = "Tenant id"),
         ("role" = String, Path, description = "Role name"),
@@ -174,4 +176,11 @@ pub async fn put(
     state.store().put_policy(&scope.tenant.id, &policy).await?;
     tracing::info!(tenant_id = %scope.tenant.id, role = %policy.role, "policy set");
     Ok(Json(policy.into()))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get, put))
 }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tenantgate_core::domain::RateLimit;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const MAX_REQUESTS_LIMIT: u64 = 1_000_000_000;
 pub const MAX_WINDOW_SECONDS: u64 = 86_400;
@@ -64,7 +66,7 @@ fn validate(b: &RateLimitBody) -> Result<RateLimit, ApiError> {
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/rate-limit", tag = "rate-limit",
+    get, path = "/v1/tenants/{id}/rate-limit", operation_id = "getRateLimit", tag = "rate-limit",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant's rate limit", body = RateLimitBody),
@@ -86,7 +88,7 @@ pub async fn get(
 }
 
 #[utoipa::path(
-    put, path = "/v1/tenants/{id}/rate-limit", tag = "rate-limit",
+    put, path = "/v1/tenants/{id}/rate-limit", operation_id = "putRateLimit", tag = "rate-limit",
     params(("id" = String, Path, description = "Tenant id")),
     request_body = RateLimitBody,
     responses(
@@ -108,4 +110,9 @@ pub async fn put(
     state.store().put_rate_limit(&scope.tenant.id, &rl).await?;
     tracing::info!(tenant_id = %scope.tenant.id, max_requests = rl.max_requests, window_seconds = rl.window_seconds, "rate limit set");
     Ok(Json(rl.into()))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(get, put))
 }

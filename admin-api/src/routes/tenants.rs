@@ -16,6 +16,8 @@ use tenantgate_core::secrets::random_token;
 use tenantgate_core::store::{NewTenant, NewUser, TenantPatch};
 use tenantgate_core::StoreError;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Longest slug taken from a name when the id is generated.
 const SLUG_CHARS: usize = 40;
@@ -101,7 +103,7 @@ fn generated_id(name: &str) -> String {
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants", tag = "tenants",
+    post, path = "/v1/tenants", operation_id = "createTenant", tag = "tenants",
     request_body = CreateTenantRequest,
     responses(
         (status = 201, description = "Created; onboarding done", body = TenantResponse),
@@ -177,7 +179,7 @@ pub async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants", tag = "tenants",
+    get, path = "/v1/tenants", operation_id = "listTenants", tag = "tenants",
     responses(
         (status = 200, description = "All tenants", body = [TenantResponse]),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
@@ -197,7 +199,7 @@ pub async fn list(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}", tag = "tenants",
+    get, path = "/v1/tenants/{id}", operation_id = "getTenant", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant", body = TenantResponse),
@@ -211,7 +213,7 @@ pub async fn get(scope: TenantScope) -> Json<TenantResponse> {
 }
 
 #[utoipa::path(
-    patch, path = "/v1/tenants/{id}", tag = "tenants",
+    patch, path = "/v1/tenants/{id}", operation_id = "updateTenant", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")),
     request_body = PatchTenantRequest,
     responses(
@@ -258,7 +260,7 @@ pub async fn update(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tenants/{id}", tag = "tenants",
+    delete, path = "/v1/tenants/{id}", operation_id = "deleteTenant", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 204, description = "Deleted with everything it owns"),
@@ -287,6 +289,13 @@ pub async fn delete(
         })?;
     tracing::info!(tenant_id = %id, "tenant deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, update, delete))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use tenantgate_core::time::{from_ms, parse_rfc3339};
 use tenantgate_core::usage::{roll_up, Granularity, UsagePoint, UsageRow};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most points one answer may hold.
 pub const MAX_POINTS: i64 = 10_000;
@@ -112,7 +114,7 @@ fn series(w: &Window, rows: &[UsageRow]) -> (Vec<UsagePoint>, UsagePoint) {
             bucket_start: b,
             ..UsageRow::default()
         });
-        totals.add(&row);
+        totals.counts.merge(&row.counts);
         out.push(UsagePoint::from_row(&row, true));
         b += step;
     }
@@ -120,7 +122,7 @@ fn series(w: &Window, rows: &[UsageRow]) -> (Vec<UsagePoint>, UsagePoint) {
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/usage", tag = "usage",
+    get, path = "/v1/tenants/{id}/usage", operation_id = "getUsage", tag = "usage",
     params(
         ("id" = String, Path, description = "Tenant id"),
         ("from" = Option<String>, Query, description = "RFC 3339; default: `to` minus 24 h"),
@@ -155,6 +157,11 @@ pub async fn get(
         series,
         totals,
     }))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(get))
 }
 
 #[cfg(test)]
@@ -212,9 +219,11 @@ mod tests {
         let base = parse_rfc3339("2024-05-01T01:00:00Z").unwrap().timestamp();
         let rows = [base, base + 60, base + 3_600].map(|b| UsageRow {
             bucket_start: b,
-            requests: 2,
-            bytes_in: 10,
-            ..UsageRow::default()
+            counts: tenantgate_core::usage::UsageCounts {
+                requests: 2,
+                bytes_in: 10,
+                ..Default::default()
+            },
         });
         let (s, t) = series(&w, &rows);
         assert_eq!(

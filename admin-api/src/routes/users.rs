@@ -14,6 +14,8 @@ use tenantgate_core::domain::UserRecord;
 use tenantgate_core::store::NewUser;
 use tenantgate_core::StoreError;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
@@ -57,7 +59,7 @@ fn duplicate() -> ApiError {
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{id}/users", tag = "users",
+    post, path = "/v1/tenants/{id}/users", operation_id = "createUser", tag = "users",
     params(("id" = String, Path, description = "Tenant id")),
     request_body = CreateUserRequest,
     responses(
@@ -108,7 +110,7 @@ pub async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{id}/users", tag = "users",
+    get, path = "/v1/tenants/{id}/users", operation_id = "listUsers", tag = "users",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant's users", body = [UserResponse]),
@@ -123,4 +125,9 @@ pub async fn list(
 ) -> Result<Json<Vec<UserResponse>>, ApiError> {
     let users = state.store().list_users(&scope.tenant.id).await?;
     Ok(Json(users.into_iter().map(UserResponse::from).collect()))
+}
+
+/// This resource's routes, each registered with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(create, list))
 }

@@ -1,7 +1,7 @@
 //! Leased tokens: the per-tenant state a proxy keeps between Redis calls, and the
 //! rule that sizes a lease. Pure (time is passed in) so it is tested without sleeps.
 
-use crate::ratelimit::Decision;
+use crate::limiter::Decision;
 use std::time::{Duration, Instant};
 use tenantgate_core::domain::RateLimit;
 

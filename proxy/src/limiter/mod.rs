@@ -1,4 +1,4 @@
-//! Stage 6 behind one facade: the in-process limiter (`ratelimit.backend = "local"`)
+//! Stage 6 behind one facade: the in-process limiter ([`local`], `ratelimit.backend = "local"`)
 //! or the fleet-wide Redis one (`"redis"`), with its failure modes.
 //!
 //! With Redis, each tenant's token bucket lives in Redis and is taken from by an
@@ -11,14 +11,14 @@
 //! `limit / live proxies` (live proxies are counted from heartbeats) and
 //! `"closed"` answers [`LimitError::Unavailable`] (503 `unavailable`).
 
-mod breaker;
 mod lease;
+pub mod local;
 pub mod redis_backend;
 
 pub use self::lease::Grant;
+pub use self::local::{Bucket, Clock, Decision, LocalLimiter, ManualClock, MonotonicClock};
 pub use self::redis_backend::RedisLimiterOptions;
 
-use crate::ratelimit::{Decision, LocalLimiter};
 use std::sync::Arc;
 use tenantgate_core::config::FailMode;
 use tenantgate_core::domain::RateLimit;
@@ -49,9 +49,8 @@ pub struct LimiterStats {
 }
 
 impl LimiterStats {
-    /// Prometheus text exposition of the counters.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
+    /// Appends the counters as Prometheus text.
+    pub fn render(&self, out: &mut String) {
         let mut line = |name: &str, kind: &str, help: &str, v: u64| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
@@ -99,7 +98,6 @@ impl LimiterStats {
             "Proxies sharing the rate limits, from heartbeats.",
             self.live_proxies,
         );
-        out
     }
 }
 
@@ -113,13 +111,19 @@ enum Backend {
 #[derive(Clone)]
 pub struct Limiter {
     backend: Backend,
+    /// The in-process buckets: the limiter itself, or the Redis one's fallback.
+    local: Arc<LocalLimiter>,
 }
+
+/// How often idle local buckets are forgotten.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Limiter {
     /// The in-process limiter: `check` never awaits.
     pub fn local(local: Arc<LocalLimiter>) -> Self {
         Limiter {
-            backend: Backend::Local(local),
+            backend: Backend::Local(local.clone()),
+            local,
         }
     }
 
@@ -135,9 +139,11 @@ impl Limiter {
         local: Arc<LocalLimiter>,
         opts: RedisLimiterOptions,
     ) -> Result<Self, String> {
-        let r = redis_backend::RedisLimiter::new(url, node_id, fail_mode, local, opts).await?;
+        let r =
+            redis_backend::RedisLimiter::new(url, node_id, fail_mode, local.clone(), opts).await?;
         Ok(Limiter {
             backend: Backend::Redis(Arc::new(r)),
+            local,
         })
     }
 
@@ -152,9 +158,11 @@ impl Limiter {
         local: Arc<LocalLimiter>,
         opts: RedisLimiterOptions,
     ) -> Result<Self, String> {
-        let r = redis_backend::RedisLimiter::new_lazy(url, node_id, fail_mode, local, opts)?;
+        let r =
+            redis_backend::RedisLimiter::new_lazy(url, node_id, fail_mode, local.clone(), opts)?;
         Ok(Limiter {
             backend: Backend::Redis(Arc::new(r)),
+            local,
         })
     }
 
@@ -170,19 +178,34 @@ impl Limiter {
         }
     }
 
-    /// Starts the Redis backend's background work on `rt` (heartbeats, breaker
-    /// probes, lease give-back, forgetting idle tenants) until `shutdown` turns
-    /// true, when the leases go back and the proxy leaves the live set. Nothing
-    /// for the local backend (its sweep stays with the caller).
+    /// Starts the background work on `rt` until `shutdown` turns true: the local
+    /// buckets' sweep, and for Redis heartbeats, breaker probes, lease give-back
+    /// and forgetting idle tenants (at shutdown the leases go back and the proxy
+    /// leaves the live set).
     pub fn spawn_background(
         &self,
         rt: &tokio::runtime::Handle,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        let local = self.local.clone();
+        let mut stop = shutdown.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP_EVERY) => local.sweep(),
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         if let Backend::Redis(r) = &self.backend {
             r.adopt_runtime(rt);
             rt.spawn(r.clone().run_background(shutdown));
         }
+    }
+
+    /// Appends the limiter's counters as Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        self.stats().render(out);
     }
 
     pub fn stats(&self) -> LimiterStats {
@@ -199,7 +222,6 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::ManualClock;
 
     fn assert_send_sync<T: Send + Sync>(_: &T) {}
     fn assert_send<T: Send>(_: T) {}
@@ -245,10 +267,9 @@ mod tests {
         assert!(l.check("a", &lim).await.unwrap().allowed);
         assert!(!l.is_redis());
         assert_eq!(l.stats().live_proxies, 1);
-        assert!(l
-            .stats()
-            .render_prometheus()
-            .contains("tenantgate_ratelimit_live_proxies 1"));
+        let mut text = String::new();
+        l.render(&mut text);
+        assert!(text.contains("tenantgate_ratelimit_live_proxies 1"));
     }
 
     #[tokio::test]

@@ -12,10 +12,10 @@
 //! not usable, `fail_mode` decides: a local bucket at `limit / live proxies`
 //! (open) or [`super::LimitError::Unavailable`] (closed).
 
-use super::breaker::Breaker;
 use super::lease::{Grant, LeaseParams, LeaseState};
+use super::local::{Bucket, Decision, LocalLimiter};
 use super::{LimitError, LimiterStats};
-use crate::ratelimit::{Decision, LocalLimiter};
+use crate::cache::Breaker;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisResult, Script};
 use std::collections::HashMap;
@@ -439,7 +439,7 @@ impl RedisLimiter {
         limit: &RateLimit,
     ) -> Result<Decision, LimitError> {
         if limit.capacity() == 0 {
-            return Ok(crate::ratelimit::Bucket::full(limit, 0).take(limit, 0, 1));
+            return Ok(Bucket::full(limit, 0).take(limit, 0, 1));
         }
         let life = self.opts.lease_lifetime;
         let st = self.state(tenant);

@@ -30,7 +30,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::headers::{AuthMethod, Principal};
+use super::principal::{AuthMethod, Principal};
 
 pub use issuer::IssuerSpec;
 pub use source::{

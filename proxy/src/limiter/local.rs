@@ -1,10 +1,10 @@
-//! Stage 6: per-tenant token buckets.
+//! The in-process token buckets (stage 6 on one proxy, and the fallback of the Redis one).
 //!
 //! The bucket arithmetic is a pure function of (state, limit, now) so it is tested
 //! exactly with a manual clock. Capacity is `burst` (default `max_requests`); the
 //! refill rate is `max_requests / window_seconds` tokens per second.
 
-use crate::control::IdKey;
+use crate::cache::IdKey;
 use http::{HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -182,8 +182,8 @@ impl Bucket {
 const SHARDS: usize = 64;
 
 /// Tenant → its bucket and the limit it was last checked against.
-/// foldhash: tenant ids come from the store, not from clients, and SipHash was
-/// two of the limiter's ~80 ns per check.
+/// Hashed with foldhash: tenant ids come from the store, not from clients, so a
+/// flooding-resistant hasher buys nothing.
 /// Keyed by the tenant id inline (probing compares bytes in the table, no pointer
 /// to follow), looked up with the id's bytes.
 type BucketMap = HashMap<IdKey, (Bucket, RateLimit), foldhash::fast::RandomState>;

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
-use tenantgate_core::config::IssuerConfig;
+use tenantgate_core::config::{IssuerKeys, IssuerSettings};
 use tenantgate_core::Store;
 
 use super::keys::KeySet;
@@ -50,7 +50,7 @@ impl std::fmt::Debug for IssuerSpec {
 
 impl IssuerSpec {
     /// An external issuer from `[[jwt.issuers]]`: a JWKS URL or a public key file.
-    pub fn from_config(cfg: &IssuerConfig) -> Result<Self, String> {
+    pub fn from_settings(cfg: &IssuerSettings) -> Result<Self, String> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -68,15 +68,9 @@ impl IssuerSpec {
         if cfg.audiences.is_empty() {
             return Err(format!("issuer {:?}: no audiences", cfg.issuer));
         }
-        let source: Arc<dyn KeySource> = match (&cfg.jwks_url, &cfg.public_key_file) {
-            (Some(url), None) => Arc::new(JwksUrlSource::new(url)?),
-            (None, Some(path)) => Arc::new(PemFileSource::new(path)?),
-            _ => {
-                return Err(format!(
-                    "issuer {:?}: set exactly one of jwks_url and public_key_file",
-                    cfg.issuer
-                ))
-            }
+        let source: Arc<dyn KeySource> = match &cfg.keys {
+            IssuerKeys::JwksUrl(url) => Arc::new(JwksUrlSource::new(url)?),
+            IssuerKeys::PublicKeyFile(path) => Arc::new(PemFileSource::new(path)?),
         };
         Ok(IssuerSpec {
             issuer: cfg.issuer.clone(),
@@ -85,8 +79,8 @@ impl IssuerSpec {
             tenant_claim: cfg.tenant_claim.clone(),
             role_claim: cfg.role_claim.clone(),
             source,
-            min_refetch: Duration::from_secs(cfg.jwks_min_refetch_seconds.max(1)),
-            refresh: Duration::from_secs(cfg.jwks_refresh_seconds.max(1)),
+            min_refetch: cfg.jwks_min_refetch.max(Duration::from_secs(1)),
+            refresh: cfg.jwks_refresh.max(Duration::from_secs(1)),
         })
     }
 

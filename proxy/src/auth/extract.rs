@@ -1,4 +1,4 @@
-//! Stage 3a: find the request's credential. `Authorization: Bearer <jwt>` or
+//! Which credential the request presents. `Authorization: Bearer <jwt>` or
 //! `X-API-Key: <key>`; a bearer value starting with `tg_` is an API key. Two
 //! different credentials, or a header sent twice, is refused rather than guessed at.
 
@@ -8,7 +8,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential<'a> {
+pub enum Presented<'a> {
     ApiKey(&'a str),
     Jwt(&'a str),
 }
@@ -26,7 +26,7 @@ fn single<'a>(
 }
 
 /// The request's one credential, `None` when it has none.
-pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
+pub fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, Reject> {
     let auth = match single(headers, &AUTHORIZATION)? {
         None => None,
         Some(v) => {
@@ -38,9 +38,9 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
                         return Err(Reject::InvalidToken);
                     }
                     if token.starts_with("tg_") {
-                        Some(Credential::ApiKey(token))
+                        Some(Presented::ApiKey(token))
                     } else {
-                        Some(Credential::Jwt(token))
+                        Some(Presented::Jwt(token))
                     }
                 }
                 _ if v.eq_ignore_ascii_case("bearer") => return Err(Reject::InvalidToken),
@@ -56,7 +56,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Reject> {
             if v.is_empty() {
                 return Err(Reject::InvalidApiKey);
             }
-            Some(Credential::ApiKey(v))
+            Some(Presented::ApiKey(v))
         }
     };
     match (auth, key) {
@@ -84,21 +84,21 @@ mod tests {
 
     #[test]
     fn bearer_jwt_and_keys() {
-        assert_eq!(extract(&h(&[])).unwrap(), None);
+        assert_eq!(presented(&h(&[])).unwrap(), None);
         assert_eq!(
-            extract(&h(&[("authorization", "Bearer abc.def.ghi")])).unwrap(),
-            Some(Credential::Jwt("abc.def.ghi"))
+            presented(&h(&[("authorization", "Bearer abc.def.ghi")])).unwrap(),
+            Some(Presented::Jwt("abc.def.ghi"))
         );
         assert_eq!(
-            extract(&h(&[("authorization", "bearer tg_x_y")])).unwrap(),
-            Some(Credential::ApiKey("tg_x_y"))
+            presented(&h(&[("authorization", "bearer tg_x_y")])).unwrap(),
+            Some(Presented::ApiKey("tg_x_y"))
         );
         assert_eq!(
-            extract(&h(&[("X-API-Key", "tg_x_y")])).unwrap(),
-            Some(Credential::ApiKey("tg_x_y"))
+            presented(&h(&[("X-API-Key", "tg_x_y")])).unwrap(),
+            Some(Presented::ApiKey("tg_x_y"))
         );
         assert_eq!(
-            extract(&h(&[("authorization", "Basic dTpw")])).unwrap(),
+            presented(&h(&[("authorization", "Basic dTpw")])).unwrap(),
             None
         );
     }
@@ -106,18 +106,18 @@ mod tests {
     #[test]
     fn two_credentials_are_refused() {
         assert_eq!(
-            extract(&h(&[
+            presented(&h(&[
                 ("authorization", "Bearer a.b.c"),
                 ("x-api-key", "tg_x_y")
             ])),
             Err(Reject::AmbiguousCredential)
         );
         assert_eq!(
-            extract(&h(&[("x-api-key", "tg_a_b"), ("x-api-key", "tg_c_d")])),
+            presented(&h(&[("x-api-key", "tg_a_b"), ("x-api-key", "tg_c_d")])),
             Err(Reject::AmbiguousCredential)
         );
         assert_eq!(
-            extract(&h(&[
+            presented(&h(&[
                 ("authorization", "Bearer a.b.c"),
                 ("authorization", "Bearer a.b.c")
             ])),
@@ -125,27 +125,27 @@ mod tests {
         );
         // The same key in both places is one credential.
         assert_eq!(
-            extract(&h(&[
+            presented(&h(&[
                 ("authorization", "Bearer tg_x_y"),
                 ("x-api-key", "tg_x_y")
             ]))
             .unwrap(),
-            Some(Credential::ApiKey("tg_x_y"))
+            Some(Presented::ApiKey("tg_x_y"))
         );
     }
 
     #[test]
     fn empty_values_are_invalid() {
         assert_eq!(
-            extract(&h(&[("authorization", "Bearer ")])),
+            presented(&h(&[("authorization", "Bearer ")])),
             Err(Reject::InvalidToken)
         );
         assert_eq!(
-            extract(&h(&[("authorization", "Bearer")])),
+            presented(&h(&[("authorization", "Bearer")])),
             Err(Reject::InvalidToken)
         );
         assert_eq!(
-            extract(&h(&[("x-api-key", " ")])),
+            presented(&h(&[("x-api-key", " ")])),
             Err(Reject::InvalidApiKey)
         );
     }

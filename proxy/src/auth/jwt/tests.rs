@@ -9,6 +9,7 @@ use futures::FutureExt;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use tenantgate_core::config::{IssuerKeys, IssuerSettings};
 use tenantgate_core::jwt::SigningKey;
 
 use super::source::{parse_jwks, pem_to_jwk, usable_stored_keys};
@@ -934,19 +935,17 @@ async fn jwks_server(status: u16, body: String) -> (String, Arc<AtomicUsize>) {
     (url, hits)
 }
 
-fn issuer_config(extra: &str) -> tenantgate_core::config::IssuerConfig {
-    let toml_text = format!("issuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n{extra}");
-    serde_json::from_value(toml_like(&toml_text)).unwrap()
-}
-
-/// The few `key = value` lines the tests need, as JSON (no toml dependency here).
-fn toml_like(text: &str) -> Value {
-    let mut map = serde_json::Map::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (k, v) = line.split_once('=').unwrap();
-        map.insert(k.trim().to_owned(), serde_json::from_str(v.trim()).unwrap());
+fn issuer_settings(keys: IssuerKeys, algorithms: &[&str]) -> IssuerSettings {
+    IssuerSettings {
+        issuer: ISS.into(),
+        audiences: vec![AUD.into()],
+        algorithms: algorithms.iter().map(|a| (*a).to_owned()).collect(),
+        keys,
+        tenant_claim: "tenant_id".into(),
+        role_claim: "role".into(),
+        jwks_min_refetch: Duration::from_secs(10),
+        jwks_refresh: Duration::from_secs(300),
     }
-    Value::Object(map)
 }
 
 #[tokio::test]
@@ -962,7 +961,11 @@ async fn jwks_url_source_end_to_end() {
     ]})
     .to_string();
     let (url, hits) = jwks_server(200, body.clone()).await;
-    let spec = IssuerSpec::from_config(&issuer_config(&format!("jwks_url = \"{url}\""))).unwrap();
+    let spec = IssuerSpec::from_settings(&issuer_settings(
+        IssuerKeys::JwksUrl(url.clone()),
+        &["RS256"],
+    ))
+    .unwrap();
     assert!(format!("{spec:?}").contains(&url));
     let v = verifier(vec![spec]);
     v.warm_up().await;
@@ -1017,27 +1020,28 @@ async fn jwks_fetch_times_out() {
 }
 
 #[test]
-fn issuer_spec_from_config() {
+fn issuer_spec_from_settings() {
     let key = SigningKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.pem");
     std::fs::write(&path, key.public_key_pem().unwrap()).unwrap();
-    let pem_line = format!("public_key_file = {:?}", path.display().to_string());
-    let spec = IssuerSpec::from_config(&issuer_config(&format!(
-        "{pem_line}\nalgorithms = [\"RS256\", \"PS256\"]\ntenant_claim = \"org\"\njwks_min_refetch_seconds = 3\njwks_refresh_seconds = 60"
-    )))
-    .unwrap();
+    let pem = || IssuerKeys::PublicKeyFile(path.clone());
+    let mut settings = issuer_settings(pem(), &["RS256", "PS256"]);
+    settings.tenant_claim = "org".into();
+    settings.jwks_min_refetch = Duration::from_secs(3);
+    settings.jwks_refresh = Duration::from_secs(60);
+    let spec = IssuerSpec::from_settings(&settings).unwrap();
     assert_eq!(spec.algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
     assert_eq!(spec.tenant_claim, "org");
     assert_eq!(spec.role_claim, "role");
     assert_eq!(spec.min_refetch, Duration::from_secs(3));
     assert_eq!(spec.refresh, Duration::from_secs(60));
-    let hs = issuer_config(&format!("{pem_line}\nalgorithms = [\"HS256\"]"));
-    assert!(IssuerSpec::from_config(&hs).unwrap_err().contains("HS256"));
-    let none = issuer_config(&format!("{pem_line}\nalgorithms = [\"none\"]"));
-    assert!(IssuerSpec::from_config(&none).is_err());
-    let both = issuer_config(&format!("{pem_line}\njwks_url = \"http://x/jwks\""));
-    assert!(IssuerSpec::from_config(&both).is_err());
+    let hs = issuer_settings(pem(), &["HS256"]);
+    assert!(IssuerSpec::from_settings(&hs)
+        .unwrap_err()
+        .contains("HS256"));
+    let none = issuer_settings(pem(), &["none"]);
+    assert!(IssuerSpec::from_settings(&none).is_err());
 }
 
 // ---- login keys from the store ----------------------------------------------------------------

@@ -1,7 +1,8 @@
-//! A lock-free circuit breaker for the Redis calls.
+//! A lock-free circuit breaker in front of a dependency that can fail (the store
+//! behind the caches, Redis behind the rate limiter).
 //!
 //! Closed: calls go through; `threshold` consecutive failures open it. Open: no
-//! call goes to Redis until `cooldown` has passed; then exactly one probe is let
+//! call goes through until `cooldown` has passed; then exactly one probe is let
 //! through (half-open). A successful probe (or any success) closes it, a failed
 //! probe re-opens it for another cool-down. A probe that never reports (its
 //! future was dropped) is forgotten after `max(cooldown, 5 s)`.
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     base: Instant,
@@ -23,7 +24,7 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
         Breaker {
             threshold: threshold.max(1),
             cooldown,
@@ -40,13 +41,13 @@ impl Breaker {
             .saturating_add(1)
     }
 
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }
 
-    /// May a call go to Redis now? When the breaker is open and its cool-down has
+    /// May a call go through now? When the breaker is open and its cool-down has
     /// passed, `may_probe` lets this caller be the single half-open probe.
-    pub(crate) fn allow(&self, may_probe: bool) -> bool {
+    pub fn allow(&self, may_probe: bool) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
@@ -55,7 +56,7 @@ impl Breaker {
     }
 
     /// Claims the half-open probe if the cool-down has passed.
-    pub(crate) fn try_probe(&self) -> bool {
+    pub fn try_probe(&self) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         until != 0 && self.try_probe_at(until)
     }
@@ -75,14 +76,14 @@ impl Breaker {
                 .is_ok()
     }
 
-    pub(crate) fn success(&self) {
+    pub fn success(&self) {
         self.failures.store(0, Ordering::Release);
         self.open_until.store(0, Ordering::Release);
         self.probing.store(0, Ordering::Release);
     }
 
     /// Records a failure; true when this failure (re-)opened the breaker.
-    pub(crate) fn failure(&self) -> bool {
+    pub fn failure(&self) -> bool {
         let n = self
             .failures
             .fetch_add(1, Ordering::AcqRel)
@@ -99,7 +100,7 @@ impl Breaker {
     }
 
     /// Opens the breaker now (e.g. the first connection attempt failed).
-    pub(crate) fn trip(&self) {
+    pub fn trip(&self) {
         self.failures.store(self.threshold, Ordering::Release);
         self.probing.store(0, Ordering::Release);
         let until = self

@@ -1,0 +1,305 @@
+//! The config file's format: what `tenantgate.toml` may contain, with every
+//! default. It is only read here; the rest of the program uses the validated
+//! [`Settings`](super::Settings) built from it.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub upstream_demo: UpstreamDemoConfig,
+    pub store: StoreConfig,
+    pub redis: RedisConfig,
+    pub ratelimit: RateLimitConfig,
+    pub metering: MeteringConfig,
+    pub jwt: JwtConfig,
+    pub routes: Vec<RouteConfig>,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `/health` and `/metrics` of the proxy.
+    pub admin_listen: SocketAddr,
+    /// Pingora worker threads.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period_seconds: u64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_read_timeout_ms: u64,
+    /// Safety-net TTL of cached tenants, keys, policies and limits.
+    pub cache_ttl_seconds: u64,
+    /// How long an unknown API key prefix is remembered as unknown.
+    pub negative_cache_ttl_ms: u64,
+    /// While the store is unreachable, cached entries keep serving up to this age;
+    /// past it a lookup must reach the store or the request fails closed (503).
+    pub max_staleness_seconds: u64,
+    /// How often a standalone proxy polls the store's change feed.
+    pub change_poll_interval_ms: u64,
+    /// Per-tenant metric labels are kept for the busiest K tenants; the rest are `other`.
+    pub metrics_top_tenants: usize,
+    /// Largest accepted bearer token, bytes.
+    pub max_token_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            grace_period_seconds: 5,
+            upstream_connect_timeout_ms: 2_000,
+            upstream_read_timeout_ms: 30_000,
+            cache_ttl_seconds: 60,
+            negative_cache_ttl_ms: 2_000,
+            max_staleness_seconds: 600,
+            change_poll_interval_ms: 200,
+            metrics_top_tenants: 20,
+            max_token_bytes: 8_192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Platform admin bearer token; `TENANTGATE_ADMIN_TOKEN` overrides it.
+    pub bootstrap_token: Option<String>,
+    /// Secret the signing keys are sealed with; default: a key file in `store.data_dir`.
+    pub secret_key: Option<String>,
+    /// Lifetime of login tokens.
+    pub token_ttl_seconds: u64,
+    /// `iss` of login tokens.
+    pub issuer: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            bootstrap_token: None,
+            secret_key: None,
+            token_ttl_seconds: 3_600,
+            issuer: "tenantgate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDemoConfig {
+    pub listen: SocketAddr,
+    /// Where the demo keeps its rows; default: the control-plane store.
+    pub store_url: Option<String>,
+}
+
+impl Default for UpstreamDemoConfig {
+    fn default() -> Self {
+        UpstreamDemoConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            store_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+    /// Pool size; unset: 4 on SQLite, 10 on PostgreSQL.
+    pub max_connections: Option<u32>,
+    /// Local state: SQLite files, the sealed-key secret, the metering spool.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://data/tenantgate.db".into(),
+            max_connections: None,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    /// Budget of one rate-limit call; past it the call counts as failed (circuit breaker).
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Prefix of every key tenantgate writes.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            timeout_ms: 10,
+            connect_timeout_ms: 250,
+            key_prefix: "tenantgate:rl".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub backend: RateLimitBackend,
+    pub fail_mode: FailMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    pub flush_interval_ms: u64,
+    /// Identifies this process's flushes; default: random per start.
+    pub node_id: Option<String>,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            flush_interval_ms: 1_000,
+            node_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock skew allowed on `exp`/`nbf` (at most 60).
+    pub leeway_seconds: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuers: Vec::new(),
+            leeway_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// Minimum seconds between two JWKS fetches for an unknown `kid`.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_seconds: u64,
+    /// Regular JWKS refresh.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_tenant_claim() -> String {
+    "tenant_id".into()
+}
+fn default_role_claim() -> String {
+    "role".into()
+}
+fn default_jwks_min_refetch() -> u64 {
+    10
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+/// One upstream address or a list of them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Upstreams {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Upstreams {
+    pub fn addrs(&self) -> Vec<String> {
+        match self {
+            Upstreams::One(a) => vec![a.clone()],
+            Upstreams::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub upstream: Upstreams,
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// When set, API key digests are HMAC-SHA-256 keyed by this pepper.
+    /// Every admin and proxy process must share it.
+    pub api_key_pepper: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `tenantgate_proxy=debug,info`.
+    pub level: String,
+    /// `auto` (text on a terminal, JSON otherwise), `json` or `text`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "auto".into(),
+        }
+    }
+}

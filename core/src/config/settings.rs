@@ -1,0 +1,567 @@
+//! The validated settings every part of tenantgate runs on: durations as
+//! `Duration`s, choices as enums, defaults resolved. Built once from the file
+//! format ([`Config`]); a value that does not make sense is refused here with the
+//! key that holds it.
+
+use super::file::{self, Config, FailMode, IssuerConfig, RateLimitBackend, RouteConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Asymmetric algorithms an issuer may allow; HMAC and `none` are never accepted.
+pub const ALLOWED_JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// A refused value: the dotted key and what is wrong with it.
+pub(super) type Invalid = (String, String);
+
+fn invalid<T>(key: &str, message: &str) -> Result<T, Invalid> {
+    Err((key.to_owned(), message.to_owned()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub admin: AdminSettings,
+    pub demo: DemoSettings,
+    pub store: StoreSettings,
+    pub ratelimit: RateLimitSettings,
+    pub metering: MeteringSettings,
+    pub jwt: JwtSettings,
+    /// The configured routes (`up` adds a default one when there are none).
+    pub routes: Vec<RouteSettings>,
+    pub security: SecuritySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    /// `/health` and `/metrics` of the proxy.
+    pub admin_listen: SocketAddr,
+    /// Pingora worker threads.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    /// Cached tenants, keys, policies and limits are refreshed after this.
+    pub cache_ttl: Duration,
+    /// How long an unknown API key prefix or tenant is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+    /// While the store is unreachable, cached entries keep serving up to this age.
+    pub max_staleness: Duration,
+    /// How often the store's change feed is read.
+    pub change_poll_interval: Duration,
+    /// Per-tenant metric labels for the busiest K tenants; the rest are `other`.
+    pub metrics_top_tenants: usize,
+    /// Largest accepted bearer token, bytes.
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Platform admin bearer token (`TENANTGATE_ADMIN_TOKEN` overrides it).
+    pub bootstrap_token: Option<String>,
+    /// Secret the signing keys are sealed with; default: a key file in the data dir.
+    pub secret_key: Option<String>,
+    /// Lifetime of login tokens.
+    pub token_ttl: Duration,
+    /// `iss` of login tokens.
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    pub listen: SocketAddr,
+    /// Where the demo keeps its rows: its own URL, or the control-plane store's.
+    pub store_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: String,
+    pub backend: StoreBackend,
+    /// Pool size (default: 4 on SQLite, 10 on PostgreSQL).
+    pub max_connections: u32,
+    /// Local state: SQLite files, the sealed-key secret, the metering spool.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    pub backend: LimiterBackend,
+    /// What happens when Redis is unreachable.
+    pub fail_mode: FailMode,
+}
+
+#[derive(Debug, Clone)]
+pub enum LimiterBackend {
+    Local,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Budget of one rate-limit call; past it the call counts as failed.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Prefix of every key tenantgate writes.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeteringSettings {
+    pub flush_interval: Duration,
+    /// Identifies this process's flushes; `None`: random per start.
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub issuers: Vec<IssuerSettings>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Names from [`ALLOWED_JWT_ALGORITHMS`].
+    pub algorithms: Vec<String>,
+    pub keys: IssuerKeys,
+    pub tenant_claim: String,
+    pub role_claim: String,
+    /// Minimum time between two JWKS fetches for an unknown `kid`.
+    pub jwks_min_refetch: Duration,
+    /// Regular JWKS refresh.
+    pub jwks_refresh: Duration,
+}
+
+/// Where an issuer's public keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerKeys {
+    JwksUrl(String),
+    PublicKeyFile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSettings {
+    pub prefix: String,
+    /// `host:port`, one or more (round-robin).
+    pub upstreams: Vec<String>,
+    /// The RBAC resource; `None`: the first path segment after the prefix.
+    pub resource: Option<String>,
+    /// Skips authentication (headers are still scrubbed).
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySettings {
+    /// When set, API key digests are HMAC-SHA-256 keyed by this pepper.
+    pub api_key_pepper: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `tenantgate_proxy=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text when stderr is a terminal, JSON otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+impl Default for Settings {
+    /// The built-in defaults (what an empty file gives).
+    fn default() -> Self {
+        match Settings::try_from(&Config::default()) {
+            Ok(s) => s,
+            Err((key, message)) => panic!("built-in default of {key} is invalid: {message}"),
+        }
+    }
+}
+
+impl Settings {
+    pub fn api_key_pepper(&self) -> Option<&[u8]> {
+        self.security.api_key_pepper.as_deref().map(str::as_bytes)
+    }
+
+    /// The routes the proxy serves in `up`: the configured ones, or `/api/v1/` →
+    /// the demo upstream.
+    pub fn routes_or_demo(&self) -> Vec<RouteSettings> {
+        if self.routes.is_empty() {
+            vec![RouteSettings {
+                prefix: "/api/v1/".into(),
+                upstreams: vec![self.demo.listen.to_string()],
+                resource: None,
+                public: false,
+            }]
+        } else {
+            self.routes.clone()
+        }
+    }
+}
+
+impl TryFrom<&Config> for Settings {
+    type Error = Invalid;
+
+    fn try_from(c: &Config) -> Result<Self, Invalid> {
+        let store = store(&c.store)?;
+        let demo_store_url = match &c.upstream_demo.store_url {
+            Some(u) if store_backend(u).is_none() => {
+                return invalid(
+                    "upstream_demo.store_url",
+                    "must start with sqlite: or postgres://",
+                )
+            }
+            Some(u) => u.clone(),
+            None => store.url.clone(),
+        };
+        Ok(Settings {
+            proxy: proxy(&c.proxy)?,
+            admin: admin(&c.admin)?,
+            demo: DemoSettings {
+                listen: c.upstream_demo.listen,
+                store_url: demo_store_url,
+            },
+            store,
+            ratelimit: ratelimit(c)?,
+            metering: metering(&c.metering)?,
+            jwt: jwt(&c.jwt)?,
+            routes: routes(&c.routes)?,
+            security: SecuritySettings {
+                api_key_pepper: c.security.api_key_pepper.clone(),
+            },
+            log: log(&c.log)?,
+        })
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn secs(v: u64) -> Duration {
+    Duration::from_secs(v)
+}
+
+fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
+    if !(1..=256).contains(&p.threads) {
+        return invalid("proxy.threads", "must be between 1 and 256");
+    }
+    if p.grace_period_seconds > 3_600 {
+        return invalid("proxy.grace_period_seconds", "must be at most 3600");
+    }
+    if p.upstream_connect_timeout_ms == 0 {
+        return invalid("proxy.upstream_connect_timeout_ms", "must be positive");
+    }
+    if p.upstream_read_timeout_ms == 0 {
+        return invalid("proxy.upstream_read_timeout_ms", "must be positive");
+    }
+    if p.change_poll_interval_ms == 0 || p.change_poll_interval_ms > 60_000 {
+        return invalid(
+            "proxy.change_poll_interval_ms",
+            "must be between 1 and 60000",
+        );
+    }
+    if p.max_staleness_seconds < p.cache_ttl_seconds {
+        return invalid(
+            "proxy.max_staleness_seconds",
+            "must be at least proxy.cache_ttl_seconds",
+        );
+    }
+    if p.max_token_bytes < 256 {
+        return invalid("proxy.max_token_bytes", "must be at least 256");
+    }
+    Ok(ProxySettings {
+        listen: p.listen,
+        admin_listen: p.admin_listen,
+        threads: p.threads,
+        grace_period: secs(p.grace_period_seconds),
+        upstream_connect_timeout: ms(p.upstream_connect_timeout_ms),
+        upstream_read_timeout: ms(p.upstream_read_timeout_ms),
+        cache_ttl: secs(p.cache_ttl_seconds),
+        negative_cache_ttl: ms(p.negative_cache_ttl_ms),
+        max_staleness: secs(p.max_staleness_seconds),
+        change_poll_interval: ms(p.change_poll_interval_ms),
+        metrics_top_tenants: p.metrics_top_tenants,
+        max_token_bytes: p.max_token_bytes,
+    })
+}
+
+fn admin(a: &file::AdminConfig) -> Result<AdminSettings, Invalid> {
+    if a.bootstrap_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return invalid("admin.bootstrap_token", "must not be empty");
+    }
+    if a.secret_key.as_deref().is_some_and(|s| s.len() < 16) {
+        return invalid("admin.secret_key", "must be at least 16 characters");
+    }
+    if !(60..=30 * 86_400).contains(&a.token_ttl_seconds) {
+        return invalid("admin.token_ttl_seconds", "must be between 60 and 2592000");
+    }
+    if a.issuer.trim().is_empty() {
+        return invalid("admin.issuer", "must not be empty");
+    }
+    Ok(AdminSettings {
+        listen: a.listen,
+        bootstrap_token: a.bootstrap_token.clone(),
+        secret_key: a.secret_key.clone(),
+        token_ttl: secs(a.token_ttl_seconds),
+        issuer: a.issuer.clone(),
+    })
+}
+
+fn store_backend(url: &str) -> Option<StoreBackend> {
+    if url.starts_with("sqlite:") {
+        Some(StoreBackend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(StoreBackend::Postgres)
+    } else {
+        None
+    }
+}
+
+fn store(s: &file::StoreConfig) -> Result<StoreSettings, Invalid> {
+    let Some(backend) = store_backend(&s.url) else {
+        return invalid("store.url", "must start with sqlite: or postgres://");
+    };
+    let max_connections = match s.max_connections {
+        Some(0) => return invalid("store.max_connections", "must be positive"),
+        Some(n) => n,
+        // SQLite has one writer at a time, and each connection keeps its own page cache.
+        None if backend == StoreBackend::Sqlite => 4,
+        None => 10,
+    };
+    Ok(StoreSettings {
+        url: s.url.clone(),
+        backend,
+        max_connections,
+        data_dir: s.data_dir.clone(),
+    })
+}
+
+fn ratelimit(c: &Config) -> Result<RateLimitSettings, Invalid> {
+    let r = &c.redis;
+    let redis = match &r.url {
+        Some(u)
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://")) =>
+        {
+            return invalid("redis.url", "must start with redis:// or rediss://")
+        }
+        url => url.clone(),
+    };
+    if !(1..=10_000).contains(&r.timeout_ms) {
+        return invalid("redis.timeout_ms", "must be between 1 and 10000");
+    }
+    if !(1..=60_000).contains(&r.connect_timeout_ms) {
+        return invalid("redis.connect_timeout_ms", "must be between 1 and 60000");
+    }
+    if r.key_prefix.is_empty() {
+        return invalid("redis.key_prefix", "must not be empty");
+    }
+    let backend = match (c.ratelimit.backend, redis) {
+        (RateLimitBackend::Local, _) => LimiterBackend::Local,
+        (RateLimitBackend::Redis, Some(url)) => LimiterBackend::Redis(RedisSettings {
+            url,
+            timeout: ms(r.timeout_ms),
+            connect_timeout: ms(r.connect_timeout_ms),
+            key_prefix: r.key_prefix.clone(),
+        }),
+        (RateLimitBackend::Redis, None) => {
+            return invalid("redis.url", "required when ratelimit.backend = \"redis\"")
+        }
+    };
+    Ok(RateLimitSettings {
+        backend,
+        fail_mode: c.ratelimit.fail_mode,
+    })
+}
+
+fn metering(m: &file::MeteringConfig) -> Result<MeteringSettings, Invalid> {
+    if !(10..=600_000).contains(&m.flush_interval_ms) {
+        return invalid(
+            "metering.flush_interval_ms",
+            "must be between 10 and 600000",
+        );
+    }
+    Ok(MeteringSettings {
+        flush_interval: ms(m.flush_interval_ms),
+        node_id: m.node_id.clone(),
+    })
+}
+
+fn jwt(j: &file::JwtConfig) -> Result<JwtSettings, Invalid> {
+    if j.leeway_seconds > 60 {
+        return invalid("jwt.leeway_seconds", "must be at most 60");
+    }
+    let issuers = j
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, iss)| issuer(&format!("jwt.issuers[{i}]"), iss))
+        .collect::<Result<_, _>>()?;
+    Ok(JwtSettings {
+        issuers,
+        leeway: secs(j.leeway_seconds),
+    })
+}
+
+fn issuer(at: &str, iss: &IssuerConfig) -> Result<IssuerSettings, Invalid> {
+    let k = |f: &str| format!("{at}.{f}");
+    if iss.issuer.trim().is_empty() {
+        return Err((k("issuer"), "must not be empty".into()));
+    }
+    if iss.audiences.is_empty() || iss.audiences.iter().any(|a| a.is_empty()) {
+        return Err((
+            k("audiences"),
+            "must list at least one non-empty audience".into(),
+        ));
+    }
+    if iss.algorithms.is_empty() {
+        return Err((k("algorithms"), "must not be empty".into()));
+    }
+    if let Some(bad) = iss
+        .algorithms
+        .iter()
+        .find(|a| !ALLOWED_JWT_ALGORITHMS.contains(&a.as_str()))
+    {
+        return Err((
+            k("algorithms"),
+            format!(
+                "{bad:?} is not allowed (one of {})",
+                ALLOWED_JWT_ALGORITHMS.join(", ")
+            ),
+        ));
+    }
+    let keys = match (&iss.jwks_url, &iss.public_key_file) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err((
+                k("jwks_url"),
+                "set exactly one of jwks_url and public_key_file".into(),
+            ))
+        }
+        (Some(u), None) => {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err((k("jwks_url"), "must be an http:// or https:// URL".into()));
+            }
+            IssuerKeys::JwksUrl(u.clone())
+        }
+        (None, Some(p)) => {
+            if let Err(err) = std::fs::metadata(p) {
+                return Err((
+                    k("public_key_file"),
+                    format!("cannot read {}: {err}", p.display()),
+                ));
+            }
+            IssuerKeys::PublicKeyFile(p.clone())
+        }
+    };
+    if iss.tenant_claim.is_empty() {
+        return Err((k("tenant_claim"), "must not be empty".into()));
+    }
+    if iss.role_claim.is_empty() {
+        return Err((k("role_claim"), "must not be empty".into()));
+    }
+    if iss.jwks_min_refetch_seconds == 0 || iss.jwks_refresh_seconds == 0 {
+        return Err((k("jwks_refresh_seconds"), "must be positive".into()));
+    }
+    Ok(IssuerSettings {
+        issuer: iss.issuer.clone(),
+        audiences: iss.audiences.clone(),
+        algorithms: iss.algorithms.clone(),
+        keys,
+        tenant_claim: iss.tenant_claim.clone(),
+        role_claim: iss.role_claim.clone(),
+        jwks_min_refetch: secs(iss.jwks_min_refetch_seconds),
+        jwks_refresh: secs(iss.jwks_refresh_seconds),
+    })
+}
+
+fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(rs.len());
+    for (i, r) in rs.iter().enumerate() {
+        let k = |f: &str| format!("routes[{i}].{f}");
+        if !r.prefix.starts_with('/') {
+            return Err((k("prefix"), "must start with /".into()));
+        }
+        if !seen.insert(r.prefix.as_str()) {
+            return Err((k("prefix"), format!("duplicate prefix {:?}", r.prefix)));
+        }
+        let upstreams = r.upstream.addrs();
+        if upstreams.is_empty() {
+            return Err((k("upstream"), "must name at least one host:port".into()));
+        }
+        if let Some(bad) = upstreams.iter().find(|a| !valid_host_port(a)) {
+            return Err((k("upstream"), format!("{bad:?} is not host:port")));
+        }
+        if let Some(res) = &r.resource {
+            if !crate::domain::valid_name_token(res) {
+                return Err((k("resource"), "must match [a-z0-9_-]{1,64}".into()));
+            }
+        }
+        out.push(RouteSettings {
+            prefix: r.prefix.clone(),
+            upstreams,
+            resource: r.resource.clone(),
+            public: r.public,
+        });
+    }
+    Ok(out)
+}
+
+fn log(l: &file::LogConfig) -> Result<LogSettings, Invalid> {
+    let format = match l.format.as_str() {
+        "auto" => LogFormat::Auto,
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        _ => return invalid("log.format", "must be \"auto\", \"json\" or \"text\""),
+    };
+    Ok(LogSettings {
+        level: l.level.clone(),
+        format,
+    })
+}
+
+/// `host:port` with a numeric port and a non-empty host (IPv6 in brackets).
+pub fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && !host.contains('/')
+                && !host.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,180 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Settings::from_toml_str(text, "test.toml", &[])
+}
+
+#[test]
+fn defaults_are_valid() {
+    let c = parse("").unwrap();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(c.store.url, "sqlite://data/tenantgate.db");
+    assert_eq!(c.metering.flush_interval, std::time::Duration::from_secs(1));
+    assert_eq!(c.store.max_connections, 4);
+}
+
+#[test]
+fn pool_size_defaults_per_backend_and_refuses_zero() {
+    let pg = parse("[store]\nurl = \"postgres://u@127.0.0.1/db\"").unwrap();
+    assert_eq!(pg.store.max_connections, 10);
+    let set = parse("[store]\nmax_connections = 7").unwrap();
+    assert_eq!(set.store.max_connections, 7);
+    let err = parse("[store]\nmax_connections = 0").unwrap_err();
+    assert!(err.to_string().contains("store.max_connections"), "{err}");
+}
+
+#[test]
+fn contract_example_parses() {
+    let c = parse(
+        r#"
+[proxy]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+[admin]
+listen = "127.0.0.1:8081"
+bootstrap_token = "tok"
+[upstream_demo]
+listen = "127.0.0.1:8082"
+[store]
+url = "sqlite://data/tenantgate.db"
+[redis]
+url = "redis://127.0.0.1:6379"
+[ratelimit]
+backend = "local"
+fail_mode = "open"
+[metering]
+flush_interval_ms = 1000
+[[jwt.issuers]]
+issuer = "https://idp.example.com"
+audiences = ["tenantgate"]
+algorithms = ["RS256"]
+jwks_url = "http://127.0.0.1:9999/.well-known/jwks.json"
+tenant_claim = "tenant_id"
+role_claim = "role"
+[[routes]]
+prefix = "/api/v1/"
+upstream = "127.0.0.1:8082"
+resource = "resources"
+public = false
+[[routes]]
+prefix = "/pub/"
+upstream = ["127.0.0.1:8082", "127.0.0.1:8083"]
+public = true
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.jwt.issuers.len(), 1);
+    assert_eq!(c.routes[1].upstreams.len(), 2);
+    assert_eq!(c.admin.bootstrap_token.as_deref(), Some("tok"));
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let cases = [
+        ("[proxy]\nlisten = \"nope\"", "proxy.listen"),
+        ("[metering]\nflush_interval_ms = \"abc\"", "metering.flush_interval_ms"),
+        ("[metering]\nflush_interval_ms = 0", "metering.flush_interval_ms"),
+        ("[ratelimit]\nbackend = \"memcached\"", "ratelimit.backend"),
+        ("[ratelimit]\nfail_mode = \"maybe\"", "ratelimit.fail_mode"),
+        ("[ratelimit]\nbackend = \"redis\"", "redis.url"),
+        ("[store]\nurl = \"mysql://x\"", "store.url"),
+        ("[proxy]\nlistn = \"127.0.0.1:1\"", "proxy"),
+        ("[[routes]]\nprefix = \"api\"\nupstream = \"127.0.0.1:1\"", "routes[0].prefix"),
+        ("[[routes]]\nprefix = \"/a\"\nupstream = \"localhost\"", "routes[0].upstream"),
+        (
+            "[[jwt.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\njwks_url = \"http://x\"",
+            "jwt.issuers[0].algorithms",
+        ),
+        (
+            "[[jwt.issuers]]\nissuer = \"x\"\naudiences = [\"a\"]\npublic_key_file = \"/nonexistent.pem\"",
+            "jwt.issuers[0].public_key_file",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.key.starts_with(key),
+            "{text:?}: got key {:?} ({err})",
+            err.key
+        );
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("test.toml"), "{line}");
+    }
+}
+
+#[test]
+fn syntax_errors_are_one_line() {
+    let err = parse("[proxy\nlisten=").unwrap_err();
+    assert!(!err.to_string().contains('\n'));
+    assert!(err.key.starts_with("line"));
+}
+
+#[test]
+fn env_overrides() {
+    let env = vec![
+        (ADMIN_TOKEN_ENV.to_owned(), "from-env".to_owned()),
+        (
+            "TENANTGATE__METERING__FLUSH_INTERVAL_MS".to_owned(),
+            "250".to_owned(),
+        ),
+        (
+            "TENANTGATE__STORE__URL".to_owned(),
+            "postgres://u@h/db".to_owned(),
+        ),
+    ];
+    let c = Settings::from_toml_str("[admin]\nbootstrap_token = \"file\"", "t", &env).unwrap();
+    assert_eq!(c.admin.bootstrap_token.as_deref(), Some("from-env"));
+    assert_eq!(
+        c.metering.flush_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.store.url, "postgres://u@h/db");
+    let bad = vec![(
+        "TENANTGATE__METERING__FLUSH_INTERVAL_MS".to_owned(),
+        "x".to_owned(),
+    )];
+    let err = Settings::from_toml_str("", "t", &bad).unwrap_err();
+    assert_eq!(err.key, "metering.flush_interval_ms");
+}
+
+#[test]
+fn admin_requires_a_token() {
+    let c = parse("").unwrap();
+    let err = c.require_bootstrap_token("f.toml").unwrap_err();
+    assert_eq!(err.key, "admin.bootstrap_token");
+}
+
+#[test]
+fn log_format_defaults_to_auto_and_refuses_others() {
+    assert_eq!(parse("").unwrap().log.format, LogFormat::Auto);
+    assert_eq!(
+        parse("[log]\nformat = \"json\"").unwrap().log.format,
+        LogFormat::Json
+    );
+    let err = parse("[log]\nformat = \"xml\"").unwrap_err();
+    assert_eq!(err.key, "log.format");
+}
+
+#[test]
+fn settings_resolve_durations_routes_and_the_demo_store() {
+    let c = parse(
+        "[proxy]\ncache_ttl_seconds = 5\nnegative_cache_ttl_ms = 250\n\
+         [store]\nurl = \"postgres://u@h/db\"\n\
+         [[routes]]\nprefix = \"/a/\"\nupstream = \"127.0.0.1:1\"",
+    )
+    .unwrap();
+    assert_eq!(c.proxy.cache_ttl, std::time::Duration::from_secs(5));
+    assert_eq!(
+        c.proxy.negative_cache_ttl,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.store.backend, StoreBackend::Postgres);
+    assert_eq!(c.demo.store_url, "postgres://u@h/db");
+    assert_eq!(c.routes[0].upstreams, vec!["127.0.0.1:1".to_owned()]);
+    assert_eq!(c.routes_or_demo(), c.routes);
+    let d = Settings::default();
+    assert_eq!(d.routes_or_demo()[0].prefix, "/api/v1/");
+    assert!(matches!(d.ratelimit.backend, LimiterBackend::Local));
+}

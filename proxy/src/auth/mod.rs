@@ -1,0 +1,117 @@
+//! Stage 3, authenticate: which credential the request carries and whose it is.
+//!
+//! Each credential kind has its own authenticator that yields a [`Principal`]
+//! (held inline in that kind's cache entry). Adding a kind means: a module with its
+//! authenticator, a variant of [`Credential`] and of [`Authenticated`], and the
+//! match arms below.
+
+pub mod api_key;
+mod extract;
+pub mod jwt;
+mod principal;
+
+pub use api_key::{ApiKeyCredential, ApiKeys, CachedKey};
+pub use extract::{presented, Presented};
+pub use principal::{AuthMethod, InvalidIdentity, Principal, PRINCIPAL_INLINE};
+
+use crate::cache::Shared;
+use crate::reject::Reject;
+use http::HeaderMap;
+use jwt::{Identity, JwtVerifier};
+use std::sync::Arc;
+use std::time::Instant;
+use tenantgate_core::store::{Change, ChangeKind};
+
+/// The request's credential, owned across the lookups' awaits (the session's
+/// headers are not `Sync`, so the future cannot hold a borrow of them).
+#[derive(Debug)]
+pub enum Credential {
+    ApiKey(ApiKeyCredential),
+    Jwt(String),
+}
+
+/// An authenticated request's credential: the cached entry that holds its
+/// principal (one reference count on an entry the lookup has just read).
+pub enum Authenticated {
+    ApiKey(Shared<CachedKey>),
+    Jwt(Arc<Identity>),
+}
+
+impl Authenticated {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Authenticated::ApiKey(k) => &k.principal,
+            Authenticated::Jwt(id) => &id.principal,
+        }
+    }
+}
+
+/// Every authenticator of the proxy.
+pub struct Authenticator {
+    pub api_keys: ApiKeys,
+    pub jwt: Arc<JwtVerifier>,
+    /// The admin API's own issuer: its keys are reloaded when signing keys change.
+    login_issuer: String,
+}
+
+impl Authenticator {
+    pub fn new(api_keys: ApiKeys, jwt: Arc<JwtVerifier>, login_issuer: String) -> Self {
+        Authenticator {
+            api_keys,
+            jwt,
+            login_issuer,
+        }
+    }
+
+    /// The request's one credential (`None`: it has none). An API key is parsed
+    /// and digested here, while its header is at hand.
+    pub fn credential(&self, headers: &HeaderMap) -> Result<Option<Credential>, Reject> {
+        Ok(match extract::presented(headers)? {
+            Some(Presented::ApiKey(k)) => Some(Credential::ApiKey(self.api_keys.credential(k)?)),
+            Some(Presented::Jwt(t)) => Some(Credential::Jwt(t.to_owned())),
+            None => None,
+        })
+    }
+
+    pub async fn authenticate(
+        &self,
+        cred: Credential,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<Authenticated, Reject> {
+        match cred {
+            Credential::ApiKey(c) => self
+                .api_keys
+                .authenticate(c, now, now_ms)
+                .await
+                .map(Authenticated::ApiKey),
+            Credential::Jwt(token) => match self.jwt.verify(&token).await {
+                Ok(id) => Ok(Authenticated::Jwt(id)),
+                Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
+                Err(e) => {
+                    tracing::debug!(error = %e, "jwt rejected");
+                    Err(Reject::InvalidToken)
+                }
+            },
+        }
+    }
+
+    /// Applies a control-plane change to the credential caches.
+    pub async fn apply(&self, c: &Change) {
+        match c.kind {
+            ChangeKind::ApiKey => self.api_keys.apply(c).await,
+            ChangeKind::SigningKey => self.jwt.invalidate_issuer_keys(&self.login_issuer),
+            _ => {}
+        }
+    }
+
+    /// After missed changes: forget every cached credential.
+    pub fn invalidate_all(&self) {
+        self.api_keys.cache.invalidate_all();
+    }
+
+    /// Appends the credential caches' counters as Prometheus samples.
+    pub fn render(&self, out: &mut String) {
+        self.api_keys.cache.render(out);
+    }
+}
