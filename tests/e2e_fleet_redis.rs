@@ -130,33 +130,16 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     all
 }
 
-fn redis_available() -> bool {
-    if std::net::TcpStream::connect("127.0.0.1:6379").is_ok() {
-        return true;
-    }
-    assert!(
-        !tenantgate_core::testing::in_ci(),
-        "Redis is required in CI"
-    );
-    eprintln!("\n!!! SKIPPING: no Redis at 127.0.0.1:6379\n");
-    false
-}
-
 /// A 100-request limit hammered through `n` proxies admits 97..=101.
 async fn proxies_share_one_limit(n: usize) {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    if !redis_available() {
+    let Some(redis) = tenantgate_core::testing::test_redis() else {
         db.cleanup().await;
         return;
-    }
-    let f = Fleet::start(
-        &db.url,
-        n,
-        &redis_config("redis://127.0.0.1:6379", 200, "open"),
-    )
-    .await;
+    };
+    let f = Fleet::start(&db.url, n, &redis_config(&redis, 200, "open")).await;
     let key = tenant_with_limit(&f, "shared", 100, 3600).await;
     all_see_live(&f, n).await;
 

@@ -45,7 +45,7 @@ pub fn mint_api_key(
 ) -> (crate::domain::ApiKeyRecord, String) {
     let generated = generate_api_key();
     let record = crate::domain::ApiKeyRecord {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: uuid::Uuid::now_v7().to_string(),
         tenant_id: tenant_id.to_owned(),
         prefix: generated.prefix,
         digest: api_key_digest(&generated.key, pepper),

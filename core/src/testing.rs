@@ -14,6 +14,31 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// The Redis tests share: `TENANTGATE_TEST_REDIS`, default `redis://127.0.0.1:6379`.
+pub fn test_redis_url() -> String {
+    std::env::var("TENANTGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The shared test Redis's URL when it accepts connections. Without one the
+/// test is skipped with a loud message, except in CI, where it fails.
+pub fn test_redis() -> Option<String> {
+    let url = test_redis_url();
+    let addr = url
+        .strip_prefix("redis://")
+        .map(|rest| rest.rsplit_once('@').map_or(rest, |(_, hp)| hp))
+        .map(|hp| hp.split('/').next().unwrap_or(hp).to_owned())
+        .unwrap_or_default();
+    if std::net::TcpStream::connect(addr.as_str()).is_ok() {
+        return Some(url);
+    }
+    assert!(
+        !in_ci(),
+        "CI requires Redis at {url} (TENANTGATE_TEST_REDIS)"
+    );
+    eprintln!("\n!!!!!!!! SKIPPED: no Redis at {url} (set TENANTGATE_TEST_REDIS) !!!!!!!!\n");
+    None
+}
+
 /// A throwaway database. Call [`TestDb::cleanup`] at the end of the test.
 #[derive(Debug)]
 pub struct TestDb {

@@ -22,7 +22,7 @@ fn skip(why: &str) {
 }
 
 fn shared_url() -> String {
-    std::env::var("TENANTGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    tenantgate_core::testing::test_redis_url()
 }
 
 fn lim(max: u64, window: u64, burst: Option<u64>) -> RateLimit {

@@ -136,7 +136,7 @@ pub async fn create(
             let email = email("admin_user.email", &u.email)?;
             password("admin_user.password", &u.password)?;
             Some(NewUser {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: uuid::Uuid::now_v7().to_string(),
                 email,
                 password_hash: hash_password(u.password).await?,
                 role: ADMIN_ROLE.to_owned(),

@@ -92,7 +92,7 @@ pub async fn create(
         return Err(duplicate());
     }
     let new = NewUser {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: uuid::Uuid::now_v7().to_string(),
         email,
         password_hash: hash_password(req.password).await?,
         role: req.role,
