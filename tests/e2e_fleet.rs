@@ -98,3 +98,74 @@ async fn changes_reach_every_proxy_within_a_second() {
     f.stop_all();
     db.cleanup().await;
 }
+
+/// With the feed polled once a minute, only PostgreSQL's NOTIFY can bring a change
+/// to the proxies within a second: this fails if `LISTEN`/`NOTIFY` is broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_alone_brings_changes_within_a_second() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let f = fleet::Fleet::start_polling(&db.url, 2, "", 60_000).await;
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"id": "notifyco", "name": "N", "tier": "pro"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants/notifyco/api-keys",
+            Some(json!({"name": "k", "role": "developer"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_owned();
+    let key_id = v["id"].as_str().unwrap().to_owned();
+    // Cache the key and the tenant view on both proxies.
+    for i in 0..2 {
+        assert_eq!(f.get(i, "/api/v1/whoami", &key).await.0, 200, "proxy {i}");
+    }
+    let (st, _) = f
+        .admin(
+            "PUT",
+            "/v1/tenants/notifyco/policies/developer",
+            Some(json!({"permissions": [{"action": "create", "resource": "resources"}]})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    for i in 0..2 {
+        let took = eventually(Duration::from_secs(1), || async {
+            f.get(i, "/api/v1/whoami", &key).await.0 == 403
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "policy change: no NOTIFY reached proxy {i} within 1 s"
+        );
+    }
+    let (st, _) = f
+        .admin(
+            "DELETE",
+            &format!("/v1/tenants/notifyco/api-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    for i in 0..2 {
+        let took = eventually(Duration::from_secs(1), || async {
+            f.get(i, "/api/v1/whoami", &key).await.1["error"]["code"] == "invalid_api_key"
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "revocation: no NOTIFY reached proxy {i} within 1 s"
+        );
+    }
+    let mut f = f;
+    f.stop_all();
+    db.cleanup().await;
+}

@@ -72,8 +72,14 @@ fn spawn(dir: &PathBuf, name: &str, args: &[&str], envs: &[(String, String)]) ->
 }
 
 impl Fleet {
-    /// Starts admin, demo and `n` proxies on `store_url` with `extra` TOML.
+    /// Starts admin, demo and `n` proxies on `store_url` with `extra` TOML; the
+    /// proxies poll the change feed every 250 ms.
     pub async fn start(store_url: &str, n: usize, extra: &str) -> Fleet {
+        Self::start_polling(store_url, n, extra, 250).await
+    }
+
+    /// [`Fleet::start`] with the proxies polling the change feed every `poll_ms`.
+    pub async fn start_polling(store_url: &str, n: usize, extra: &str, poll_ms: u64) -> Fleet {
         let dir = std::env::temp_dir().join(format!(
             "tenantgate_fleet_{}_{}",
             std::process::id(),
@@ -94,7 +100,7 @@ url = "{store_url}"
 data_dir = "{data}"
 [proxy]
 grace_period_seconds = 1
-change_poll_interval_ms = 250
+change_poll_interval_ms = {poll_ms}
 [metering]
 flush_interval_ms = 200
 [log]
