@@ -406,3 +406,62 @@ async fn peppered_keys_verify_through_the_proxy() {
     assert_eq!(st, 401, "{v}");
     assert_eq!(v["error"]["code"], "invalid_api_key");
 }
+
+/// Identity headers spelled with `_` (read as `-` by nginx, CGI, WSGI, Rack) and
+/// method-override headers are scrubbed like the plain spellings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_and_method_overrides_never_reach_the_upstream() {
+    let s = stack().start().await;
+    let a = s.tenant("under", "pro").await;
+    s.tenant("victim", "pro").await;
+    let (key, _) = s.key(&a, "developer").await;
+    let (st, _, v) = s
+        .call(
+            "GET",
+            "/api/v1/whoami",
+            &[
+                ("x-api-key", &key),
+                ("x_tenant_id", "victim"),
+                ("X_Tenant-Id", "victim"),
+                ("x-tenant_role", "admin"),
+                ("x_user_id", "root"),
+                ("x_auth_method", "magic"),
+                ("x_api_key_id", "forged"),
+                ("x_tenant_assertion", "forged"),
+                ("x-http-method-override", "DELETE"),
+                ("x_http_method_override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["tenant_id"], "under");
+    let seen = v["headers"].as_object().unwrap();
+    for name in seen.keys() {
+        let canon = name.replace('_', "-");
+        assert!(
+            !canon.contains("override") && canon != "x-http-method",
+            "a method override reached the upstream: {v}"
+        );
+        assert_eq!(
+            name, &canon,
+            "an underscore spelling reached the upstream: {v}"
+        );
+    }
+    assert_eq!(seen["x-tenant-id"], "under");
+    assert_eq!(seen["x-tenant-role"], "developer");
+
+    // RBAC decides on the real method: a read-only key may not POST by claiming GET.
+    let (kro, _) = s.key(&a, "read_only").await;
+    let (st, _, v) = s
+        .call(
+            "POST",
+            "/api/v1/resources",
+            &[("x-api-key", &kro), ("x-http-method-override", "GET")],
+            Some(serde_json::json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
+}

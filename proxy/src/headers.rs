@@ -28,18 +28,46 @@ const IDENTITY_PREFIXES: &[&str] = &[
     "x-api-key-",
     "x-tenantgate-",
 ];
-/// Exact identity header names outside those prefixes.
+/// Exact identity header names outside those prefixes, and the method-override
+/// headers (RBAC decides on the request's real method, so a client must not be
+/// able to make the upstream run another one).
 const IDENTITY_EXACT: &[&str] = &[
     "x-tenant",
     "x-user",
     "x-role",
     "x-roles",
     "x-forwarded-user",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
-/// Whether a (lowercase) header name is an identity header a client may not set.
+/// `name` with every `_` read as `-`: many upstreams (nginx with
+/// `underscores_in_headers`, CGI, WSGI, Rack) map both to the same variable.
+fn canonical(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b
+    }
+}
+
+fn canonical_starts_with(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| canonical(*a) == *b)
+}
+
+fn canonical_eq(name: &[u8], other: &[u8]) -> bool {
+    name.len() == other.len() && canonical_starts_with(name, other)
+}
+
+/// Whether a (lowercase) header name is one a client may not send: an identity
+/// header or a method override, compared with `_` read as `-`.
 pub fn is_identity_header(name: &str) -> bool {
-    IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p)) || IDENTITY_EXACT.contains(&name)
+    let n = name.as_bytes();
+    IDENTITY_PREFIXES
+        .iter()
+        .any(|p| canonical_starts_with(n, p.as_bytes()))
+        || IDENTITY_EXACT.iter().any(|e| canonical_eq(n, e.as_bytes()))
 }
 
 /// Names of the identity headers present in `headers` (each once).
@@ -203,8 +231,27 @@ mod tests {
             "content-type",
             "x-tenantish",
             "authorization",
+            "x-http-methods",
+            "x_request_id",
         ] {
             assert!(!is_identity_header(n), "{n}");
+        }
+        // Underscore spellings are the same header to many upstreams.
+        for n in [
+            "x_tenant_id",
+            "x_tenant-id",
+            "x-tenant_role",
+            "x_user_id",
+            "x_auth_method",
+            "x_api_key_id",
+            "x_forwarded_user",
+            "x_tenant",
+            "x-http-method-override",
+            "x_http_method_override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            assert!(is_identity_header(n), "{n}");
         }
     }
 
