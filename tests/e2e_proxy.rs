@@ -465,3 +465,44 @@ async fn underscore_spellings_and_method_overrides_never_reach_the_upstream() {
         .await;
     assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
 }
+
+/// Forwarding headers are the proxy's own unless the peer is a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_the_proxys_unless_the_peer_is_trusted() {
+    let spoofed: &[(&str, &str)] = &[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=6.6.6.6;host=evil.example"),
+    ];
+    let s = stack().start().await;
+    let t = s.tenant("fwd", "pro").await;
+    let (key, _) = s.key(&t, "developer").await;
+    let mut hs = vec![("x-api-key", key.as_str())];
+    hs.extend_from_slice(spoofed);
+    let (st, _, v) = s.call("GET", "/api/v1/whoami", &hs, None).await;
+    assert_eq!(st, 200, "{v}");
+    let seen = &v["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{v}");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1", "{v}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{v}");
+    let host = seen["x-forwarded-host"].as_str().unwrap();
+    assert!(host.starts_with("127.0.0.1:"), "{v}");
+
+    // Behind a trusted proxy (here: loopback) its headers stay and it is appended.
+    let s = stack()
+        .proxy_extra("trusted_proxies = [\"127.0.0.0/8\"]")
+        .start()
+        .await;
+    let t = s.tenant("fwd", "pro").await;
+    let (key, _) = s.key(&t, "developer").await;
+    let mut hs = vec![("x-api-key", key.as_str())];
+    hs.extend_from_slice(spoofed);
+    let (st, _, v) = s.call("GET", "/api/v1/whoami", &hs, None).await;
+    assert_eq!(st, 200, "{v}");
+    let seen = &v["headers"];
+    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "{v}");
+    assert_eq!(seen["x-forwarded-host"], "evil.example", "{v}");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{v}");
+}

@@ -3,7 +3,7 @@
 //! tenant → authorize → rate limit → inject → meter.
 //!
 //! Layers, each using only the ones above it: `small`, `cache` (generic) and
-//! `metrics`; `reject` and `headers`; `auth` (credentials → principal); `control`
+//! `metrics`; `reject`, `headers` and `forwarded`; `auth` (credentials → principal); `control`
 //! (tenant views, the change follower); `limiter`, `meter`, `route`; `service`
 //! (the stages); `server` (assembly).
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod cache;
 pub mod control;
+pub mod forwarded;
 pub mod headers;
 pub mod limiter;
 pub mod meter;

@@ -8,6 +8,7 @@ use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
+use crate::forwarded::Forwarding;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
@@ -137,6 +138,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         limiter: limiter.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
+        forwarding: Forwarding::new(p.trusted_proxies.clone()),
         opts: GateOptions {
             connect_timeout: p.upstream_connect_timeout,
             read_timeout: p.upstream_read_timeout,

@@ -7,6 +7,7 @@
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::control::{ControlPlane, TenantView};
+use crate::forwarded::{Forwarded, Forwarding};
 use crate::headers::{self, X_API_KEY, X_REQUEST_ID};
 use crate::limiter::{Decision, LimitError, Limiter};
 use crate::meter::{Meter, Sample};
@@ -16,7 +17,7 @@ use crate::route::{check_path, Route, RouteTable};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -57,6 +58,7 @@ pub struct Gate {
     pub limiter: Limiter,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
+    pub forwarding: Forwarding,
     pub opts: GateOptions,
 }
 
@@ -67,6 +69,8 @@ pub struct Ctx {
     /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
+    /// The forwarding headers and the client address (scrub stage).
+    forwarded: Option<Forwarded>,
     who: Option<Authenticated>,
     /// Set once the tenant is known to exist: the request is metered for it.
     view: Option<Arc<TenantView>>,
@@ -99,6 +103,14 @@ impl Gate {
         for name in headers::identity_headers_in(&session.req_header().headers) {
             session.req_header_mut().remove_header(&name);
         }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.forwarded = Some(
+            self.forwarding
+                .apply(peer, &session.req_header().headers, "http"),
+        );
         if route.public {
             return Ok(());
         }
@@ -200,6 +212,7 @@ impl ProxyHttp for Gate {
             start_unix_ms: tenantgate_core::time::now_ms(),
             request_id: HeaderValue::from_static(""),
             route: None,
+            forwarded: None,
             who: None,
             view: None,
             decision: None,
@@ -256,14 +269,29 @@ impl ProxyHttp for Gate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
+        let (forward_set, forward_remove) = match ctx.forwarded.take() {
+            Some(f) => (f.set, f.remove),
+            None => (Vec::new(), Vec::new()),
+        };
         match &ctx.who {
             // The upstream trusts the injected identity; it never sees the secret.
-            Some(who) => headers::edit_request(
+            Some(who) => {
+                let mut remove: Vec<&HeaderName> = vec![&X_API_KEY, &AUTHORIZATION];
+                remove.extend(forward_remove);
+                headers::edit_request(
+                    upstream_request,
+                    &remove,
+                    who.principal()
+                        .headers()
+                        .chain([request_id])
+                        .chain(forward_set),
+                )
+            }
+            None => headers::edit_request(
                 upstream_request,
-                &[&X_API_KEY, &AUTHORIZATION],
-                who.principal().headers().chain([request_id]),
+                &forward_remove,
+                std::iter::once(request_id).chain(forward_set),
             ),
-            None => headers::edit_request(upstream_request, &[], [request_id]),
         }
     }
 

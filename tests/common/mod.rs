@@ -30,6 +30,7 @@ pub struct Stack {
 
 pub struct StackBuilder {
     extra: String,
+    proxy_extra: String,
     routes: Option<String>,
     store_url: Option<String>,
     dir: Option<PathBuf>,
@@ -38,6 +39,7 @@ pub struct StackBuilder {
 pub fn stack() -> StackBuilder {
     StackBuilder {
         extra: String::new(),
+        proxy_extra: String::new(),
         routes: None,
         store_url: None,
         dir: None,
@@ -49,6 +51,13 @@ impl StackBuilder {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+
+    /// Extra keys of the `[proxy]` table (e.g. `trusted_proxies = [...]`).
+    pub fn proxy_extra(mut self, toml: &str) -> Self {
+        self.proxy_extra.push_str(toml);
+        self.proxy_extra.push('\n');
         self
     }
 
@@ -95,6 +104,7 @@ listen = "127.0.0.1:{p}"
 admin_listen = "127.0.0.1:{pa}"
 grace_period_seconds = 1
 change_poll_interval_ms = 100
+{proxy_extra}
 [admin]
 listen = "127.0.0.1:{a}"
 bootstrap_token = "{TOKEN}"
@@ -113,6 +123,7 @@ format = "text"
 "#,
             data = dir.display(),
             extra = self.extra,
+            proxy_extra = self.proxy_extra,
         );
         let config_path = dir.join("tenantgate.toml");
         std::fs::write(&config_path, config).unwrap();

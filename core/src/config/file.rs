@@ -47,6 +47,9 @@ pub struct ProxyConfig {
     pub metrics_top_tenants: usize,
     /// Largest accepted bearer token, bytes.
     pub max_token_bytes: usize,
+    /// Peers (CIDRs) whose forwarding headers are believed: for them the proxy
+    /// appends to `x-forwarded-for`; everyone else's are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             change_poll_interval_ms: 200,
             metrics_top_tenants: 20,
             max_token_bytes: 8_192,
+            trusted_proxies: Vec::new(),
         }
     }
 }

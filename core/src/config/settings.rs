@@ -58,6 +58,8 @@ pub struct ProxySettings {
     pub metrics_top_tenants: usize,
     /// Largest accepted bearer token, bytes.
     pub max_token_bytes: usize,
+    /// Peers whose forwarding headers are believed (a bare address is a /32 or /128).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +300,7 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
     if p.max_token_bytes < 256 {
         return invalid("proxy.max_token_bytes", "must be at least 256");
     }
+    let trusted_proxies = cidrs("proxy.trusted_proxies", &p.trusted_proxies)?;
     Ok(ProxySettings {
         listen: p.listen,
         admin_listen: p.admin_listen,
@@ -311,7 +314,28 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         change_poll_interval: ms(p.change_poll_interval_ms),
         metrics_top_tenants: p.metrics_top_tenants,
         max_token_bytes: p.max_token_bytes,
+        trusted_proxies,
     })
+}
+
+/// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses, each named by its
+/// index when it does not parse.
+pub fn cidrs(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let t = raw.trim();
+            t.parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    (
+                        format!("{key}[{i}]"),
+                        format!("{raw:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn admin(a: &file::AdminConfig) -> Result<AdminSettings, Invalid> {

@@ -178,3 +178,18 @@ fn settings_resolve_durations_routes_and_the_demo_store() {
     assert_eq!(d.routes_or_demo()[0].prefix, "/api/v1/");
     assert!(matches!(d.ratelimit.backend, LimiterBackend::Local));
 }
+
+#[test]
+fn trusted_proxies_are_cidrs_or_addresses() {
+    let c = parse("[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]")
+        .unwrap();
+    let nets: Vec<String> = c
+        .proxy
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    let err = parse("[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"ten\"]").unwrap_err();
+    assert_eq!(err.key, "proxy.trusted_proxies[1]");
+}
