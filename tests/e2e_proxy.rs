@@ -506,3 +506,61 @@ async fn forwarding_headers_are_the_proxys_unless_the_peer_is_trusted() {
     assert_eq!(seen["x-forwarded-host"], "evil.example", "{v}");
     assert_eq!(seen["x-forwarded-proto"], "https", "{v}");
 }
+
+/// The path is normalised before it is matched, and the upstream gets the path
+/// that was matched: `//api/…` and `/%61pi/…` cannot slip past a protected prefix
+/// through a public catch-all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
+    let s = stack()
+        .routes(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"DEMO\"\npublic = true\n\
+             [[routes]]\nprefix = \"/api/\"\nupstream = \"DEMO\"",
+        )
+        .start()
+        .await;
+    let t = s.tenant("norm", "pro").await;
+    let (key, _) = s.key(&t, "developer").await;
+    for sneaky in [
+        "//api/v1/whoami",
+        "/%61pi/v1/whoami",
+        "/api//v1/whoami",
+        "/%61%70%69/v1/whoami",
+    ] {
+        let (st, _, v) = s.call("GET", sneaky, &[], None).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{sneaky} must reach the protected route: {v}"
+        );
+        let (st, _, v) = s.call("GET", sneaky, &[("x-api-key", &key)], None).await;
+        assert_eq!(st, 200, "{sneaky}: {v}");
+        assert_eq!(
+            v["path"], "/api/v1/whoami",
+            "{sneaky}: the upstream got {v}"
+        );
+        assert_eq!(v["tenant_id"], "norm");
+    }
+    // The query string survives, escapes other than unreserved ones stay encoded.
+    let (st, _, v) = s
+        .call(
+            "GET",
+            "//api/v1/whoami?a=%2F&b=1",
+            &[("x-api-key", &key)],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["path"], "/api/v1/whoami");
+    assert_eq!(v["query"], "a=%2F&b=1");
+    // A broken escape is refused, never guessed at (decoded dot segments are
+    // refused too: e2e_framing sends them raw, as an HTTP client would not).
+    for bad in ["/api/v1/%zz", "/%zz/api/v1/whoami"] {
+        let (st, _, v) = s.call("GET", bad, &[("x-api-key", &key)], None).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {v}"
+        );
+    }
+}

@@ -96,6 +96,59 @@ impl RouteTable {
     }
 }
 
+/// The path as the proxy matches, authorises and forwards it: `//` merged,
+/// percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, other
+/// escapes upper-cased. `Ok(None)`: the path is already normal (the common case,
+/// no allocation). A `%` not followed by two hex digits is refused.
+pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
+    const BAD_ESCAPE: &str = "malformed percent-encoding in the path";
+    let b = path.as_bytes();
+    let needs = b.windows(2).any(|w| w == b"//") || b.contains(&b'%');
+    if !needs {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if out.last() == Some(&b'/') => i += 1,
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(BAD_ESCAPE);
+                };
+                let c = h << 4 | l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.push(b'%');
+                    out.push(b[i + 1].to_ascii_uppercase());
+                    out.push(b[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII was decoded, so the result is UTF-8 whenever the input was.
+    let normal = String::from_utf8(out).map_err(|_| BAD_ESCAPE)?;
+    Ok((normal != path).then_some(normal))
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Refuses paths an upstream might normalise into another route: `.`/`..` segments
 /// (also percent-encoded), encoded `/` or `\\`, backslashes, NUL.
 ///
@@ -154,6 +207,33 @@ fn is_dot_segment(mut seg: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        let n = |p: &str| normalize_path(p).unwrap();
+        assert_eq!(n("/api/v1/resources"), None);
+        assert_eq!(
+            n("//api/v1/resources").as_deref(),
+            Some("/api/v1/resources")
+        );
+        assert_eq!(n("/api//v1///x").as_deref(), Some("/api/v1/x"));
+        assert_eq!(n("/%61pi/v1/%7Euser").as_deref(), Some("/api/v1/~user"));
+        assert_eq!(n("/a%2fb%3a").as_deref(), Some("/a%2Fb%3A"));
+        assert_eq!(n("/%41%5A%30-%2D"), Some("/AZ0--".to_owned()));
+        assert_eq!(n("/%2e%2e/admin").as_deref(), Some("/../admin"));
+        assert_eq!(
+            n("/caf%C3%A9"),
+            None,
+            "already normal: upper-case escapes stay"
+        );
+        assert_eq!(n("/caf%c3%a9").as_deref(), Some("/caf%C3%A9"));
+        for bad in ["/%", "/%4", "/%zz", "/a%g1"] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
+        // Decoded dot segments and encoded slashes are then refused by check_path.
+        assert!(check_path(&n("/%2e%2e/admin").unwrap()).is_err());
+        assert!(check_path(&n("/a%2fb").unwrap()).is_err());
+    }
 
     fn rc(prefix: &str, resource: Option<&str>, public: bool) -> RouteSettings {
         RouteSettings {

@@ -13,7 +13,7 @@ use crate::limiter::{Decision, LimitError, Limiter};
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
-use crate::route::{check_path, Route, RouteTable};
+use crate::route::{check_path, normalize_path, Route, RouteTable};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -94,10 +94,27 @@ impl Gate {
         // A shared handle on the URI (a reference count), not a copy of the path:
         // the headers are edited below while the path is still needed.
         let uri = session.req_header().uri.clone();
-        let path = uri.path();
+        let normal = normalize_path(uri.path()).map_err(Reject::BadRequest)?;
+        let path = normal.as_deref().unwrap_or(uri.path());
         check_path(path).map_err(Reject::BadRequest)?;
         let route = self.routes.find(path).cloned().ok_or(Reject::NoRoute)?;
         ctx.route = Some(route.clone());
+        // The upstream gets the path that was matched and authorised.
+        if let Some(normal) = &normal {
+            let target = match uri.query() {
+                Some(q) => format!("{normal}?{q}"),
+                None => normal.clone(),
+            };
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(
+                target
+                    .parse()
+                    .map_err(|_| Reject::BadRequest("the request path cannot be normalised"))?,
+            );
+            let rebuilt = http::Uri::from_parts(parts)
+                .map_err(|_| Reject::BadRequest("the request path cannot be normalised"))?;
+            session.req_header_mut().set_uri(rebuilt);
+        }
 
         // Scrub: always, on every route, before anything else reads the headers.
         for name in headers::identity_headers_in(&session.req_header().headers) {
