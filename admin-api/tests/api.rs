@@ -1393,6 +1393,50 @@ async fn rate_limits(h: H, _url: String) {
     h.p("GET", "/v1/tenants/nope/rate-limit", None)
         .await
         .error(404, "not_found");
+
+    // A tenant admin may lower its limit, not raise it above its plan's (pro: 1000/60 s).
+    let admin = h.tenant_with_admin("rlself").await;
+    let put = |body: serde_json::Value| {
+        let admin = admin.clone();
+        let h = &h;
+        async move {
+            h.call(
+                "PUT",
+                "/v1/tenants/rlself/rate-limit",
+                Some(&admin),
+                Some(body),
+            )
+            .await
+        }
+    };
+    put(json!({"max_requests": 100, "window_seconds": 60}))
+        .await
+        .expect(200);
+    put(json!({"max_requests": 1000, "window_seconds": 60, "burst": 1000}))
+        .await
+        .expect(200);
+    put(json!({"max_requests": 1001, "window_seconds": 60}))
+        .await
+        .error(403, "forbidden");
+    put(json!({"max_requests": 1000000000, "window_seconds": 1}))
+        .await
+        .error(403, "forbidden");
+    put(json!({"max_requests": 100, "window_seconds": 60, "burst": 5000}))
+        .await
+        .error(403, "forbidden");
+    let g = h.p("GET", "/v1/tenants/rlself/rate-limit", None).await;
+    assert_eq!(
+        g.body["max_requests"], 1000,
+        "the refused PUTs changed nothing"
+    );
+    // The platform token may set anything.
+    h.p(
+        "PUT",
+        "/v1/tenants/rlself/rate-limit",
+        Some(json!({"max_requests": 1000000, "window_seconds": 1})),
+    )
+    .await
+    .expect(200);
 }
 
 const USAGE_FIELDS: [&str; 6] = [

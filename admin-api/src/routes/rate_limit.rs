@@ -1,6 +1,6 @@
 //! `/v1/tenants/{id}/rate-limit`: the tenant's token bucket.
 
-use crate::auth::TenantScope;
+use crate::auth::{Caller, TenantScope};
 use crate::error::ApiError;
 use crate::openapi::ErrorResponse;
 use crate::{json, AdminState};
@@ -95,6 +95,7 @@ pub async fn get(
         (status = 200, description = "The stored rate limit", body = RateLimitBody),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 403, description = "A tenant admin asked for more than the tenant's plan allows", body = ErrorResponse),
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
         (status = 422, description = "Validation error", body = ErrorResponse),
     ),
@@ -107,12 +108,62 @@ pub async fn put(
 ) -> Result<Json<RateLimitBody>, ApiError> {
     let req: RateLimitBody = json::parse(&body)?;
     let rl = validate(&req)?;
+    if matches!(scope.caller, Caller::TenantAdmin { .. })
+        && exceeds(&rl, &scope.tenant.tier.default_rate_limit())
+    {
+        return Err(ApiError::Forbidden(
+            "a tenant admin may lower the tenant's rate limit, not raise it above its plan's",
+        ));
+    }
     state.store().put_rate_limit(&scope.tenant.id, &rl).await?;
     tracing::info!(tenant_id = %scope.tenant.id, max_requests = rl.max_requests, window_seconds = rl.window_seconds, "rate limit set");
     Ok(Json(rl.into()))
 }
 
+/// Whether `rl` allows more than `plan`: a higher sustained rate
+/// (`max_requests / window_seconds`) or a larger burst.
+fn exceeds(rl: &RateLimit, plan: &RateLimit) -> bool {
+    let rate = u128::from(rl.max_requests) * u128::from(plan.window_seconds);
+    let plan_rate = u128::from(plan.max_requests) * u128::from(rl.window_seconds);
+    let burst = rl.burst.unwrap_or(rl.max_requests);
+    let plan_burst = plan.burst.unwrap_or(plan.max_requests);
+    rate > plan_rate || burst > plan_burst
+}
+
 /// This resource's routes, each registered with its OpenAPI operation.
 pub fn router() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new().routes(routes!(get, put))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rl(max_requests: u64, window_seconds: u64, burst: Option<u64>) -> RateLimit {
+        RateLimit {
+            max_requests,
+            window_seconds,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_limit_exceeds_the_plan_by_rate_or_burst() {
+        let plan = rl(1000, 60, None);
+        assert!(!exceeds(&rl(1000, 60, None), &plan));
+        assert!(!exceeds(&rl(10, 1, None), &plan), "600/min is lower");
+        assert!(
+            !exceeds(&rl(2000, 120, Some(1000)), &plan),
+            "the same rate over a longer window, the same burst"
+        );
+        assert!(
+            exceeds(&rl(2000, 120, None), &plan),
+            "the same rate, but the burst defaults to 2000"
+        );
+        assert!(!exceeds(&rl(100, 60, Some(1000)), &plan));
+        assert!(exceeds(&rl(1001, 60, None), &plan));
+        assert!(exceeds(&rl(17, 1, None), &plan), "1020/min");
+        assert!(exceeds(&rl(100, 60, Some(1001)), &plan), "a larger burst");
+        assert!(exceeds(&rl(u64::MAX, 1, None), &plan));
+    }
 }
