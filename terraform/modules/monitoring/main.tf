@@ -284,23 +284,49 @@ resource "aws_cloudwatch_metric_alarm" "rate_limited" {
 }
 
 # TenantGateChangeLagHigh: a revocation, suspension or policy change reached a proxy later
-# than the contract's second.
+# than the contract's second. The lag gauge keeps its last value between changes, so it
+# only counts in minutes when changes were applied.
 resource "aws_cloudwatch_metric_alarm" "change_lag" {
   alarm_name          = "${var.name}-change-propagation-lag"
   alarm_description   = "A control-plane change reached a proxy more than ${local.t.change_lag_seconds}s after it was made. Runbook: docs/operations.md#tenantgatechangelaghigh"
-  namespace           = local.ns
-  metric_name         = "tenantgate_proxy_change_lag_seconds"
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 3
-  datapoints_to_alarm = 2
   comparison_operator = "GreaterThanThreshold"
   threshold           = local.t.change_lag_seconds
+  evaluation_periods  = 3
+  datapoints_to_alarm = 1
   treat_missing_data  = "notBreaching"
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
 
-  dimensions = { Environment = local.env }
+  metric_query {
+    id          = "late"
+    expression  = "IF(FILL(applied, 0) > 0, lag, 0)"
+    label       = "change lag while changes flow (s)"
+    return_data = true
+  }
+
+  metric_query {
+    id = "lag"
+
+    metric {
+      namespace   = local.ns
+      metric_name = "tenantgate_proxy_change_lag_seconds"
+      period      = 60
+      stat        = "Maximum"
+      dimensions  = { Environment = local.env }
+    }
+  }
+
+  metric_query {
+    id = "applied"
+
+    metric {
+      namespace   = local.ns
+      metric_name = "tenantgate_proxy_changes_applied_total"
+      period      = 60
+      stat        = "Sum"
+      dimensions  = { Environment = local.env }
+    }
+  }
 
   tags = var.tags
 }
