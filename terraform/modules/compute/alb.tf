@@ -99,6 +99,47 @@ data "aws_iam_policy_document" "access_logs" {
     }
   }
 
+  # NLB access logs are delivered by the log delivery service.
+  statement {
+    sid       = "NlbLogDeliveryWrites"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.access_logs.arn}/upstream-nlb/AWSLogs/${local.account_id}/*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["delivery.logs.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "s3:x-amz-acl"
+      values   = ["bucket-owner-full-control"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+
+  statement {
+    sid       = "NlbLogDeliveryChecksAcl"
+    actions   = ["s3:GetBucketAcl"]
+    resources = [aws_s3_bucket.access_logs.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["delivery.logs.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+
   statement {
     sid       = "TlsOnly"
     effect    = "Deny"
