@@ -6,7 +6,12 @@
 #   2. a fleet in containers (migrate, admin API, demo upstream, two proxies) on the
 #      host's PostgreSQL (a database created for the run and dropped after) and Redis
 #      (a key prefix of its own): the same flow through both proxies, a shared Redis rate
-#      limit (429 with Retry-After), a revocation reaching both proxies, SIGTERM -> exit 0.
+#      limit (429 with Retry-After), a revocation reaching both proxies, SIGTERM -> exit 0;
+#   3. the Kubernetes sidecar example (deploy/kubernetes/sidecar/) with `podman kube play`
+#      on the fleet's database: the application reachable on 127.0.0.1 only, requests
+#      through the sidecar proxy. The manifest is played as written except: the local
+#      image, one replica, host-network ports moved off the defaults, the local rate
+#      limiter (the host's Redis is shared with others), and a Secret made for the run.
 #
 # Made for a machine without a container registry and with podman (Debian's podman, runc,
 # debootstrap; run as root):
@@ -98,12 +103,19 @@ EOF
 export CONTAINERS_CONF=$work/containers.conf
 pm() { podman --storage-driver vfs "$@"; }
 
+kube=""
+kube_down() {
+  pm play kube --down "$kube/sidecar.yaml" >/dev/null 2>&1 || true
+  pm secret rm tenantgate >/dev/null 2>&1 || true
+}
+
 cleanup() {
   local rc=$?
   if ((keep)); then
     say "--keep: containers ${containers[*]:-none}, database ${database:-none} left in place"
     return "$rc"
   fi
+  if [[ -n ${kube:-} && -f $kube/sidecar.yaml ]]; then kube_down; fi
   for c in "${containers[@]}"; do pm rm -f -t 5 "$c" >/dev/null 2>&1 || true; done
   for v in "${volumes[@]}"; do pm volume rm -f "$v" >/dev/null 2>&1 || true; done
   if [[ -n $database ]]; then
@@ -117,7 +129,7 @@ cleanup() {
 trap cleanup EXIT
 
 for p in $(seq "$port" $((port + 3))) $((port + 100)) $((port + 101)) $((port + 102)) $((port + 200)) \
-  $((port + 1010)) $((port + 1110)) $((port + 1210)); do
+  $((port + 300)) $((port + 302)) $((port + 1010)) $((port + 1110)) $((port + 1210)) $((port + 1310)); do
   if ss -ltnH "sport = :$p" | grep -q .; then
     echo "port $p is in use: set TG_SMOKE_PORT to a free range" >&2
     exit 1
@@ -332,6 +344,49 @@ metrics=$(curl -fsS "http://127.0.0.1:$((port + 1110))/metrics")
 check "proxy /metrics: tenantgate_proxy_requests_total, change lag, Redis limiter" \
   grep -q 'tenantgate_ratelimit_redis_calls_total' <<<"$metrics"
 grep -E '^tenantgate_proxy_requests_total|^tenantgate_proxy_change_lag_seconds|^tenantgate_ratelimit_(redis_calls|leased_decisions)_total' <<<"$metrics" | sed 's/^/        /'
+
+# --- 3. the Kubernetes sidecar example with podman kube play ----------------------------------
+
+say "scenario 3: deploy/kubernetes/sidecar with podman kube play (host network, ports $((port + 300)), $((port + 302)), $((port + 1310)))"
+api POST "$FA/v1/tenants/$tenant/api-keys" '{"name":"sidecar","role":"read_only"}'
+check "admin: a read_only key for the sidecar -> 201" test "$status" = 201
+key=$(json 'd["key"]')
+kube=$work/kube-$run_id
+mkdir -p "$kube"
+printf '%s\n' \
+  'apiVersion: v1' \
+  'kind: Secret' \
+  'metadata:' \
+  '  name: tenantgate' \
+  'type: Opaque' \
+  'stringData:' \
+  "  store-url: $store_url" \
+  "  redis-url: $redis_url" \
+  "  api-key-pepper: smoke-pepper-$run_id" >"$kube/secret.yaml"
+sed -e "s|ghcr.io/OWNER/tenantgate:0.1.0|$image|" \
+  -e 's|replicas: 2|replicas: 1|' \
+  -e "s|0.0.0.0:8080|127.0.0.1:$((port + 300))|; s|containerPort: 8080|containerPort: $((port + 300))|" \
+  -e "s|0.0.0.0:9090|127.0.0.1:$((port + 1310))|; s|containerPort: 9090|containerPort: $((port + 1310))|" \
+  -e "s|127.0.0.1:8000|127.0.0.1:$((port + 302))|g" \
+  -e 's|backend = "redis"|backend = "local"|' \
+  deploy/kubernetes/sidecar/app-with-tenantgate.yaml >"$kube/sidecar.yaml"
+if pm play kube --network host "$kube/secret.yaml" >"$kube/play.log" 2>&1 &&
+  pm play kube --network host "$kube/sidecar.yaml" >>"$kube/play.log" 2>&1; then
+  ok "podman kube play: Secret, ConfigMap, Deployment (app + tenantgate)"
+  check "sidecar: proxy healthy" wait_http "http://127.0.0.1:$((port + 1310))/health" 60
+  wait_http "http://127.0.0.1:$((port + 302))/health" 30 || true
+  app_listen=$(ss -ltnH "sport = :$((port + 302))" | awk '{print $4}' | sort -u | tr '\n' ' ')
+  check "sidecar: the app listens on 127.0.0.1 only ($app_listen)" test "$app_listen" = "127.0.0.1:$((port + 302)) "
+  through "http://127.0.0.1:$((port + 300))" /api/v1/whoami "$key" -H 'x-tenant-id: evil'
+  check "sidecar: GET /api/v1/whoami -> 200, x-tenant-id $tenant, role read_only" \
+    test "$status $(json 'd["tenant_id"] + " " + d["role"]')" = "200 $tenant read_only"
+  through "http://127.0.0.1:$((port + 300))" /api/v1/resources "$key" -H 'content-type: application/json' -d '{"name":"x"}'
+  check "sidecar: POST as read_only -> 403 forbidden" test "$status $(json 'd["error"]["code"]')" = "403 forbidden"
+else
+  sed 's/^/        /' "$kube/play.log"
+  bad "podman kube play of deploy/kubernetes/sidecar/app-with-tenantgate.yaml"
+fi
+kube_down
 
 for c in "tg-smoke-proxy1-$run_id" "tg-smoke-proxy2-$run_id" "tg-smoke-admin-$run_id" "tg-smoke-demo-$run_id"; do
   check "${c%-"$run_id"}: SIGTERM -> exit 0" stopped_cleanly "$c"
