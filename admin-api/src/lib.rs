@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod signing;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -163,6 +164,7 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
 pub fn app(state: AdminState) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
+        .merge(ui::router())
         .fallback(routes::meta::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
