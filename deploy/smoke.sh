@@ -10,7 +10,8 @@
 #   3. the Kubernetes sidecar example (deploy/kubernetes/sidecar/) with `podman kube play`
 #      on the fleet's database: the application reachable on 127.0.0.1 only, requests
 #      through the sidecar proxy. The manifest is played as written except: the local
-#      image, one replica, host-network ports moved off the defaults, the local rate
+#      image, one replica, host-network ports moved off the defaults (and the containers'
+#      `ports:` lists dropped, which podman refuses on the host network), the local rate
 #      limiter (the host's Redis is shared with others), and a Secret made for the run.
 #
 # Made for a machine without a container registry and with podman (Debian's podman, runc,
@@ -29,7 +30,8 @@
 #   deploy/smoke.sh --only-up       scenario 1 only (no PostgreSQL/Redis needed)
 #   deploy/smoke.sh --keep          leave the containers (and the database) for a look
 # Environment: TG_SMOKE_BINARY, TG_SMOKE_WORK (podman config and base rootfs; default
-# ~/.cache/tenantgate-smoke), TG_SMOKE_PORT (first port, default 18080), TG_SMOKE_PG
+# ~/.cache/tenantgate-smoke), TG_SMOKE_PORT (first port, default 28080;
+# the run uses it up to +1310), TG_SMOKE_PG
 # (default postgres://postgres@127.0.0.1:5432), TG_SMOKE_REDIS (default redis://127.0.0.1:6379).
 # Functions below run from trap and through `check`: shellcheck cannot see those calls.
 # shellcheck disable=SC2317
@@ -55,7 +57,7 @@ for arg in "$@"; do
 done
 
 work=${TG_SMOKE_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate-smoke}
-port=${TG_SMOKE_PORT:-18080}
+port=${TG_SMOKE_PORT:-28080}
 pg_base=${TG_SMOKE_PG:-postgres://postgres@127.0.0.1:5432}
 redis_url=${TG_SMOKE_REDIS:-redis://127.0.0.1:6379}
 run_id=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -116,7 +118,7 @@ cleanup() {
     return "$rc"
   fi
   if [[ -n ${kube:-} && -f $kube/sidecar.yaml ]]; then kube_down; fi
-  for c in "${containers[@]}"; do pm rm -f -t 5 "$c" >/dev/null 2>&1 || true; done
+  for c in "${containers[@]}"; do pm rm -f -v -t 5 "$c" >/dev/null 2>&1 || true; done
   for v in "${volumes[@]}"; do pm volume rm -f "$v" >/dev/null 2>&1 || true; done
   if [[ -n $database ]]; then
     dropdb --if-exists -h 127.0.0.1 -U postgres "$database" >/dev/null 2>&1 || true
@@ -156,7 +158,8 @@ strip "$root/.prebuilt/tenantgate" 2>/dev/null || true
 
 say "podman build (BINARY_SOURCE=prebuilt, RUNTIME_IMAGE=localhost/debian:bookworm)"
 build_started=$SECONDS
-pm build --isolation chroot --network host --layers=false \
+# (--layers=false trips a buildah 1.28 bug with the binary stage alias: "identifier is not an image")
+pm build --isolation chroot --network host \
   --build-arg BUILDER_IMAGE=localhost/debian:bookworm \
   --build-arg RUNTIME_IMAGE=localhost/debian:bookworm \
   --build-arg BINARY_SOURCE=prebuilt \
@@ -298,6 +301,14 @@ check "fleet: admin API healthy (store reachable)" wait_http "$FA/health" 60
 check "fleet: demo upstream healthy" wait_http "http://$demo/health" 60
 check "fleet: proxy1 and proxy2 healthy" wait_http "http://127.0.0.1:$((port + 1110))/health" 60
 wait_http "http://127.0.0.1:$((port + 1210))/health" 30 || true
+if ((failed > 0)); then
+  for c in "${containers[@]}"; do
+    echo "        --- last log lines of $c:"
+    pm logs --tail 5 "$c" 2>&1 | sed 's/^/        /'
+  done
+  say "smoke: $passed passed, $failed failed (the fleet did not start)"
+  exit 1
+fi
 
 tenant="fleet-$run_id"
 flow "$FA" "$P1" "$tenant"
@@ -353,26 +364,26 @@ check "admin: a read_only key for the sidecar -> 201" test "$status" = 201
 key=$(json 'd["key"]')
 kube=$work/kube-$run_id
 mkdir -p "$kube"
-printf '%s\n' \
-  'apiVersion: v1' \
-  'kind: Secret' \
-  'metadata:' \
-  '  name: tenantgate' \
-  'type: Opaque' \
-  'stringData:' \
-  "  store-url: $store_url" \
-  "  redis-url: $redis_url" \
-  "  api-key-pepper: smoke-pepper-$run_id" >"$kube/secret.yaml"
+# The Secret `tenantgate` the manifest refers to. podman 4.3 resolves secretKeyRef from a
+# podman secret holding a JSON object of base64 values (a Secret's `data`).
+python3 -c 'import base64, json, sys
+keys = ["store-url", "redis-url", "api-key-pepper"]
+print(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in zip(keys, sys.argv[1:])}))' \
+  "$store_url" "$redis_url" "smoke-pepper-$run_id" >"$kube/secret.json"
+# podman refuses containers' `ports:` (port mappings) on the host network: they are
+# dropped, and the probes that name a port get its number.
 sed -e "s|ghcr.io/OWNER/tenantgate:0.1.0|$image|" \
   -e 's|replicas: 2|replicas: 1|' \
-  -e "s|0.0.0.0:8080|127.0.0.1:$((port + 300))|; s|containerPort: 8080|containerPort: $((port + 300))|" \
-  -e "s|0.0.0.0:9090|127.0.0.1:$((port + 1310))|; s|containerPort: 9090|containerPort: $((port + 1310))|" \
+  -e "s|0.0.0.0:8080|127.0.0.1:$((port + 300))|" \
+  -e "s|0.0.0.0:9090|127.0.0.1:$((port + 1310))|; s|port: health|port: $((port + 1310))|" \
   -e "s|127.0.0.1:8000|127.0.0.1:$((port + 302))|g" \
   -e 's|backend = "redis"|backend = "local"|' \
-  deploy/kubernetes/sidecar/app-with-tenantgate.yaml >"$kube/sidecar.yaml"
-if pm play kube --network host "$kube/secret.yaml" >"$kube/play.log" 2>&1 &&
+  deploy/kubernetes/sidecar/app-with-tenantgate.yaml |
+  awk '/^          ports:$/ { skip = 1; next } skip && /^            / { next } { skip = 0; print }' \
+    >"$kube/sidecar.yaml"
+if pm secret create tenantgate "$kube/secret.json" >"$kube/play.log" 2>&1 &&
   pm play kube --network host "$kube/sidecar.yaml" >>"$kube/play.log" 2>&1; then
-  ok "podman kube play: Secret, ConfigMap, Deployment (app + tenantgate)"
+  ok "podman kube play: ConfigMap, Deployment (app + tenantgate), env from the Secret"
   check "sidecar: proxy healthy" wait_http "http://127.0.0.1:$((port + 1310))/health" 60
   wait_http "http://127.0.0.1:$((port + 302))/health" 30 || true
   app_listen=$(ss -ltnH "sport = :$((port + 302))" | awk '{print $4}' | sort -u | tr '\n' ' ')
