@@ -480,6 +480,7 @@ function toast(text, kind) {
     h('span', { text }),
     h('button', { type: 'button', 'aria-label': 'Dismiss', text: '×', onclick: () => el.remove() }));
   box.append(el);
+  while (box.children.length > 3) box.firstElementChild.remove();
   setTimeout(() => el.remove(), kind === 'error' ? 12000 : 6000);
 }
 
