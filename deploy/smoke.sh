@@ -109,6 +109,7 @@ kube=""
 kube_down() {
   pm play kube --down "$kube/sidecar.yaml" >/dev/null 2>&1 || true
   pm secret rm tenantgate >/dev/null 2>&1 || true
+  pm volume rm -f orders-tenantgate >/dev/null 2>&1 || true # the ConfigMap, as podman mounts it
 }
 
 cleanup() {
