@@ -726,7 +726,7 @@ async fn docs_steps(b: Browser, s: Arc<Stack>) {
     sign_in_platform(&b, &admin).await;
     b.goto(&format!("{admin}/docs")).await;
     b.wait_text("#tg-auth-note", "Platform admin").await;
-    let op = "#operations-tenants-list";
+    let op = "#operations-tenants-listTenants";
     b.wait(op).await;
     if b.count(&format!("{op}.is-open")).await == 0 {
         b.click(&format!("{op} .opblock-summary-control")).await;
