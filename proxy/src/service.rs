@@ -293,11 +293,17 @@ impl ProxyHttp for Gate {
         match &ctx.who {
             // The upstream trusts the injected identity; it never sees the secret.
             Some(who) => {
-                let mut remove: Vec<&HeaderName> = vec![&X_API_KEY, &AUTHORIZATION];
-                remove.extend(forward_remove);
+                const CREDENTIALS: [&HeaderName; 2] = [&X_API_KEY, &AUTHORIZATION];
+                let more: Vec<&HeaderName>;
+                let remove: &[&HeaderName] = if forward_remove.is_empty() {
+                    &CREDENTIALS
+                } else {
+                    more = CREDENTIALS.into_iter().chain(forward_remove).collect();
+                    &more
+                };
                 headers::edit_request(
                     upstream_request,
-                    &remove,
+                    remove,
                     who.principal()
                         .headers()
                         .chain([request_id])
