@@ -12,30 +12,37 @@ use serde_json::json;
 use std::time::Duration;
 use tenantgate_core::testing::TestDb;
 
+/// A pro tenant `id` and a developer key of it: `(key, key_id)`.
+async fn tenant_with_key(f: &fleet::Fleet, id: &str) -> (String, String) {
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"id": id, "name": id, "tier": "pro"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = f
+        .admin(
+            "POST",
+            &format!("/v1/tenants/{id}/api-keys"),
+            Some(json!({"name": "k", "role": "developer"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    (
+        v["key"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_every_proxy_within_a_second() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
     let mut f = fleet::Fleet::start(&db.url, 2, "").await;
-    let (st, v) = f
-        .admin(
-            "POST",
-            "/v1/tenants",
-            Some(json!({"id": "fleetco", "name": "F", "tier": "pro"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (st, v) = f
-        .admin(
-            "POST",
-            "/v1/tenants/fleetco/api-keys",
-            Some(json!({"name": "k", "role": "developer"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let key = v["key"].as_str().unwrap().to_owned();
-    let key_id = v["id"].as_str().unwrap().to_owned();
+    let (key, key_id) = tenant_with_key(&f, "fleetco").await;
     for i in 0..2 {
         let (st, v) = f.get(i, "/api/v1/whoami", &key).await;
         assert_eq!(st, 200, "proxy {i}: {v}");
@@ -107,24 +114,7 @@ async fn notify_alone_brings_changes_within_a_second() {
         return;
     };
     let f = fleet::Fleet::start_polling(&db.url, 2, "", 60_000).await;
-    let (st, v) = f
-        .admin(
-            "POST",
-            "/v1/tenants",
-            Some(json!({"id": "notifyco", "name": "N", "tier": "pro"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (st, v) = f
-        .admin(
-            "POST",
-            "/v1/tenants/notifyco/api-keys",
-            Some(json!({"name": "k", "role": "developer"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let key = v["key"].as_str().unwrap().to_owned();
-    let key_id = v["id"].as_str().unwrap().to_owned();
+    let (key, key_id) = tenant_with_key(&f, "notifyco").await;
     // Cache the key and the tenant view on both proxies.
     for i in 0..2 {
         assert_eq!(f.get(i, "/api/v1/whoami", &key).await.0, 200, "proxy {i}");

@@ -47,6 +47,19 @@ pub struct CacheSettings {
     pub max_entries: u64,
 }
 
+#[cfg(test)]
+impl CacheSettings {
+    /// Settings in milliseconds, for tests (1000 entries).
+    pub(crate) fn for_tests(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> Self {
+        CacheSettings {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(neg_ms),
+            max_staleness: Duration::from_millis(stale_ms),
+            max_entries: 1000,
+        }
+    }
+}
+
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {

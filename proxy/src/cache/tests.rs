@@ -5,12 +5,7 @@ use super::*;
 use std::sync::atomic::AtomicBool;
 
 fn settings(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSettings {
-    CacheSettings {
-        ttl: Duration::from_millis(ttl_ms),
-        negative_ttl: Duration::from_millis(neg_ms),
-        max_staleness: Duration::from_millis(stale_ms),
-        max_entries: 1000,
-    }
+    CacheSettings::for_tests(ttl_ms, neg_ms, stale_ms)
 }
 
 /// A cache whose store answers `value` (None: not found) for every key, or fails

@@ -1,15 +1,6 @@
 use super::*;
 use std::time::Duration;
 
-fn settings(ttl_ms: u64, neg_ms: u64, stale_ms: u64) -> CacheSettings {
-    CacheSettings {
-        ttl: Duration::from_millis(ttl_ms),
-        negative_ttl: Duration::from_millis(neg_ms),
-        max_staleness: Duration::from_millis(stale_ms),
-        max_entries: 1000,
-    }
-}
-
 /// Views over a real (SQLite) store: one lookup when fresh, rebuilt after each
 /// change event that touches the tenant, its policies or its limit.
 #[tokio::test]
@@ -32,7 +23,7 @@ async fn tenant_views_follow_change_events() {
     while events.try_recv().is_ok() {}
     let cp = ControlPlane::new(
         store.clone(),
-        settings(60_000, 1_000, 600_000),
+        CacheSettings::for_tests(60_000, 1_000, 600_000),
         Arc::new(Breaker::new(1, Duration::from_millis(500))),
     );
     async fn view(cp: &ControlPlane) -> Arc<TenantView> {
