@@ -480,6 +480,9 @@ fn route(c: &mut Criterion) {
         upstreams: vec!["127.0.0.1:9".into()],
         resource: None,
         public,
+        audience: prefix.into(),
+        bind_request: None,
+        assertion: true,
     };
     let table = RouteTable::build(&[
         rc("/api/", false),
@@ -500,6 +503,72 @@ fn route(c: &mut Criterion) {
             black_box(r.resource_for(p).len())
         })
     });
+    g.finish();
+}
+
+// ---- tenant assertion --------------------------------------------------------------
+
+fn assertion(c: &mut Criterion) {
+    use tenantgate_core::assertion::AssertionAlg;
+    use tenantgate_core::config::AssertionSettings;
+    use tenantgate_proxy::assertion::{Assertions, Binding};
+    let rt = runtime();
+    let table = RouteTable::build(&[RouteSettings {
+        prefix: "/api/v1/".into(),
+        upstreams: vec!["127.0.0.1:9".into()],
+        resource: None,
+        public: false,
+        audience: "/api/v1/".into(),
+        bind_request: None,
+        assertion: true,
+    }])
+    .unwrap();
+    let route = table.find("/api/v1/x").unwrap();
+    let principals: Vec<Principal> = (0..1000)
+        .map(|i| {
+            let id = format!("0190c2f5-7d1e-7c3a-9f00-{i:012}");
+            Principal::new("acme", &id, "developer", AuthMethod::ApiKey, Some(&id)).unwrap()
+        })
+        .collect();
+    let mut g = c.benchmark_group("assertion");
+    g.throughput(Throughput::Elements(1));
+    for alg in [AssertionAlg::Es256, AssertionAlg::EdDsa] {
+        // A fresh store per algorithm: the fleet's first key has the configured one.
+        let db = TestDb::sqlite();
+        let store = rt.block_on(Store::open(&db.url, 2)).unwrap();
+        let a = Assertions::new(AssertionSettings {
+            enabled: true,
+            issuer: "tenantgate".into(),
+            algorithm: alg,
+            bind_request: false,
+            publish_ahead: Duration::from_secs(60),
+            rotate_after: Duration::from_secs(86_400),
+        });
+        rt.block_on(a.refresh(&store, &[7u8; 32])).unwrap();
+        for p in &principals {
+            a.header(route, p, now_s(), None).unwrap();
+        }
+        let mut i = 0;
+        g.bench_function(format!("amortised hit, 1000 principals ({alg})"), |b| {
+            b.iter(|| {
+                i = (i + 7) % principals.len();
+                black_box(a.header(route, &principals[i], now_s(), None).unwrap())
+            })
+        });
+        g.bench_function(format!("bound: sign per request ({alg})"), |b| {
+            b.iter(|| {
+                let binding = Binding {
+                    request_id: "0190c2f5-7d1e-7c3a-9f00-000000000001",
+                    method: "GET",
+                    path_and_query: "/api/v1/resources/42?expand=owner",
+                };
+                black_box(
+                    a.header(route, &principals[0], now_s(), Some(binding))
+                        .unwrap(),
+                )
+            })
+        });
+    }
     g.finish();
 }
 
@@ -700,6 +769,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = stages;
     config = config();
-    targets = api_keys, control, jwt, rbac, route, ratelimit, headers, meter
+    targets = api_keys, control, jwt, rbac, route, assertion, ratelimit, headers, meter
 }
 criterion_main!(stages);

@@ -127,6 +127,16 @@ impl Stack {
             .rt
             .block_on(tenantgate_demo::init(&self.settings.demo.store_url))
             .map_err(|e| Fatal::runtime(format!("upstream_demo: {e}")))?;
+        let demo = &self.settings.demo;
+        let state = if demo.require_assertion {
+            tracing::info!(jwks = %demo.assertion_jwks_url, "demo upstream requires a tenant assertion");
+            state.with_assertions(tenantgate_demo::AssertionVerifier::new(
+                &demo.assertion_jwks_url,
+                &self.settings.assertion.issuer,
+            ))
+        } else {
+            state
+        };
         let listen = self.settings.demo.listen;
         let listener = self.bind(listen, "upstream_demo.listen")?;
         tracing::info!(listen = %listen, "demo upstream listening");

@@ -54,6 +54,10 @@ pub struct AdminOptions {
     pub api_key_pepper: Option<Vec<u8>>,
     /// Key-encryption key of the stored signing keys.
     pub kek: [u8; 32],
+    /// Algorithm of the assertion keys a rotation creates.
+    pub assertion_algorithm: tenantgate_core::assertion::AssertionAlg,
+    /// How long a rotated assertion key is published before it signs.
+    pub assertion_publish_ahead: std::time::Duration,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -79,6 +83,8 @@ impl AdminOptions {
             token_ttl_seconds: cfg.admin.token_ttl.as_secs(),
             api_key_pepper: cfg.api_key_pepper().map(<[u8]>::to_vec),
             kek,
+            assertion_algorithm: cfg.assertion.algorithm,
+            assertion_publish_ahead: cfg.assertion.publish_ahead,
         }
     }
 }
@@ -148,7 +154,9 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// Every resource's routes with their OpenAPI operations: the one place a route
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
-    use routes::{api_keys, auth_login, meta, policies, rate_limit, tenants, usage, users};
+    use routes::{
+        api_keys, assertion_keys, auth_login, meta, policies, rate_limit, tenants, usage, users,
+    };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
         .merge(api_keys::router())
@@ -157,6 +165,7 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(rate_limit::router())
         .merge(usage::router())
         .merge(auth_login::router())
+        .merge(assertion_keys::router())
         .merge(meta::router())
 }
 

@@ -26,6 +26,8 @@ fn options(kek: [u8; 32]) -> AdminOptions {
         token_ttl_seconds: TTL,
         api_key_pepper: None,
         kek,
+        assertion_algorithm: tenantgate_core::assertion::AssertionAlg::Es256,
+        assertion_publish_ahead: std::time::Duration::from_secs(60),
     }
 }
 

@@ -248,6 +248,17 @@ public = true
 [[routes]]
 prefix = "/api/v1/"
 upstream = "127.0.0.1:$UPSTREAM_PORT"
+
+# The same job without the signed tenant assertion, and with one signed per request.
+[[routes]]
+prefix = "/noassert/"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+assertion = false
+
+[[routes]]
+prefix = "/bound/"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+bind_request = true
 ${5:-}
 EOF
 }
@@ -400,6 +411,10 @@ main_round() {
     run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
     perf_done apikey
+    run tg_apikey_noassert "API key, no tenant assertion" tenantgate apikey "$TGP" \
+        "$U:$TG_PORT/noassert/echo" "$WORK/keys.txt" apikey seq 200
+    run tg_apikey_bound "API key, assertion signed per request (bind_request)" tenantgate apikey "$TGP" \
+        "$U:$TG_PORT/bound/echo" "$WORK/keys.txt" apikey seq 200
     perf_run apikey_1 "$TGP"
     run tg_apikey_1 "API key, 1 tenant 1 key" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$WORK/solo.txt" apikey seq 200

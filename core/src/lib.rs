@@ -2,6 +2,7 @@
 //! signing keys, and the control-plane store (SQLite or PostgreSQL).
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod config;
 pub mod domain;
 pub mod jwt;

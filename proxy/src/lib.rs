@@ -8,9 +8,11 @@
 //! (the stages); `server` (assembly).
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod auth;
 pub mod cache;
 pub mod control;
+pub mod deadline;
 pub mod forwarded;
 pub mod headers;
 pub mod limiter;

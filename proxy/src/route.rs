@@ -15,6 +15,12 @@ pub struct Route {
     pub prefix: String,
     pub resource: Option<String>,
     pub public: bool,
+    /// `aud` of the assertions sent on this route.
+    pub audience: Arc<str>,
+    /// Per-request assertions on this route (`None`: the `[assertion]` default).
+    pub bind_request: Option<bool>,
+    /// Whether this route's requests carry the assertion at all.
+    pub assertion: bool,
     pub addrs: Vec<String>,
     pub upstream: Arc<Upstream>,
     /// The address when the upstream is one backend: it is used whatever its
@@ -44,6 +50,9 @@ impl Route {
             prefix: rc.prefix.clone(),
             resource: rc.resource.clone(),
             public: rc.public,
+            audience: Arc::from(rc.audience.as_str()),
+            bind_request: rc.bind_request,
+            assertion: rc.assertion,
             addrs: rc.upstreams.clone(),
             upstream,
             single,
@@ -241,6 +250,9 @@ mod tests {
             upstreams: vec!["127.0.0.1:9".into()],
             resource: resource.map(Into::into),
             public,
+            audience: prefix.into(),
+            bind_request: None,
+            assertion: true,
         }
     }
 

@@ -3,11 +3,13 @@
 //! runtime, and runs the Pingora server until SIGTERM/SIGINT. After Pingora has
 //! drained in-flight requests, the remaining usage is flushed.
 
+use crate::assertion::Assertions;
 use crate::auth::jwt::{IssuerSpec, JwtVerifier};
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
+use crate::deadline::TimedHeaders;
 use crate::forwarded::Forwarding;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::meter::{self, Meter};
@@ -45,6 +47,7 @@ pub struct ProxyParts {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Limiter,
+    pub assertions: Arc<Assertions>,
 }
 
 /// The gate, its health-checked upstream balancers and the parts shared with
@@ -103,7 +106,11 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         jwt,
         settings.admin.issuer.clone(),
     ));
-    let follower = Arc::new(Follower::new(store.clone(), control.clone(), auth.clone()));
+    let assertions = Arc::new(Assertions::new(settings.assertion.clone()));
+    let follower = Arc::new(
+        Follower::new(store.clone(), control.clone(), auth.clone())
+            .with_assertions(assertions.clone()),
+    );
     let node_id = settings
         .metering
         .node_id
@@ -139,6 +146,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         meter: meter.clone(),
         metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
+        assertions: assertions.clone(),
         opts: GateOptions {
             connect_timeout: p.upstream_connect_timeout,
             read_timeout: p.upstream_read_timeout,
@@ -153,6 +161,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         meter,
         metrics,
         limiter,
+        assertions,
     };
     Ok(Built {
         gate,
@@ -161,12 +170,25 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     })
 }
 
-/// The proxy's own `/health` and `/metrics`.
+/// The proxy's own `/health`, `/metrics` and the tenant-assertion JWKS.
 pub fn admin_router(parts: ProxyParts) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(parts)
+}
+
+/// The public keys upstreams verify `x-tenant-assertion` with (keys published
+/// ahead of use are already in it).
+async fn jwks(State(s): State<ProxyParts>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=30"),
+        ],
+        s.assertions.jwks(),
+    )
 }
 
 async fn health(State(s): State<ProxyParts>) -> impl IntoResponse {
@@ -200,6 +222,8 @@ async fn metrics(State(s): State<ProxyParts>) -> impl IntoResponse {
     s.meter.render(&mut body);
     s.limiter.render(&mut body);
     s.follower.render(&mut body);
+    s.assertions.render(&mut body);
+    crate::deadline::render(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -235,6 +259,31 @@ pub fn start_background(
         shutdown.clone(),
     ));
     parts.limiter.spawn_background(rt, shutdown.clone());
+    if settings.assertion.enabled {
+        let kek = rt
+            .block_on(tenantgate_core::sealing::load_kek(settings))
+            .map_err(|e| format!("admin.secret_key: {e}"))?;
+        // The first load before serving, so the first request can be signed; a
+        // store that is down now is retried by the keeper (requests get 503 meanwhile).
+        let first = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                parts.assertions.refresh(&parts.store, &kek),
+            )
+            .await
+        });
+        match first {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "tenant-assertion keys not loaded yet"),
+            Err(_) => tracing::warn!("tenant-assertion keys not loaded yet (store slow)"),
+        }
+        rt.spawn(
+            parts
+                .assertions
+                .clone()
+                .keep(parts.store.clone(), kek, shutdown.clone()),
+        );
+    }
     let app = admin_router(parts.clone());
     let mut sd = shutdown;
     rt.spawn(async move {
@@ -264,7 +313,9 @@ pub fn pingora_server(
     let mut server =
         Server::new_with_opt_and_conf(Option::<pingora::server::configuration::Opt>::None, conf);
     server.bootstrap();
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, gate);
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
+    let app = TimedHeaders::new(proxy, settings.proxy.header_timeout);
+    let mut svc = pingora::services::listening::Service::new("tenantgate proxy".into(), app);
     svc.add_tcp(&settings.proxy.listen.to_string());
     server.add_service(svc);
     for b in balancers {

@@ -5,10 +5,12 @@
 //! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
+use crate::assertion::{Assertions, Binding};
 use crate::auth::{Authenticated, Authenticator};
 use crate::control::{ControlPlane, TenantView};
+use crate::deadline;
 use crate::forwarded::{Forwarded, Forwarding};
-use crate::headers::{self, X_API_KEY, X_REQUEST_ID};
+use crate::headers::{self, X_API_KEY, X_REQUEST_ID, X_TENANT_ASSERTION};
 use crate::limiter::{Decision, LimitError, Limiter};
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
@@ -59,6 +61,7 @@ pub struct Gate {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub forwarding: Forwarding,
+    pub assertions: Arc<Assertions>,
     pub opts: GateOptions,
 }
 
@@ -72,6 +75,8 @@ pub struct Ctx {
     /// The forwarding headers and the client address (scrub stage).
     forwarded: Option<Forwarded>,
     who: Option<Authenticated>,
+    /// The signed tenant assertion to send upstream.
+    assertion: Option<HeaderValue>,
     /// Set once the tenant is known to exist: the request is metered for it.
     view: Option<Arc<TenantView>>,
     decision: Option<Decision>,
@@ -173,6 +178,23 @@ impl Gate {
         if !decision.allowed {
             return Err(Reject::RateLimited(decision));
         }
+        if self.assertions.enabled() && route.assertion {
+            let req = session.req_header();
+            let binding = self.assertions.binds(&route).then(|| Binding {
+                request_id: request_id_str(&ctx.request_id),
+                method: req.method.as_str(),
+                path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            });
+            ctx.assertion = self
+                .assertions
+                .header(
+                    &route,
+                    principal,
+                    ctx.start_unix_ms.div_euclid(1000),
+                    binding,
+                )
+                .map_err(|_| Reject::Unavailable)?;
+        }
         ctx.who = Some(who);
         Ok(())
     }
@@ -231,6 +253,7 @@ impl ProxyHttp for Gate {
             route: None,
             forwarded: None,
             who: None,
+            assertion: None,
             view: None,
             decision: None,
             reject: None,
@@ -239,6 +262,7 @@ impl ProxyHttp for Gate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        deadline::headers_complete(session.as_downstream().stream());
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
             _ => headers::new_request_id(),
@@ -307,6 +331,11 @@ impl ProxyHttp for Gate {
                     who.principal()
                         .headers()
                         .chain([request_id])
+                        .chain(
+                            ctx.assertion
+                                .take()
+                                .map(|v| (X_TENANT_ASSERTION.clone(), v)),
+                        )
                         .chain(forward_set),
                 )
             }
@@ -384,6 +413,7 @@ impl ProxyHttp for Gate {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        deadline::request_done(session.as_downstream().stream());
         let elapsed = ctx.start.elapsed();
         let status = session
             .response_written()

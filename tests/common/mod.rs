@@ -31,6 +31,7 @@ pub struct Stack {
 pub struct StackBuilder {
     extra: String,
     proxy_extra: String,
+    demo_extra: String,
     routes: Option<String>,
     store_url: Option<String>,
     dir: Option<PathBuf>,
@@ -40,6 +41,7 @@ pub fn stack() -> StackBuilder {
     StackBuilder {
         extra: String::new(),
         proxy_extra: String::new(),
+        demo_extra: String::new(),
         routes: None,
         store_url: None,
         dir: None,
@@ -58,6 +60,13 @@ impl StackBuilder {
     pub fn proxy_extra(mut self, toml: &str) -> Self {
         self.proxy_extra.push_str(toml);
         self.proxy_extra.push('\n');
+        self
+    }
+
+    /// Extra keys of the `[upstream_demo]` table (e.g. `require_assertion = true`).
+    pub fn demo_extra(mut self, toml: &str) -> Self {
+        self.demo_extra.push_str(toml);
+        self.demo_extra.push('\n');
         self
     }
 
@@ -110,6 +119,7 @@ listen = "127.0.0.1:{a}"
 bootstrap_token = "{TOKEN}"
 [upstream_demo]
 listen = "{demo}"
+{demo_extra}
 [store]
 url = "{store}"
 data_dir = "{data}"
@@ -124,6 +134,7 @@ format = "text"
             data = dir.display(),
             extra = self.extra,
             proxy_extra = self.proxy_extra,
+            demo_extra = self.demo_extra,
         );
         let config_path = dir.join("tenantgate.toml");
         std::fs::write(&config_path, config).unwrap();

@@ -16,6 +16,7 @@ pub mod code {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const UNAVAILABLE: &str = "unavailable";
+    pub const INVALID_ASSERTION: &str = "invalid_assertion";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,15 @@ impl ApiError {
             StatusCode::BAD_REQUEST,
             code::MISSING_TENANT,
             "the x-tenant-id header is missing or invalid",
+            request_id,
+        )
+    }
+
+    pub fn invalid_assertion(request_id: &str, message: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            code::INVALID_ASSERTION,
+            message,
             request_id,
         )
     }

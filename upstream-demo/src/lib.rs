@@ -10,12 +10,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod assertion;
 mod debug;
 mod error;
 mod identity;
 mod repo;
 mod resources;
 
+pub use assertion::{AssertionVerifier, ASSERTION};
 pub use error::{code, ApiError};
 pub use identity::{API_KEY_ID, AUTH_METHOD, REQUEST_ID, TENANT_ID, TENANT_ROLE, USER_ID};
 pub use repo::Resource;
@@ -28,6 +30,7 @@ use axum::{Json, Router};
 use identity::RequestId;
 use serde_json::json;
 use sqlx::AnyPool;
+use std::sync::Arc;
 use std::time::Duration;
 use tenantgate_core::{Store, StoreError};
 
@@ -49,9 +52,20 @@ pub enum DemoError {
 #[derive(Debug, Clone)]
 pub struct DemoState {
     store: Store,
+    assertions: Option<Arc<AssertionVerifier>>,
 }
 
 impl DemoState {
+    /// Requires a valid `x-tenant-assertion` on every route but `/health`.
+    pub fn with_assertions(mut self, verifier: AssertionVerifier) -> Self {
+        self.assertions = Some(Arc::new(verifier));
+        self
+    }
+
+    pub fn assertions(&self) -> Option<&AssertionVerifier> {
+        self.assertions.as_deref()
+    }
+
     pub fn pool(&self) -> &AnyPool {
         self.store.pool()
     }
@@ -79,17 +93,26 @@ pub async fn init_with_store(store: Store) -> Result<DemoState, DemoError> {
     repo::create_schema(store.pool())
         .await
         .map_err(DemoError::Schema)?;
-    Ok(DemoState { store })
+    Ok(DemoState {
+        store,
+        assertions: None,
+    })
 }
 
 /// The demo's routes; every failure is a JSON error, never a 500.
 pub fn app(state: DemoState) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    let app = Router::new()
         .merge(resources::routes())
         .merge(debug::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            assertion::require,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(app)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

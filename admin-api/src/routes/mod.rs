@@ -1,6 +1,7 @@
 //! One module per resource; each owns its request and response types.
 
 pub mod api_keys;
+pub mod assertion_keys;
 pub mod auth_login;
 pub mod meta;
 pub mod policies;

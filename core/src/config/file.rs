@@ -17,6 +17,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub metering: MeteringConfig,
     pub jwt: JwtConfig,
+    pub assertion: AssertionConfig,
     pub routes: Vec<RouteConfig>,
     pub security: SecurityConfig,
     pub log: LogConfig,
@@ -50,6 +51,8 @@ pub struct ProxyConfig {
     /// Peers (CIDRs) whose forwarding headers are believed: for them the proxy
     /// appends to `x-forwarded-for`; everyone else's are replaced.
     pub trusted_proxies: Vec<String>,
+    /// A request's header section must be complete this long after its first byte.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +71,7 @@ impl Default for ProxyConfig {
             metrics_top_tenants: 20,
             max_token_bytes: 8_192,
             trusted_proxies: Vec::new(),
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -104,6 +108,11 @@ pub struct UpstreamDemoConfig {
     pub listen: SocketAddr,
     /// Where the demo keeps its rows; default: the control-plane store.
     pub store_url: Option<String>,
+    /// Answer 401 `invalid_assertion` unless `x-tenant-assertion` verifies.
+    pub require_assertion: bool,
+    /// The JWKS the assertions are checked against; default: the proxy's
+    /// `http://<proxy.admin_listen>/.well-known/jwks.json`.
+    pub assertion_jwks_url: Option<String>,
 }
 
 impl Default for UpstreamDemoConfig {
@@ -111,6 +120,8 @@ impl Default for UpstreamDemoConfig {
         UpstreamDemoConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             store_url: None,
+            require_assertion: false,
+            assertion_jwks_url: None,
         }
     }
 }
@@ -280,6 +291,50 @@ pub struct RouteConfig {
     pub resource: Option<String>,
     #[serde(default)]
     pub public: bool,
+    /// `aud` of this route's assertions; default: the prefix.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Overrides `[assertion] bind_request` for this route.
+    #[serde(default)]
+    pub bind_request: Option<bool>,
+    /// `false`: no assertion on this route (an upstream that does not want it).
+    #[serde(default = "yes")]
+    pub assertion: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[assertion]`: the signed tenant assertion sent upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionConfig {
+    pub enabled: bool,
+    /// `iss` of every assertion.
+    pub issuer: String,
+    /// `ES256` or `EdDSA`: the algorithm of keys this fleet creates.
+    pub algorithm: String,
+    /// One assertion per request (with `request_id`, `htm`, `htu`) instead of one
+    /// per (principal, audience) reused while it has more than 30 s to live.
+    pub bind_request: bool,
+    /// A new key is in the JWKS at least this long before it signs anything.
+    pub publish_ahead_seconds: u64,
+    /// A key older than this is replaced by a new one (published ahead).
+    pub rotate_after_seconds: u64,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        AssertionConfig {
+            enabled: true,
+            issuer: "tenantgate".into(),
+            algorithm: "ES256".into(),
+            bind_request: false,
+            publish_ahead_seconds: 60,
+            rotate_after_seconds: 30 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

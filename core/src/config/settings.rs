@@ -29,6 +29,7 @@ pub struct Settings {
     pub ratelimit: RateLimitSettings,
     pub metering: MeteringSettings,
     pub jwt: JwtSettings,
+    pub assertion: AssertionSettings,
     /// The configured routes (`up` adds a default one when there are none).
     pub routes: Vec<RouteSettings>,
     pub security: SecuritySettings,
@@ -60,6 +61,8 @@ pub struct ProxySettings {
     pub max_token_bytes: usize,
     /// Peers whose forwarding headers are believed (a bare address is a /32 or /128).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Total deadline for a request's header section, from its first byte.
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,9 @@ pub struct DemoSettings {
     pub listen: SocketAddr,
     /// Where the demo keeps its rows: its own URL, or the control-plane store's.
     pub store_url: String,
+    pub require_assertion: bool,
+    /// Where the demo reads the assertion keys (resolved: the proxy's JWKS by default).
+    pub assertion_jwks_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +181,23 @@ pub struct RouteSettings {
     pub resource: Option<String>,
     /// Skips authentication (headers are still scrubbed).
     pub public: bool,
+    /// `aud` of this route's assertions (default: the prefix).
+    pub audience: String,
+    /// Per-request assertions on this route (default: `[assertion] bind_request`).
+    pub bind_request: Option<bool>,
+    /// Whether this route's requests carry the assertion (when `[assertion]` is on).
+    pub assertion: bool,
+}
+
+/// `[assertion]`, validated.
+#[derive(Debug, Clone)]
+pub struct AssertionSettings {
+    pub enabled: bool,
+    pub issuer: String,
+    pub algorithm: crate::assertion::AssertionAlg,
+    pub bind_request: bool,
+    pub publish_ahead: Duration,
+    pub rotate_after: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -222,6 +245,9 @@ impl Settings {
                 upstreams: vec![self.demo.listen.to_string()],
                 resource: None,
                 public: false,
+                audience: "/api/v1/".into(),
+                bind_request: None,
+                assertion: true,
             }]
         } else {
             self.routes.clone()
@@ -250,11 +276,14 @@ impl TryFrom<&Config> for Settings {
             demo: DemoSettings {
                 listen: c.upstream_demo.listen,
                 store_url: demo_store_url,
+                require_assertion: c.upstream_demo.require_assertion,
+                assertion_jwks_url: demo_jwks_url(c)?,
             },
             store,
             ratelimit: ratelimit(c)?,
             metering: metering(&c.metering)?,
             jwt: jwt(&c.jwt)?,
+            assertion: assertion(&c.assertion)?,
             routes: routes(&c.routes)?,
             security: SecuritySettings {
                 api_key_pepper: c.security.api_key_pepper.clone(),
@@ -301,6 +330,9 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         return invalid("proxy.max_token_bytes", "must be at least 256");
     }
     let trusted_proxies = cidrs("proxy.trusted_proxies", &p.trusted_proxies)?;
+    if !(100..=600_000).contains(&p.header_timeout_ms) {
+        return invalid("proxy.header_timeout_ms", "must be between 100 and 600000");
+    }
     Ok(ProxySettings {
         listen: p.listen,
         admin_listen: p.admin_listen,
@@ -315,7 +347,44 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         metrics_top_tenants: p.metrics_top_tenants,
         max_token_bytes: p.max_token_bytes,
         trusted_proxies,
+        header_timeout: ms(p.header_timeout_ms),
     })
+}
+
+fn assertion(a: &file::AssertionConfig) -> Result<AssertionSettings, Invalid> {
+    if a.issuer.trim().is_empty() || a.issuer.len() > 256 {
+        return invalid("assertion.issuer", "must be 1 to 256 characters");
+    }
+    let algorithm = crate::assertion::AssertionAlg::parse(&a.algorithm)
+        .or_else(|_| invalid("assertion.algorithm", "must be ES256 or EdDSA"))?;
+    if a.publish_ahead_seconds > 86_400 {
+        return invalid("assertion.publish_ahead_seconds", "must be at most 86400");
+    }
+    if a.rotate_after_seconds < 3_600 {
+        return invalid("assertion.rotate_after_seconds", "must be at least 3600");
+    }
+    Ok(AssertionSettings {
+        enabled: a.enabled,
+        issuer: a.issuer.clone(),
+        algorithm,
+        bind_request: a.bind_request,
+        publish_ahead: secs(a.publish_ahead_seconds),
+        rotate_after: secs(a.rotate_after_seconds),
+    })
+}
+
+fn demo_jwks_url(c: &Config) -> Result<String, Invalid> {
+    match &c.upstream_demo.assertion_jwks_url {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => invalid(
+            "upstream_demo.assertion_jwks_url",
+            "must be an http:// or https:// URL",
+        ),
+        Some(u) => Ok(u.clone()),
+        None => Ok(format!(
+            "http://{}/.well-known/jwks.json",
+            c.proxy.admin_listen
+        )),
+    }
 }
 
 /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses, each named by its
@@ -554,11 +623,24 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
                 return Err((k("resource"), "must match [a-z0-9_-]{1,64}".into()));
             }
         }
+        let audience = match &r.audience {
+            Some(a) if a.trim().is_empty() || a.len() > 256 || a.chars().any(char::is_control) => {
+                return Err((
+                    k("audience"),
+                    "must be 1 to 256 printable characters".into(),
+                ))
+            }
+            Some(a) => a.clone(),
+            None => r.prefix.clone(),
+        };
         out.push(RouteSettings {
             prefix: r.prefix.clone(),
             upstreams,
             resource: r.resource.clone(),
             public: r.public,
+            audience,
+            bind_request: r.bind_request,
+            assertion: r.assertion,
         });
     }
     Ok(out)

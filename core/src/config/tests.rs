@@ -193,3 +193,71 @@ fn trusted_proxies_are_cidrs_or_addresses() {
     let err = parse("[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"ten\"]").unwrap_err();
     assert_eq!(err.key, "proxy.trusted_proxies[1]");
 }
+
+#[test]
+fn assertion_keys_and_header_timeout_are_checked() {
+    let d = Settings::default();
+    assert!(d.assertion.enabled);
+    assert_eq!(d.assertion.issuer, "tenantgate");
+    assert_eq!(d.assertion.algorithm, crate::assertion::AssertionAlg::Es256);
+    assert_eq!(
+        d.assertion.publish_ahead,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(d.proxy.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(
+        d.demo.assertion_jwks_url,
+        "http://127.0.0.1:9090/.well-known/jwks.json"
+    );
+    let c = parse(
+        "[assertion]\nalgorithm = \"EdDSA\"\nbind_request = true\n[upstream_demo]\nrequire_assertion = true\nassertion_jwks_url = \"https://jwks.example/keys\"\n[[routes]]\nprefix = \"/a/\"\nupstream = \"127.0.0.1:1\"\naudience = \"billing\"\nbind_request = false\nassertion = false\n[[routes]]\nprefix = \"/b/\"\nupstream = \"127.0.0.1:1\"",
+    )
+    .unwrap();
+    assert_eq!(c.assertion.algorithm, crate::assertion::AssertionAlg::EdDsa);
+    assert!(c.assertion.bind_request && c.demo.require_assertion);
+    assert_eq!(c.demo.assertion_jwks_url, "https://jwks.example/keys");
+    assert_eq!(
+        (
+            c.routes[0].audience.as_str(),
+            c.routes[0].bind_request,
+            c.routes[0].assertion
+        ),
+        ("billing", Some(false), false)
+    );
+    assert_eq!(
+        (
+            c.routes[1].audience.as_str(),
+            c.routes[1].bind_request,
+            c.routes[1].assertion
+        ),
+        ("/b/", None, true)
+    );
+    for (text, key) in [
+        ("[assertion]\nalgorithm = \"RS256\"", "assertion.algorithm"),
+        ("[assertion]\nalgorithm = \"none\"", "assertion.algorithm"),
+        ("[assertion]\nissuer = \" \"", "assertion.issuer"),
+        (
+            "[assertion]\npublish_ahead_seconds = 100000",
+            "assertion.publish_ahead_seconds",
+        ),
+        (
+            "[assertion]\nrotate_after_seconds = 60",
+            "assertion.rotate_after_seconds",
+        ),
+        ("[proxy]\nheader_timeout_ms = 0", "proxy.header_timeout_ms"),
+        (
+            "[proxy]\nheader_timeout_ms = 700000",
+            "proxy.header_timeout_ms",
+        ),
+        (
+            "[upstream_demo]\nassertion_jwks_url = \"ftp://x\"",
+            "upstream_demo.assertion_jwks_url",
+        ),
+        (
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"127.0.0.1:1\"\naudience = \"\"",
+            "routes[0].audience",
+        ),
+    ] {
+        assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+    }
+}

@@ -24,6 +24,8 @@ pub enum ChangeKind {
     User,
     /// Signing keys changed (tenant and subject: the kid).
     SigningKey,
+    /// Tenant-assertion keys changed (tenant empty, subject: the kid).
+    AssertionKey,
 }
 
 impl ChangeKind {
@@ -35,6 +37,7 @@ impl ChangeKind {
             ChangeKind::RateLimit => "rate_limit",
             ChangeKind::User => "user",
             ChangeKind::SigningKey => "signing_key",
+            ChangeKind::AssertionKey => "assertion_key",
         }
     }
 
@@ -46,6 +49,7 @@ impl ChangeKind {
             "rate_limit" => ChangeKind::RateLimit,
             "user" => ChangeKind::User,
             "signing_key" => ChangeKind::SigningKey,
+            "assertion_key" => ChangeKind::AssertionKey,
             _ => return None,
         })
     }

@@ -5,6 +5,7 @@
 //! transaction, and is published on an in-process bus once committed.
 
 mod api_keys;
+mod assertion_keys;
 mod changes;
 mod policies;
 mod rate_limits;
@@ -16,6 +17,7 @@ mod tests;
 mod usage;
 mod users;
 
+pub use assertion_keys::StoredAssertionKey;
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};

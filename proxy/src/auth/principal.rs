@@ -5,7 +5,7 @@ use crate::small::SmallStr;
 use http::{HeaderName, HeaderValue};
 
 /// How the request authenticated; the `x-auth-method` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
     ApiKey,
     Jwt,
@@ -28,7 +28,7 @@ impl AuthMethod {
 /// into the request's own header value: a few small allocations on lines that are
 /// hot anyway, where sharing one buffer cost a reference count on a line of its
 /// own (a cache miss per request when many keys are in use).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     /// tenant id, user id, role, API key id (empty for a JWT), back to back.
     text: SmallStr<PRINCIPAL_INLINE>,

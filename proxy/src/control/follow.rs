@@ -4,13 +4,14 @@
 //! store's change feed (the safety net); each change is applied once, by id.
 
 use super::ControlPlane;
+use crate::assertion::Assertions;
 use crate::auth::Authenticator;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::store::{Change, Store};
+use tenantgate_core::store::{Change, ChangeKind, Store};
 use tokio::sync::{mpsc, watch};
 
 /// How far back each feed read looks besides the ids after the last one seen:
@@ -26,6 +27,7 @@ pub struct Follower {
     store: Store,
     control: Arc<ControlPlane>,
     auth: Arc<Authenticator>,
+    assertions: Option<Arc<Assertions>>,
     /// Age of the last applied change when it was applied (commit → invalidation), ms.
     last_lag_ms: AtomicU64,
     max_lag_ms: AtomicU64,
@@ -38,10 +40,17 @@ impl Follower {
             store,
             control,
             auth,
+            assertions: None,
             last_lag_ms: AtomicU64::new(0),
             max_lag_ms: AtomicU64::new(0),
             applied: AtomicU64::new(0),
         }
+    }
+
+    /// Also pokes `assertions` when the assertion keys change.
+    pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
+        self.assertions = Some(assertions);
+        self
     }
 
     /// Applies one change to every cache it touches.
@@ -54,12 +63,20 @@ impl Follower {
         self.applied.fetch_add(1, Ordering::Relaxed);
         self.control.apply(c).await;
         self.auth.apply(c).await;
+        if c.kind == ChangeKind::AssertionKey {
+            if let Some(a) = &self.assertions {
+                a.poke();
+            }
+        }
     }
 
     /// After missed changes: forget everything cached.
     pub fn invalidate_all(&self) {
         self.control.invalidate_all();
         self.auth.invalidate_all();
+        if let Some(a) = &self.assertions {
+            a.poke();
+        }
     }
 
     /// Follows changes until `shutdown`: the bus, NOTIFY pokes (`notified`) and a

@@ -1,0 +1,260 @@
+//! `[proxy] header_timeout_ms`: a request's header section must be complete within
+//! this long of its first byte, else the connection is closed.
+//!
+//! Pingora reads the header section before any hook runs, and its read timeout is
+//! per read: a client sending one byte every few seconds holds the connection
+//! indefinitely. Pingora has no option for a total deadline, so tenantgate adds it
+//! without patching Pingora: the listener's application is wrapped
+//! ([`TimedHeaders`]) so every accepted stream is wrapped ([`HeaderDeadline`]).
+//! The stream arms a timer on the first byte of a request; the gate marks the
+//! header section complete when its first hook runs ([`headers_complete`]) and
+//! the request done when it logs ([`request_done`]). While armed, a read after the
+//! deadline fails with `TimedOut`, and a pending read is woken by the timer, so
+//! Pingora drops the connection.
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+    ALPN,
+};
+use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+type Stream = pingora::protocols::Stream;
+
+/// Waiting for the next request's first byte.
+const IDLE: u8 = 0;
+/// Reading a header section: the deadline is armed.
+const HEADERS: u8 = 1;
+/// The header section is complete; body and response follow.
+const IN_REQUEST: u8 = 2;
+
+/// Connections closed because their header section was too slow.
+pub static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
+
+/// A client stream with a total deadline for each header section.
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: AtomicU8,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::fmt::Debug for HeaderDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderDeadline")
+            .field("timeout", &self.timeout)
+            .field("phase", &self.phase.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeaderDeadline {
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            phase: AtomicU8::new(IDLE),
+            timer: None,
+        }
+    }
+}
+
+fn deadline_of(stream: &Stream) -> Option<&HeaderDeadline> {
+    // `**`: the object inside the box, not the box itself.
+    (**stream).as_any().downcast_ref::<HeaderDeadline>()
+}
+
+/// The gate's first hook ran: this request's header section is complete.
+pub fn headers_complete(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(deadline_of) {
+        d.phase.store(IN_REQUEST, Ordering::Relaxed);
+    }
+}
+
+/// The request is over: the next byte starts the next request's deadline.
+pub fn request_done(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(deadline_of) {
+        d.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let phase = me.phase.load(Ordering::Relaxed);
+        if phase == HEADERS {
+            if let Some(timer) = me.timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    TIMED_OUT.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        timeout_ms = me.timeout.as_millis() as u64,
+                        "closing a connection: its request headers did not complete in time"
+                    );
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request header section not complete within proxy.header_timeout_ms",
+                    )));
+                }
+            }
+        } else if me.timer.is_some() {
+            me.timer = None;
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if phase == IDLE && buf.filled().len() > before {
+            me.phase.store(HEADERS, Ordering::Relaxed);
+            me.timer = Some(Box::pin(tokio::time::sleep(me.timeout)));
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// A listener application whose every connection gets a [`HeaderDeadline`].
+pub struct TimedHeaders<A> {
+    inner: Arc<A>,
+    timeout: Duration,
+}
+
+impl<A> TimedHeaders<A> {
+    pub fn new(inner: A, timeout: Duration) -> Self {
+        TimedHeaders {
+            inner: Arc::new(inner),
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for TimedHeaders<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A kept-alive connection comes back already wrapped.
+        let stream: Stream = if deadline_of(&stream).is_some() {
+            stream
+        } else {
+            Box::new(HeaderDeadline::new(stream, self.timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Prometheus samples.
+pub fn render(out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP tenantgate_proxy_header_timeouts_total Connections closed because a request's header section was not complete within proxy.header_timeout_ms.\n# TYPE tenantgate_proxy_header_timeouts_total counter\ntenantgate_proxy_header_timeouts_total {}",
+        TIMED_OUT.load(Ordering::Relaxed)
+    );
+}
