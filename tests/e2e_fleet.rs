@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/own_pg.rs"]
+mod own_pg;
 
 use common::eventually;
 use serde_json::json;
@@ -158,4 +160,81 @@ async fn notify_alone_brings_changes_within_a_second() {
     let mut f = f;
     f.stop_all();
     db.cleanup().await;
+}
+
+/// PostgreSQL restarted under a fleet that polls the feed only once a minute: the
+/// LISTEN connection comes back by itself, a change made right after the restart
+/// arrives (the reconnect reads the feed, so nothing is missed), and notifications
+/// flow again within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_resumes_after_a_postgres_restart_and_nothing_is_missed() {
+    let Some(pg) = own_pg::OwnPg::start() else {
+        assert!(
+            !tenantgate_core::testing::in_ci(),
+            "CI needs initdb/pg_ctl to run this test"
+        );
+        eprintln!(
+            "\n!!! SKIPPING: cannot start an own PostgreSQL (initdb/pg_ctl as user postgres)\n"
+        );
+        return;
+    };
+    let mut f = fleet::Fleet::start_polling(&pg.url(), 1, "", 60_000).await;
+    let (key1, key1_id) = tenant_with_key(&f, "restartco").await;
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants/restartco/api-keys",
+            Some(json!({"name": "k2", "role": "developer"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let key2_id = v["id"].as_str().unwrap().to_owned();
+    let key2 = v["key"].as_str().unwrap().to_owned();
+    for k in [&key1, &key2] {
+        assert_eq!(f.get(0, "/api/v1/whoami", k).await.0, 200);
+    }
+
+    assert!(pg.ctl("restart"), "could not restart PostgreSQL");
+    // Right after the restart (the admin API's pool reconnects on its own).
+    let revoked = eventually(Duration::from_secs(10), || async {
+        f.admin(
+            "DELETE",
+            &format!("/v1/tenants/restartco/api-keys/{key1_id}"),
+            None,
+        )
+        .await
+        .0 == 204
+    })
+    .await;
+    assert!(revoked.is_some(), "the admin API did not recover");
+    // Polling is a minute away: only the reconnected LISTEN (and the feed read
+    // it triggers) can bring this.
+    let took = eventually(Duration::from_secs(5), || async {
+        f.get(0, "/api/v1/whoami", &key1).await.1["error"]["code"] == "invalid_api_key"
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the change made after the restart never arrived; proxy log:\n{}",
+        f.procs
+            .iter()
+            .map(|p| p.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // And notifications are live again: the next change within a second.
+    let (st, _) = f
+        .admin(
+            "DELETE",
+            &format!("/v1/tenants/restartco/api-keys/{key2_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let took = eventually(Duration::from_secs(1), || async {
+        f.get(0, "/api/v1/whoami", &key2).await.1["error"]["code"] == "invalid_api_key"
+    })
+    .await;
+    assert!(took.is_some(), "no NOTIFY within 1 s after the restart");
+    f.stop_all();
 }

@@ -4,89 +4,12 @@
 //! Starts its own PostgreSQL (initdb + pg_ctl as user postgres) on a free port.
 
 mod common;
+#[path = "common/own_pg.rs"]
+mod own_pg;
 
-use common::{eventually, free_port, stack};
-use std::path::PathBuf;
-use std::process::Command;
+use common::{eventually, stack};
+use own_pg::OwnPg;
 use std::time::Duration;
-
-struct OwnPg {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-}
-
-fn pg_bin() -> Option<PathBuf> {
-    let dir = std::fs::read_dir("/usr/lib/postgresql").ok()?;
-    let mut versions: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .collect();
-    versions.sort();
-    versions
-        .into_iter()
-        .rev()
-        .find(|p| p.join("initdb").exists())
-}
-
-fn as_postgres(cmd: &str) -> bool {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", "sh", "-c", cmd])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-impl OwnPg {
-    fn start() -> Option<OwnPg> {
-        let bin = pg_bin()?;
-        let data = std::env::temp_dir().join(format!(
-            "tg_pg_{}",
-            tenantgate_core::secrets::random_token(8)
-        ));
-        std::fs::create_dir_all(&data).ok()?;
-        Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&data)
-            .status()
-            .ok()?;
-        let port = free_port();
-        let ok = as_postgres(&format!(
-            "{}/initdb -D {} -U postgres -A trust >/dev/null",
-            bin.display(),
-            data.display()
-        ));
-        if !ok {
-            return None;
-        }
-        let pg = OwnPg { bin, data, port };
-        assert!(pg.ctl("start"), "own PostgreSQL did not start");
-        Some(pg)
-    }
-
-    fn ctl(&self, action: &str) -> bool {
-        let opts = format!(
-            "-o '-p {} -k /tmp -c listen_addresses=127.0.0.1'",
-            self.port
-        );
-        as_postgres(&format!(
-            "{}/pg_ctl -D {} -w -m fast {opts} -l {}/log {action} >/dev/null",
-            self.bin.display(),
-            self.data.display(),
-            self.data.display()
-        ))
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for OwnPg {
-    fn drop(&mut self) {
-        self.ctl("stop");
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_keys_survive_a_postgres_outage_and_unknown_keys_fail_closed() {

@@ -157,18 +157,24 @@ impl Store {
         if self.backend != super::Backend::Postgres {
             return;
         }
-        let mut backoff = std::time::Duration::from_millis(200);
+        const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
+            let listening = std::sync::atomic::AtomicBool::new(false);
             let attempt = async {
                 let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
                 l.listen(CHANGE_CHANNEL).await?;
+                listening.store(true, std::sync::atomic::Ordering::Relaxed);
+                // (Re)connected: read the feed once, for what was missed meanwhile.
                 let _ = tx.try_send(());
-                loop {
-                    l.recv().await?;
+                // `try_recv`, not `recv`: `recv` reconnects silently, and the
+                // notifications sent while it was away would wait for the next poll.
+                while l.try_recv().await?.is_some() {
                     let _ = tx.try_send(());
                 }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
+                Err::<(), sqlx::Error>(sqlx::Error::Protocol(
+                    "the LISTEN connection was closed".into(),
+                ))
             };
             tokio::select! {
                 res = attempt => {
@@ -178,11 +184,15 @@ impl Store {
                 }
                 _ = shutdown.changed() => return,
             }
+            if listening.load(std::sync::atomic::Ordering::Relaxed) {
+                // It was up: reconnect quickly; back off only while connects fail.
+                backoff = FIRST_BACKOFF;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
         }
     }
 }
