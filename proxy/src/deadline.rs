@@ -11,6 +11,15 @@
 //! the request done when it logs ([`request_done`]). While armed, a read after the
 //! deadline fails with `TimedOut`, and a pending read is woken by the timer, so
 //! Pingora drops the connection.
+//!
+//! The same wrapper puts Pingora's own error answers into the contract's shape.
+//! A header section Pingora cannot parse (duplicate `Content-Length`, a space
+//! before the colon, obs-fold) is answered by Pingora itself, before any hook,
+//! with an empty-bodied `400` and `Server: Pingora`. Such a response is the only
+//! thing written while a header section is still being read (the gate has not seen
+//! the request yet), so the wrapper replaces it with the contract's JSON 400
+//! (`bad_request`, a fresh request id, `Connection: close`); Pingora closes the
+//! connection after it either way.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -40,6 +49,8 @@ const IN_REQUEST: u8 = 2;
 
 /// Connections closed because their header section was too slow.
 pub static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
+/// Header sections Pingora could not parse (answered 400 in the contract's shape).
+pub static PARSE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// A client stream with a total deadline for each header section.
 pub struct HeaderDeadline {
@@ -47,6 +58,25 @@ pub struct HeaderDeadline {
     timeout: Duration,
     phase: AtomicU8,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Pingora's own error response being replaced: our bytes and how many are out.
+    replacing: Option<(Vec<u8>, usize)>,
+    /// A replacement was written: the rest of Pingora's response is dropped.
+    replaced: bool,
+}
+
+/// Pingora's answer to a header section it could not parse, in the contract's shape.
+fn contract_400() -> Vec<u8> {
+    let request_id = crate::headers::new_request_id();
+    let body = crate::reject::Reject::BadRequest("the request is malformed")
+        .body(request_id.to_str().unwrap_or("-"));
+    let mut out = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        body.len(),
+        request_id.to_str().unwrap_or("-")
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 impl std::fmt::Debug for HeaderDeadline {
@@ -65,6 +95,8 @@ impl HeaderDeadline {
             timeout,
             phase: AtomicU8::new(IDLE),
             timer: None,
+            replacing: None,
+            replaced: false,
         }
     }
 }
@@ -129,15 +161,38 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        if me.replaced {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if me.replacing.is_none()
+            && me.phase.load(Ordering::Relaxed) == HEADERS
+            && buf.starts_with(b"HTTP/1.1 400 ")
+        {
+            PARSE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            me.replacing = Some((contract_400(), 0));
+        }
+        let Some((bytes, sent)) = me.replacing.as_mut() else {
+            return Pin::new(&mut me.inner).poll_write(cx, buf);
+        };
+        while *sent < bytes.len() {
+            let rest = bytes.get(*sent..).unwrap_or_default();
+            match Pin::new(&mut me.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        me.replacing = None;
+        me.replaced = true;
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -145,11 +200,24 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        // Only Pingora's own error answer is written during a header section.
+        if me.replaced || me.replacing.is_some() || me.phase.load(Ordering::Relaxed) == HEADERS {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Pin::new(me).poll_write(cx, first);
+        }
+        Pin::new(&mut me.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -256,5 +324,10 @@ pub fn render(out: &mut String) {
         out,
         "# HELP tenantgate_proxy_header_timeouts_total Connections closed because a request's header section was not complete within proxy.header_timeout_ms.\n# TYPE tenantgate_proxy_header_timeouts_total counter\ntenantgate_proxy_header_timeouts_total {}",
         TIMED_OUT.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tenantgate_proxy_malformed_requests_total Header sections the HTTP parser refused (answered 400 bad_request).\n# TYPE tenantgate_proxy_malformed_requests_total counter\ntenantgate_proxy_malformed_requests_total {}",
+        PARSE_ERRORS.load(Ordering::Relaxed)
     );
 }
