@@ -184,7 +184,8 @@ async fn served_equals_metered_with_a_proxy_stopped_mid_load() {
         usage().await,
         exit.1
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Across two full flush cycles of the proxy still running: nothing more arrives.
+    common::flush_cycles(&f.http, &f.proxy_admins[0], 2).await;
     assert_eq!(totals(&usage().await), want, "usage changed after settling");
 
     f.stop_all();

@@ -183,8 +183,8 @@ async fn served_equals_metered_across_a_restart() {
         "usage {} != served {served:?} ({want:?})",
         usage(&s, &t).await
     );
-    // And it stays exact (no late double count).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // And it stays exact (no late double count) across two full flush cycles.
+    common::flush_cycles(&s.http, &s.proxy_admin, 2).await;
     assert_eq!(totals(&usage(&s, &t).await), want);
 
     let m = s
@@ -299,6 +299,6 @@ async fn spool_left_by_a_previous_process_is_replayed_once_on_start() {
         .is_some(),
         "the applied spool file is deleted"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::flush_cycles(&s.http, &s.proxy_admin, 2).await;
     assert_eq!(totals(&usage(&s, &t).await), (9, 1, 0, 0));
 }

@@ -347,3 +347,29 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until the proxy whose admin listener is `proxy_admin` has completed `n`
+/// more metering flush cycles (`tenantgate_metering_flushes_total`): whatever was
+/// going to reach the store by then has.
+pub async fn flush_cycles(http: &reqwest::Client, proxy_admin: &str, n: u64) {
+    let read = || async {
+        let text = http
+            .get(format!("{proxy_admin}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("tenantgate_metering_flushes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let start = read().await.expect("the proxy reports its flush cycles");
+    let done = eventually(Duration::from_secs(20), || async {
+        read().await.is_some_and(|now| now >= start + n)
+    })
+    .await;
+    assert!(done.is_some(), "{n} flush cycles did not complete");
+}

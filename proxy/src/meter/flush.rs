@@ -25,6 +25,7 @@ impl Meter {
                 io.degraded = false;
                 self.last_flush_ms
                     .store(tenantgate_core::time::now_ms(), Ordering::Relaxed);
+                self.flushes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {

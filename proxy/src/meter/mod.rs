@@ -93,6 +93,8 @@ pub struct MeterStats {
     pub dropped_requests: u64,
     pub dropped_batches: u64,
     pub flush_failures: u64,
+    /// Flush cycles that completed (caught up with the store).
+    pub flushes: u64,
     pub spool_write_errors: u64,
     pub spool_corrupt_lines: u64,
     /// Requests recorded and not yet in the store (maps + memory queue + spool).
@@ -126,6 +128,8 @@ pub struct Meter {
     pub dropped_requests: AtomicU64,
     pub dropped_batches: AtomicU64,
     pub flush_failures: AtomicU64,
+    /// Successful flush cycles.
+    pub flushes: AtomicU64,
     pub spool_write_errors: AtomicU64,
     pub spool_corrupt_lines: AtomicU64,
     /// Unix ms of the last flush that left nothing behind (0: never).
@@ -217,6 +221,7 @@ impl Meter {
             dropped_requests: AtomicU64::new(0),
             dropped_batches: AtomicU64::new(0),
             flush_failures: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             spool_write_errors: AtomicU64::new(0),
             spool_corrupt_lines: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(0),
@@ -261,6 +266,7 @@ impl Meter {
             dropped_requests: self.dropped_requests.load(Ordering::Relaxed),
             dropped_batches: self.dropped_batches.load(Ordering::Relaxed),
             flush_failures: self.flush_failures.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
             spool_write_errors: self.spool_write_errors.load(Ordering::Relaxed),
             spool_corrupt_lines: self.spool_corrupt_lines.load(Ordering::Relaxed),
             pending_requests: self.pending_requests(),
@@ -299,6 +305,12 @@ impl Meter {
                 "counter",
                 "Batches dropped past the memory and disk bounds",
                 st.dropped_batches as f64,
+            ),
+            (
+                "tenantgate_metering_flushes_total",
+                "counter",
+                "Flush cycles that completed (everything recorded before them is in the store)",
+                st.flushes as f64,
             ),
             (
                 "tenantgate_metering_flush_failures_total",

@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -759,14 +759,21 @@ async fn unknown_kid_refetch_is_coalesced_and_paced() {
     for r in results {
         r.unwrap().unwrap();
     }
-    assert_eq!(source.fetches(), 2);
-    // Another unknown kid within min_refetch: no new fetch.
+    assert_eq!(source.fetches(), 2, "50 unknown-kid requests, one fetch");
+    let fetched = Instant::now();
+    // Another unknown kid within min_refetch: no new fetch. (Decided by the
+    // window itself: a host that stalled past it may fetch once more.)
     let c = SigningKey::generate().unwrap();
     assert_eq!(
         err(&v, &c.sign(&claims()).unwrap()).await,
         JwtError::UnknownKey
     );
-    assert_eq!(source.fetches(), 2);
+    let allowed = if fetched.elapsed() < Duration::from_millis(900) {
+        2
+    } else {
+        3
+    };
+    assert!(source.fetches() <= allowed, "{} fetches", source.fetches());
 }
 
 #[tokio::test]
@@ -826,18 +833,31 @@ async fn keys_unavailable_only_when_never_loaded() {
     sp.min_refetch = Duration::from_millis(200);
     let v = verifier(vec![sp]);
     v.warm_up().await;
+    let warmed = Instant::now();
     let token = key.sign(&claims()).unwrap();
     let e = err(&v, &token).await;
     assert_eq!(e, JwtError::KeysUnavailable);
     assert!(e.is_unavailable());
     assert!(!JwtError::UnknownKey.is_unavailable() && !JwtError::BadSignature.is_unavailable());
-    // Paced: no second fetch yet, still unavailable (and not cached as a rejection).
+    // Paced: within min_refetch no second fetch, still unavailable (and not cached
+    // as a rejection). Only checkable while the window lasts on this host.
     source.set(Ok(vec![jwk_of(&key)]));
-    assert_eq!(err(&v, &token).await, JwtError::KeysUnavailable);
-    assert_eq!(source.fetches(), 1);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    v.verify(&token).await.unwrap();
-    assert_eq!(source.fetches(), 2);
+    let r = v.verify(&token).await;
+    if warmed.elapsed() < Duration::from_millis(150) {
+        assert_eq!(r.err(), Some(JwtError::KeysUnavailable));
+        assert_eq!(source.fetches(), 1);
+    }
+    // After the window the keys load and the same token verifies.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v.verify(&token).await.is_err() {
+        assert!(Instant::now() < deadline, "keys never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        source.fetches(),
+        2,
+        "one fetch per window, not one per request"
+    );
 }
 
 #[tokio::test]
@@ -854,7 +874,11 @@ async fn stale_key_set_is_refreshed_in_the_background() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Served from the old set, and triggers the refresh.
     v.verify(&a.sign(&claims()).unwrap()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while source.fetches() < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(source.fetches(), 2);
     let fresh_a = a.sign(&with(claims(), "sub", json!("another"))).unwrap();
     assert_eq!(err(&v, &fresh_a).await, JwtError::UnknownKey);
