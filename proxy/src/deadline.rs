@@ -22,7 +22,8 @@
 //! connection after it either way.
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
     ALPN,
@@ -62,7 +63,16 @@ pub struct HeaderDeadline {
     replacing: Option<(Vec<u8>, usize)>,
     /// A replacement was written: the rest of Pingora's response is dropped.
     replaced: bool,
+    /// The first bytes of the next request, read while the connection was idle
+    /// ([`HeaderDeadline::next_request`]); handed to Pingora's first read.
+    early: [u8; EARLY_BYTES],
+    early_at: u16,
+    early_len: u16,
 }
+
+/// Bytes of the next request read by the idle wait: most request heads fit, so
+/// waiting costs no extra read; a longer head is read on by Pingora as usual.
+const EARLY_BYTES: usize = 1024;
 
 /// Pingora's answer to a header section it could not parse, in the contract's shape.
 fn contract_400() -> Vec<u8> {
@@ -97,6 +107,26 @@ impl HeaderDeadline {
             timer: None,
             replacing: None,
             replaced: false,
+            early: [0; EARLY_BYTES],
+            early_at: 0,
+            early_len: 0,
+        }
+    }
+
+    /// Waits for the next request on an idle connection; its first bytes are kept
+    /// for Pingora's first read. False when the client closed or the read failed.
+    async fn next_request(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        match self.inner.read(&mut self.early).await {
+            Ok(n) if n > 0 => {
+                self.early_at = 0;
+                self.early_len = u16::try_from(n).unwrap_or(0);
+                // The first byte of a request: its header deadline starts now.
+                self.phase.store(HEADERS, Ordering::Relaxed);
+                self.timer = Some(Box::pin(tokio::time::sleep(self.timeout)));
+                self.early_len > 0
+            }
+            _ => false,
         }
     }
 }
@@ -144,6 +174,16 @@ impl AsyncRead for HeaderDeadline {
             }
         } else if me.timer.is_some() {
             me.timer = None;
+        }
+        if me.early_at < me.early_len {
+            let early = me
+                .early
+                .get(usize::from(me.early_at)..usize::from(me.early_len))
+                .unwrap_or_default();
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(early.get(..n).unwrap_or_default());
+            me.early_at += u16::try_from(n).unwrap_or(0);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
@@ -281,39 +321,119 @@ impl Peek for HeaderDeadline {
     }
 }
 
-/// A listener application whose every connection gets a [`HeaderDeadline`].
-pub struct TimedHeaders<A> {
-    inner: Arc<A>,
-    timeout: Duration,
+/// Limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Total deadline of a header section, from its first byte.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
-impl<A> TimedHeaders<A> {
-    pub fn new(inner: A, timeout: Duration) -> Self {
-        TimedHeaders {
+/// Open client connections and those refused at `max_connections`.
+pub static OPEN: AtomicU64 = AtomicU64::new(0);
+pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a connection as open until dropped.
+struct Open;
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The proxy's listener application: every connection gets a [`HeaderDeadline`],
+/// connections past `max_connections` are closed at once, and HTTP/1 keep-alive is
+/// run here rather than inside Pingora's session: between requests only the
+/// stream is kept, so an idle connection holds no request state, no session
+/// buffers and no proxy future (Pingora's own loop keeps all of that alive while
+/// it waits for the next request).
+pub struct GateListener<A> {
+    inner: Arc<A>,
+    limits: ListenerLimits,
+}
+
+impl<A> GateListener<A> {
+    pub fn new(inner: A, limits: ListenerLimits) -> Self {
+        GateListener {
             inner: Arc::new(inner),
-            timeout,
+            limits,
         }
     }
 }
 
+/// Waits, holding nothing but the stream, until the client sends the next request
+/// (the stream back), or closes, stays idle past `idle`, or the server shuts down.
+async fn next_request(stream: Stream, idle: Duration, shutdown: &ShutdownWatch) -> Option<Stream> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    let mut conn: Box<HeaderDeadline> = stream.into_any().downcast().ok()?;
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        arrived = tokio::time::timeout(idle, conn.next_request()) => {
+            matches!(arrived, Ok(true)).then_some(conn as Stream)
+        }
+        _ = shutdown.changed() => None,
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for TimedHeaders<A> {
+impl<A> ServerApp for GateListener<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // A kept-alive connection comes back already wrapped.
-        let stream: Stream = if deadline_of(&stream).is_some() {
+        let open = OPEN.fetch_add(1, Ordering::Relaxed);
+        let _open = Open;
+        if open >= self.limits.max_connections as u64 {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(open, "connection refused: proxy.max_connections reached");
+            return None;
+        }
+        let mut stream: Stream = if deadline_of(&stream).is_some() {
             stream
         } else {
-            Box::new(HeaderDeadline::new(stream, self.timeout))
+            Box::new(HeaderDeadline::new(stream, self.limits.header_timeout))
         };
-        self.inner.process_new(stream, shutdown).await
+        if stream.selected_alpn_proto().is_some() {
+            // Negotiated by TLS (HTTP/2 or HTTP/1.1 by ALPN): Pingora's own handling.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let keepalive = self.limits.keepalive_timeout.as_secs().max(1);
+        let mut carried: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            match carried.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(Some(keepalive));
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (next, settings) = reused.consume();
+            carried = settings;
+            stream = next_request(next, self.limits.keepalive_timeout, shutdown).await?;
+        }
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.http_cleanup().await
     }
 }
 
@@ -327,7 +447,47 @@ pub fn render(out: &mut String) {
     );
     let _ = writeln!(
         out,
+        "# HELP tenantgate_proxy_open_connections Client connections open now.\n# TYPE tenantgate_proxy_open_connections gauge\ntenantgate_proxy_open_connections {}\n# HELP tenantgate_proxy_refused_connections_total Connections closed at accept: proxy.max_connections reached.\n# TYPE tenantgate_proxy_refused_connections_total counter\ntenantgate_proxy_refused_connections_total {}",
+        OPEN.load(Ordering::Relaxed),
+        REFUSED.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP tenantgate_proxy_malformed_requests_total Header sections the HTTP parser refused (answered 400 bad_request).\n# TYPE tenantgate_proxy_malformed_requests_total counter\ntenantgate_proxy_malformed_requests_total {}",
         PARSE_ERRORS.load(Ordering::Relaxed)
     );
+}
+
+/// Raises the open-file soft limit to the hard limit (logging both) and returns
+/// the soft limit now in force, if it could be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        tracing::info!(soft, hard, "open-file limit");
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!(was = soft, now = hard, hard, "raised the open-file limit");
+            Some(hard)
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            Some(soft)
+        }
+    }
+}
+
+/// The default `proxy.max_connections` for an open-file limit: three quarters of
+/// what is left after a reserve for the store, Redis, upstream pools and logs (an
+/// active client connection may hold an upstream connection too).
+pub fn default_max_connections(open_file_limit: Option<u64>) -> usize {
+    const RESERVE: u64 = 512;
+    match open_file_limit {
+        Some(limit) => {
+            usize::try_from((limit.saturating_sub(RESERVE) * 3 / 4).max(64)).unwrap_or(usize::MAX)
+        }
+        None => 10_000,
+    }
 }

@@ -9,7 +9,7 @@ use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
-use crate::deadline::TimedHeaders;
+use crate::deadline::{GateListener, ListenerLimits};
 use crate::forwarded::Forwarding;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::meter::{self, Meter};
@@ -22,6 +22,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use pingora::lb::health_check::TcpHealthCheck;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, GenBackgroundService};
@@ -314,9 +315,28 @@ pub fn pingora_server(
         Server::new_with_opt_and_conf(Option::<pingora::server::configuration::Opt>::None, conf);
     server.bootstrap();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
-    let app = TimedHeaders::new(proxy, settings.proxy.header_timeout);
+    let open_files = crate::deadline::raise_open_file_limit();
+    let max_connections = settings
+        .proxy
+        .max_connections
+        .unwrap_or_else(|| crate::deadline::default_max_connections(open_files));
+    tracing::info!(max_connections, "client connection limit");
+    let app = GateListener::new(
+        proxy,
+        ListenerLimits {
+            header_timeout: settings.proxy.header_timeout,
+            keepalive_timeout: settings.proxy.keepalive_timeout,
+            max_connections,
+        },
+    );
     let mut svc = pingora::services::listening::Service::new("tenantgate proxy".into(), app);
-    svc.add_tcp(&settings.proxy.listen.to_string());
+    // No L4 read buffer on plain HTTP: the HTTP/1 session reads the header section
+    // into its own buffer, so Pingora's 64 KiB per-connection read buffer only cost
+    // memory (held by every idle keep-alive connection) and a copy.
+    svc.add_listener(
+        ListenerConfig::tcp(settings.proxy.listen.to_string())
+            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+    );
     server.add_service(svc);
     for b in balancers {
         server.add_service(b);

@@ -53,6 +53,11 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<String>,
     /// A request's header section must be complete this long after its first byte.
     pub header_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this long without a request.
+    pub keepalive_timeout_seconds: u64,
+    /// Client connections beyond this are closed at accept; default (0): derived
+    /// from the open-file limit.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +77,8 @@ impl Default for ProxyConfig {
             max_token_bytes: 8_192,
             trusted_proxies: Vec::new(),
             header_timeout_ms: 10_000,
+            keepalive_timeout_seconds: 60,
+            max_connections: 0,
         }
     }
 }

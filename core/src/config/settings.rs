@@ -63,6 +63,10 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Total deadline for a request's header section, from its first byte.
     pub header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub keepalive_timeout: Duration,
+    /// `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +337,18 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
     if !(100..=600_000).contains(&p.header_timeout_ms) {
         return invalid("proxy.header_timeout_ms", "must be between 100 and 600000");
     }
+    if !(1..=3_600).contains(&p.keepalive_timeout_seconds) {
+        return invalid(
+            "proxy.keepalive_timeout_seconds",
+            "must be between 1 and 3600",
+        );
+    }
+    if p.max_connections > 10_000_000 {
+        return invalid(
+            "proxy.max_connections",
+            "must be at most 10000000 (0: from the open-file limit)",
+        );
+    }
     Ok(ProxySettings {
         listen: p.listen,
         admin_listen: p.admin_listen,
@@ -348,6 +364,8 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         max_token_bytes: p.max_token_bytes,
         trusted_proxies,
         header_timeout: ms(p.header_timeout_ms),
+        keepalive_timeout: secs(p.keepalive_timeout_seconds),
+        max_connections: (p.max_connections > 0).then_some(p.max_connections),
     })
 }
 

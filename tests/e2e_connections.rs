@@ -1,0 +1,150 @@
+//! Connection limits of the proxy's listener: `proxy.max_connections` refuses new
+//! connections cheaply while the open ones keep working, and
+//! `proxy.keepalive_timeout_seconds` closes idle keep-alive connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{eventually, stack, Stack};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn connect(s: &Stack) -> TcpStream {
+    TcpStream::connect(s.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// One request on `conn` (no credential: 401); the status, or None when the
+/// connection was closed instead.
+async fn request(conn: &mut TcpStream) -> Option<u16> {
+    conn.write_all(b"GET /api/v1/echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text.get(9..12).and_then(|c| c.parse().ok());
+            }
+        }
+    }
+}
+
+async fn metric(s: &Stack, name: &str) -> f64 {
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.proxy_admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+}
+
+#[tokio::test]
+async fn max_connections_refuses_new_connections_and_keeps_the_open_ones() {
+    const LIMIT: usize = 4;
+    let s = stack().proxy_extra("max_connections = 4").start().await;
+    // The harness's HTTP client may keep a pooled connection from its readiness
+    // probe: it counts against the limit too.
+    let pooled = metric(&s, "tenantgate_proxy_open_connections").await as usize;
+    assert!(pooled < LIMIT);
+    let mut open = Vec::new();
+    for _ in pooled..LIMIT {
+        let mut c = connect(&s).await;
+        assert_eq!(request(&mut c).await, Some(401));
+        open.push(c);
+    }
+    assert_eq!(
+        metric(&s, "tenantgate_proxy_open_connections").await,
+        LIMIT as f64
+    );
+    // The fourth is accepted by the kernel and closed at once, unanswered.
+    let mut extra = connect(&s).await;
+    assert_eq!(request(&mut extra).await, None, "refused past the limit");
+    assert!(metric(&s, "tenantgate_proxy_refused_connections_total").await >= 1.0);
+    // The open ones keep working.
+    for c in &mut open {
+        assert_eq!(request(c).await, Some(401));
+    }
+    // One closes: a new connection is served again.
+    drop(open.pop());
+    let served = eventually(Duration::from_secs(5), || async {
+        let mut c = connect(&s).await;
+        request(&mut c).await == Some(401)
+    })
+    .await;
+    assert!(served.is_some(), "a slot freed by a close is reused");
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_after_the_timeout() {
+    let s = stack()
+        .proxy_extra("keepalive_timeout_seconds = 1")
+        .start()
+        .await;
+    let mut c = connect(&s).await;
+    assert_eq!(request(&mut c).await, Some(401));
+    // A second request right away reuses the connection.
+    assert_eq!(request(&mut c).await, Some(401));
+    let idle_since = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was closed by the proxy"
+    );
+    assert!(idle_since.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn bad_connection_settings_fail_at_startup_naming_the_key() {
+    for (text, key) in [
+        (
+            "[proxy]\nkeepalive_timeout_seconds = 0\n",
+            "proxy.keepalive_timeout_seconds",
+        ),
+        (
+            "[proxy]\nmax_connections = 99999999999\n",
+            "proxy.max_connections",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("t.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .args(["up", "--config"])
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
