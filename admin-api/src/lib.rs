@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_ip;
 pub mod error;
 pub mod json;
+pub mod login_guard;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
@@ -54,6 +56,10 @@ pub struct AdminOptions {
     pub api_key_pepper: Option<Vec<u8>>,
     /// Key-encryption key of the stored signing keys.
     pub kek: [u8; 32],
+    /// Peers whose `x-forwarded-for` names the client (`[admin] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Login throttling and the password-hashing bound.
+    pub login_limits: login_guard::LoginLimits,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -65,6 +71,8 @@ impl std::fmt::Debug for AdminOptions {
                 "api_key_pepper",
                 &self.api_key_pepper.as_ref().map(|_| "<set>"),
             )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("login_limits", &self.login_limits)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +87,8 @@ impl AdminOptions {
             token_ttl_seconds: cfg.admin.token_ttl.as_secs(),
             api_key_pepper: cfg.api_key_pepper().map(<[u8]>::to_vec),
             kek,
+            trusted_proxies: cfg.admin.trusted_proxies.clone(),
+            login_limits: login_guard::LoginLimits::default(),
         }
     }
 }
@@ -88,6 +98,7 @@ struct Inner {
     options: AdminOptions,
     keys: signing::Keys,
     metrics: metrics::Metrics,
+    login: login_guard::LoginGuard,
 }
 
 /// Shared state of the admin API (cheap to clone).
@@ -123,6 +134,11 @@ impl AdminState {
         &self.inner.metrics
     }
 
+    /// Login throttling and the password-hashing bound of this process.
+    pub fn login_guard(&self) -> &login_guard::LoginGuard {
+        &self.inner.login
+    }
+
     /// The kid of the key this process signs login tokens with.
     pub fn signing_kid(&self) -> &str {
         &self.inner.keys.signer().kid
@@ -135,12 +151,14 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
     let keys =
         signing::Keys::new(&store, signer, opts.issuer.clone(), opts.token_ttl_seconds).await?;
     let metrics = metrics::Metrics::new().map_err(|e| AdminInitError::Metrics(e.to_string()))?;
+    let login = login_guard::LoginGuard::new(opts.login_limits.clone());
     Ok(AdminState {
         inner: Arc::new(Inner {
             store,
             options: opts,
             keys,
             metrics,
+            login,
         }),
     })
 }
@@ -175,12 +193,15 @@ pub fn app(state: AdminState) -> Router {
 }
 
 /// Serves the admin API until `shutdown` resolves, then drains in-flight requests.
+/// Each connection's peer address is known to the handlers (the client IP of
+/// login throttling).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

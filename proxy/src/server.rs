@@ -4,6 +4,7 @@
 //! drained in-flight requests, the remaining usage is flushed.
 
 use crate::auth::jwt::{IssuerSpec, JwtVerifier};
+use crate::auth::users::LoginUsers;
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
@@ -92,6 +93,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.jwt.leeway.as_secs(),
         p.max_token_bytes,
     ));
+    let users = LoginUsers::new(store.clone(), cache.clone(), breaker.clone());
     let api_keys = ApiKeys::new(
         store.clone(),
         cache,
@@ -101,6 +103,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     let auth = Arc::new(Authenticator::new(
         api_keys,
         jwt,
+        users,
         settings.admin.issuer.clone(),
     ));
     let follower = Arc::new(Follower::new(store.clone(), control.clone(), auth.clone()));

@@ -193,3 +193,18 @@ fn trusted_proxies_are_cidrs_or_addresses() {
     let err = parse("[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"ten\"]").unwrap_err();
     assert_eq!(err.key, "proxy.trusted_proxies[1]");
 }
+
+#[test]
+fn admin_trusted_proxies_are_checked_at_startup() {
+    let c = parse("[admin]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+    let nets: Vec<String> = c
+        .admin
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+    assert!(Settings::default().admin.trusted_proxies.is_empty());
+    let err = parse("[admin]\ntrusted_proxies = [\"10.0.0.0/33\"]").unwrap_err();
+    assert_eq!(err.key, "admin.trusted_proxies[0]");
+}
