@@ -31,6 +31,7 @@ pub struct Stack {
 pub struct StackBuilder {
     extra: String,
     proxy_extra: String,
+    admin_extra: String,
     routes: Option<String>,
     store_url: Option<String>,
     dir: Option<PathBuf>,
@@ -40,6 +41,7 @@ pub fn stack() -> StackBuilder {
     StackBuilder {
         extra: String::new(),
         proxy_extra: String::new(),
+        admin_extra: String::new(),
         routes: None,
         store_url: None,
         dir: None,
@@ -58,6 +60,13 @@ impl StackBuilder {
     pub fn proxy_extra(mut self, toml: &str) -> Self {
         self.proxy_extra.push_str(toml);
         self.proxy_extra.push('\n');
+        self
+    }
+
+    /// Extra keys of the `[admin]` table (e.g. `trusted_proxies = [...]`).
+    pub fn admin_extra(mut self, toml: &str) -> Self {
+        self.admin_extra.push_str(toml);
+        self.admin_extra.push('\n');
         self
     }
 
@@ -108,6 +117,7 @@ change_poll_interval_ms = 100
 [admin]
 listen = "127.0.0.1:{a}"
 bootstrap_token = "{TOKEN}"
+{admin_extra}
 [upstream_demo]
 listen = "{demo}"
 [store]
@@ -124,6 +134,7 @@ format = "text"
             data = dir.display(),
             extra = self.extra,
             proxy_extra = self.proxy_extra,
+            admin_extra = self.admin_extra,
         );
         let config_path = dir.join("tenantgate.toml");
         std::fs::write(&config_path, config).unwrap();
