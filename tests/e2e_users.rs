@@ -6,6 +6,8 @@
 //! client IP (by the trusted-proxy rule), logged and counted.
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use common::{eventually, stack, Stack};
 use serde_json::{json, Value};
@@ -347,4 +349,68 @@ async fn user_routes_refuse_bad_input_and_other_tenants() {
         "listUsers"
     );
     assert!(doc["paths"]["/v1/auth/login"]["post"]["responses"]["429"].is_object());
+}
+
+/// In a fleet (separate admin and proxy processes on PostgreSQL), a disabled
+/// user's token is refused by every proxy within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_refuses_a_disabled_users_token_within_a_second() {
+    let Some(db) = tenantgate_core::testing::TestDb::postgres().await else {
+        return;
+    };
+    let mut f = fleet::Fleet::start(&db.url, 2, "").await;
+    let (st, v) = f
+        .admin(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"id": "fleetusers", "name": "F", "tier": "pro",
+                "admin_user": {"email": "admin@f.test", "password": "password-f1"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let user_id = v["admin_user"]["id"].as_str().unwrap().to_owned();
+    let r = f
+        .http
+        .post(format!("{}/v1/auth/login", f.admin))
+        .json(
+            &json!({"tenant_id": "fleetusers", "email": "admin@f.test", "password": "password-f1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let via = |i: usize| {
+        let (f, token) = (&f, &token);
+        async move {
+            f.http
+                .get(format!("{}/api/v1/whoami", f.proxies[i]))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..2 {
+        assert_eq!(via(i).await, 200, "proxy {i}");
+    }
+    let (st, v) = f
+        .admin(
+            "PATCH",
+            &format!("/v1/tenants/fleetusers/users/{user_id}"),
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for i in 0..2 {
+        let took = eventually(Duration::from_secs(1), || async { via(i).await == 401 }).await;
+        assert!(took.is_some(), "disable did not reach proxy {i} within 1 s");
+    }
+    f.stop_all();
+    db.cleanup().await;
 }
