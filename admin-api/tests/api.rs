@@ -1493,6 +1493,53 @@ async fn login_throttling(h: H, _url: String) {
     assert_eq!(count("busy"), 0);
 }
 
+/// Every hashing slot busy: a login waits briefly, then 503 with `Retry-After: 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_503_when_every_hashing_slot_stays_busy() {
+    let db = TestDb::sqlite();
+    let store = Store::open(&db.url, 5).await.unwrap();
+    let mut opts = options([7u8; 32]);
+    opts.login_limits.hash_permits = 1;
+    opts.login_limits.hash_wait = std::time::Duration::from_millis(100);
+    let state = build_state(store, opts).await.unwrap();
+    let h = H {
+        app: app(state.clone()),
+        state: state.clone(),
+    };
+    h.tenant_with_admin("busy").await;
+    let held = state.login_guard().hashing_slot().await.unwrap();
+    let r = h
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            login_body("busy", "admin@busy.example", "correct horse battery"),
+        )
+        .await;
+    r.error(503, "unavailable");
+    assert_eq!(r.headers["retry-after"], "1");
+    // A user create waits for a slot the same way.
+    h.p(
+        "POST",
+        "/v1/tenants/busy/users",
+        Some(json!({"email": "x@busy.example", "password": "password123", "role": "developer"})),
+    )
+    .await
+    .error(503, "unavailable");
+    let m = h.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.text
+            .contains("tenantgate_admin_login_failures_total{reason=\"busy\"} 1"),
+        "{}",
+        m.text
+    );
+    drop(held);
+    h.login("busy", "admin@busy.example", "correct horse battery")
+        .await;
+    state.store().close().await;
+    db.cleanup().await;
+}
+
 async fn tenant_recreation_drops_old_tokens(h: H, _url: String) {
     let old = h.tenant_with_admin("phoenix").await;
     h.call("GET", "/v1/tenants/phoenix", Some(&old), None)

@@ -104,6 +104,7 @@ fn duplicate() -> ApiError {
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
         (status = 409, description = "Duplicate email in the tenant", body = ErrorResponse),
         (status = 422, description = "Validation error", body = ErrorResponse),
+        (status = 503, description = "Store unavailable, or every password-hashing slot busy (Retry-After)", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
