@@ -66,8 +66,14 @@ pub async fn login(
     let key = email_key(&req.tenant_id, &req.email);
     let fail = |reason: LoginFailure| {
         state.metrics().login_failed(reason);
+        // Only a well-formed tenant id reaches the log verbatim (no log injection).
+        let tenant_id = if valid_tenant_id(&req.tenant_id) {
+            req.tenant_id.as_str()
+        } else {
+            "<invalid>"
+        };
         tracing::warn!(
-            tenant_id = %req.tenant_id.chars().take(64).collect::<String>(),
+            tenant_id,
             email_sha256 = %email_label(&key),
             client_ip = ?ip,
             reason = reason.as_str(),
