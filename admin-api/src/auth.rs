@@ -18,6 +18,9 @@ use tenantgate_core::domain::{Tenant, TenantStatus};
 
 /// Longest bearer token considered at all.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Clock skew allowed between the admin process that created a tenant and the one
+/// that issued a token (the user check is what really ends a deleted tenant's tokens).
+const IAT_SKEW_SECONDS: i64 = 30;
 /// The only role whose login tokens may use the admin API.
 pub const ADMIN_ROLE: &str = "admin";
 
@@ -88,7 +91,7 @@ impl FromRequestParts<AdminState> for Caller {
                 .store()
                 .get_tenant(&claims.tenant_id)
                 .await?
-                .filter(|t| claims.iat >= t.created_at.timestamp())
+                .filter(|t| claims.iat.saturating_add(IAT_SKEW_SECONDS) >= t.created_at.timestamp())
                 .ok_or(ApiError::Unauthorized)?;
             // Its user must still exist, be active and have the token's version
             // (a disable, role or password change bumps it).
