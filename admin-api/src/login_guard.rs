@@ -306,6 +306,16 @@ impl LoginGuard {
         }
     }
 
+    /// The attempt never got to check a password (busy, store down): it is taken
+    /// back from both counts.
+    pub fn cancelled(&self, a: &Attempt) {
+        let mut t = self.tables();
+        t.by_email.refund(&a.email, a.at);
+        if let Some(ip) = &a.ip {
+            t.by_ip.refund(ip, a.at);
+        }
+    }
+
     /// Keys tracked (emails, IPs).
     pub fn tracked(&self) -> (usize, usize) {
         let t = self.tables();
@@ -424,6 +434,18 @@ mod tests {
                 .len(),
             5
         );
+    }
+
+    #[test]
+    fn cancelled_attempts_do_not_count() {
+        let g = guard();
+        let t0 = Instant::now();
+        let k = email_key("acme", "a@acme.example");
+        for _ in 0..20 {
+            let a = g.admit(k, ip("192.0.2.1"), t0).unwrap();
+            g.cancelled(&a);
+        }
+        assert_eq!(g.tracked(), (0, 0));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-use tenantgate_core::domain::{valid_tenant_id, TenantStatus, UserStatus};
+use tenantgate_core::domain::{valid_tenant_id, Tenant, TenantStatus, UserRecord, UserStatus};
 use tenantgate_core::secrets::{dummy_password_hash, verify_password};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -91,37 +91,22 @@ pub async fn login(
             });
         }
     };
-    let tenant = if valid_tenant_id(&req.tenant_id) {
-        state.store().get_tenant(&req.tenant_id).await?
-    } else {
-        None
+    let checked = check_password(&state, &req.tenant_id, &req.email, req.password).await;
+    let (tenant, user) = match checked {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            fail(LoginFailure::BadCredentials);
+            return Err(ApiError::Unauthorized);
+        }
+        // No password was checked: the attempt does not count.
+        Err(e) => {
+            guard.cancelled(&attempt);
+            if matches!(e, ApiError::Busy) {
+                fail(LoginFailure::Busy);
+            }
+            return Err(e);
+        }
     };
-    let user = match (&tenant, normalize_email(&req.email)) {
-        (Some(t), Some(email)) => state.store().find_user_by_email(&t.id, &email).await?,
-        _ => None,
-    };
-    let Ok(slot) = guard.hashing_slot().await else {
-        fail(LoginFailure::Busy);
-        return Err(ApiError::Busy);
-    };
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let password = req.password;
-    let verified = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let hash = hash.as_deref().unwrap_or_else(|| dummy_password_hash());
-        verify_password(&password, hash)
-    })
-    .await
-    .map_err(|e| ApiError::internal("password verification task failed", e))?;
-    let (Some(tenant), Some(user), true) = (tenant, user, verified) else {
-        fail(LoginFailure::BadCredentials);
-        return Err(ApiError::Unauthorized);
-    };
-    // Checked after the hash, so a disabled user costs (and answers) the same.
-    if user.status != UserStatus::Active {
-        fail(LoginFailure::BadCredentials);
-        return Err(ApiError::Unauthorized);
-    }
     guard.succeeded(&attempt);
     if tenant.status == TenantStatus::Suspended {
         return Err(ApiError::TenantSuspended);
@@ -137,6 +122,44 @@ pub async fn login(
         token_type: "bearer",
         expires_in: ttl,
     }))
+}
+
+/// The tenant and user whose password `password` is (`None`: no such tenant or
+/// user, a disabled user, or a wrong password — all after one argon2 run).
+async fn check_password(
+    state: &AdminState,
+    tenant_id: &str,
+    email: &str,
+    password: String,
+) -> Result<Option<(Tenant, UserRecord)>, ApiError> {
+    let tenant = if valid_tenant_id(tenant_id) {
+        state.store().get_tenant(tenant_id).await?
+    } else {
+        None
+    };
+    let user = match (&tenant, normalize_email(email)) {
+        (Some(t), Some(email)) => state.store().find_user_by_email(&t.id, &email).await?,
+        _ => None,
+    };
+    let slot = state
+        .login_guard()
+        .hashing_slot()
+        .await
+        .map_err(|_| ApiError::Busy)?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let hash = hash.as_deref().unwrap_or_else(|| dummy_password_hash());
+        verify_password(&password, hash)
+    })
+    .await
+    .map_err(|e| ApiError::internal("password verification task failed", e))?;
+    Ok(match (tenant, user, verified) {
+        // The status is checked after the hash, so a disabled user costs (and
+        // answers) the same as a wrong password.
+        (Some(t), Some(u), true) if u.status == UserStatus::Active => Some((t, u)),
+        _ => None,
+    })
 }
 
 /// This resource's routes, each registered with its OpenAPI operation.
