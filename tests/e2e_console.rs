@@ -662,11 +662,12 @@ async fn console_steps(b: Browser, s: Arc<Stack>) {
         .await;
     b.click("#create-user button[type=submit]").await;
     b.wait_text("#users-table", "dev@acme.test").await;
+    // Disabling a user works (its tokens stop working).
     let dev = "#users-table tr:not(:has(.muted)) button[data-user-action=status]";
     b.click(dev).await;
-    b.wait_text(".alert.info", "not available on this server")
+    b.wait_text("#users-table tr:not(:has(.muted)) .badge", "disabled")
         .await;
-    b.step("users-unavailable").await;
+    b.step("user-disabled").await;
     b.click("a[data-tab=audit]").await;
     b.wait_text("#audit", "not available on this server").await;
 

@@ -2,7 +2,9 @@
 //!
 //! Every authentication failure looks the same to the client (401 `unauthorized`
 //! with `WWW-Authenticate: Bearer`); a tenant admin reaching for another tenant
-//! sees 404, as if that tenant did not exist.
+//! sees 404, as if that tenant did not exist. A login token counts only while its
+//! user exists, is active and still has the token's `tv` (checked on every
+//! request: the admin API is no hot path).
 
 use crate::error::ApiError;
 use crate::AdminState;
@@ -16,6 +18,9 @@ use tenantgate_core::domain::{Tenant, TenantStatus};
 
 /// Longest bearer token considered at all.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Clock skew allowed between the admin process that created a tenant and the one
+/// that issued a token (the user check is what really ends a deleted tenant's tokens).
+const IAT_SKEW_SECONDS: i64 = 30;
 /// The only role whose login tokens may use the admin API.
 pub const ADMIN_ROLE: &str = "admin";
 
@@ -80,11 +85,21 @@ impl FromRequestParts<AdminState> for Caller {
                 .verify(state.store(), token)
                 .await
                 .ok_or(ApiError::Unauthorized)?;
-            // A token of a deleted tenant is no credential at all.
+            // A token of a deleted tenant is no credential at all, nor one issued
+            // before its tenant was (re-)created under that id.
             let tenant = state
                 .store()
                 .get_tenant(&claims.tenant_id)
                 .await?
+                .filter(|t| claims.iat.saturating_add(IAT_SKEW_SECONDS) >= t.created_at.timestamp())
+                .ok_or(ApiError::Unauthorized)?;
+            // Its user must still exist, be active and have the token's version
+            // (a disable, role or password change bumps it).
+            state
+                .store()
+                .get_user(&claims.tenant_id, &claims.sub)
+                .await?
+                .filter(|u| u.accepts_token(&claims.role, claims.tv))
                 .ok_or(ApiError::Unauthorized)?;
             if claims.role != ADMIN_ROLE {
                 return Err(ApiError::Forbidden(

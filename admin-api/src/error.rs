@@ -21,6 +21,7 @@ pub mod codes {
     pub const CONFLICT: &str = "conflict";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const VALIDATION_ERROR: &str = "validation_error";
+    pub const RATE_LIMITED: &str = "rate_limited";
     pub const UNAVAILABLE: &str = "unavailable";
 }
 
@@ -43,6 +44,12 @@ pub enum ApiError {
     /// The store failed; the detail was logged where it happened and is never sent.
     #[error("service temporarily unavailable")]
     Unavailable,
+    /// Too many attempts: retry after this many seconds (`Retry-After`).
+    #[error("too many attempts; retry later")]
+    RateLimited { retry_after_seconds: u64 },
+    /// Busy with other work (every password-hashing slot taken); `Retry-After: 1`.
+    #[error("server busy; retry shortly")]
+    Busy,
 }
 
 impl ApiError {
@@ -61,7 +68,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -74,7 +82,19 @@ impl ApiError {
             ApiError::NotFound(_) => codes::NOT_FOUND,
             ApiError::Conflict(_) => codes::CONFLICT,
             ApiError::Validation { .. } => codes::VALIDATION_ERROR,
-            ApiError::Unavailable => codes::UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy => codes::UNAVAILABLE,
+            ApiError::RateLimited { .. } => codes::RATE_LIMITED,
+        }
+    }
+
+    /// `Retry-After` seconds, for the errors that carry one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => Some((*retry_after_seconds).max(1)),
+            ApiError::Busy => Some(1),
+            _ => None,
         }
     }
 
@@ -134,7 +154,12 @@ impl IntoResponse for ApiError {
         };
         // The body is rendered by the middleware, which knows the request id; this
         // fallback body only shows if the router is used without it.
+        let retry_after = self.retry_after();
         let mut res = (status, render_body(&info, "")).into_response();
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         res.extensions_mut().insert(info);
         res
     }
@@ -164,6 +189,7 @@ pub fn info_for_status(status: StatusCode, message: Option<String>) -> ErrorInfo
         StatusCode::CONFLICT => (codes::CONFLICT, "conflict"),
         StatusCode::PAYLOAD_TOO_LARGE => (codes::PAYLOAD_TOO_LARGE, "request body too large"),
         StatusCode::UNPROCESSABLE_ENTITY => (codes::VALIDATION_ERROR, "validation error"),
+        StatusCode::TOO_MANY_REQUESTS => (codes::RATE_LIMITED, "too many requests"),
         s if s.is_server_error() => (codes::UNAVAILABLE, "service temporarily unavailable"),
         _ => (codes::BAD_REQUEST, "bad request"),
     };

@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_ip;
 pub mod error;
 pub mod json;
+pub mod login_guard;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
@@ -58,6 +60,10 @@ pub struct AdminOptions {
     pub assertion_algorithm: tenantgate_core::assertion::AssertionAlg,
     /// How long a rotated assertion key is published before it signs.
     pub assertion_publish_ahead: std::time::Duration,
+    /// Peers whose `x-forwarded-for` names the client (`[admin] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Login throttling and the password-hashing bound.
+    pub login_limits: login_guard::LoginLimits,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -69,6 +75,8 @@ impl std::fmt::Debug for AdminOptions {
                 "api_key_pepper",
                 &self.api_key_pepper.as_ref().map(|_| "<set>"),
             )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("login_limits", &self.login_limits)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +93,8 @@ impl AdminOptions {
             kek,
             assertion_algorithm: cfg.assertion.algorithm,
             assertion_publish_ahead: cfg.assertion.publish_ahead,
+            trusted_proxies: cfg.admin.trusted_proxies.clone(),
+            login_limits: login_guard::LoginLimits::default(),
         }
     }
 }
@@ -94,6 +104,7 @@ struct Inner {
     options: AdminOptions,
     keys: signing::Keys,
     metrics: metrics::Metrics,
+    login: login_guard::LoginGuard,
 }
 
 /// Shared state of the admin API (cheap to clone).
@@ -129,6 +140,11 @@ impl AdminState {
         &self.inner.metrics
     }
 
+    /// Login throttling and the password-hashing bound of this process.
+    pub fn login_guard(&self) -> &login_guard::LoginGuard {
+        &self.inner.login
+    }
+
     /// The kid of the key this process signs login tokens with.
     pub fn signing_kid(&self) -> &str {
         &self.inner.keys.signer().kid
@@ -141,12 +157,14 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
     let keys =
         signing::Keys::new(&store, signer, opts.issuer.clone(), opts.token_ttl_seconds).await?;
     let metrics = metrics::Metrics::new().map_err(|e| AdminInitError::Metrics(e.to_string()))?;
+    let login = login_guard::LoginGuard::new(opts.login_limits.clone());
     Ok(AdminState {
         inner: Arc::new(Inner {
             store,
             options: opts,
             keys,
             metrics,
+            login,
         }),
     })
 }
@@ -184,12 +202,15 @@ pub fn app(state: AdminState) -> Router {
 }
 
 /// Serves the admin API until `shutdown` resolves, then drains in-flight requests.
+/// Each connection's peer address is known to the handlers (the client IP of
+/// login throttling).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

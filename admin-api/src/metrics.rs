@@ -6,12 +6,35 @@ use prometheus::{
 
 pub const REQUESTS_TOTAL: &str = "tenantgate_admin_requests_total";
 pub const REQUEST_DURATION: &str = "tenantgate_admin_request_duration_seconds";
+pub const LOGIN_FAILURES_TOTAL: &str = "tenantgate_admin_login_failures_total";
+
+/// Why a login failed, as the `reason` label of [`LOGIN_FAILURES_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Unknown tenant or user, wrong password, disabled user.
+    BadCredentials,
+    /// Refused by the throttle before any password was checked.
+    Throttled,
+    /// No password-hashing slot in time.
+    Busy,
+}
+
+impl LoginFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::BadCredentials => "bad_credentials",
+            LoginFailure::Throttled => "throttled",
+            LoginFailure::Busy => "busy",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    login_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -30,13 +53,34 @@ impl Metrics {
             ]),
             &["method", "route"],
         )?;
+        let login_failures = IntCounterVec::new(
+            Opts::new(LOGIN_FAILURES_TOTAL, "Failed logins by reason"),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(login_failures.clone()))?;
+        // Every reason shows from the start (at 0), so alerts can rate() them.
+        for r in [
+            LoginFailure::BadCredentials,
+            LoginFailure::Throttled,
+            LoginFailure::Busy,
+        ] {
+            login_failures.with_label_values(&[r.as_str()]);
+        }
         Ok(Metrics {
             registry,
             requests,
             latency,
+            login_failures,
         })
+    }
+
+    /// Counts one failed login.
+    pub fn login_failed(&self, reason: LoginFailure) {
+        self.login_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Records one request. `route` is a route template (bounded cardinality).

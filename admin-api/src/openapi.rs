@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "tenantgate admin API",
         description = "Tenants, users, API keys, RBAC policies, rate limits and usage; login tokens and their JWKS.",
     ),
-    components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName)),
+    components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName)),
     modifiers(&BearerAuth),
     tags(
         (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "auth"),
@@ -73,6 +73,13 @@ pub enum TierName {
 pub enum TenantStatusName {
     Active,
     Suspended,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatusName {
+    Active,
+    Disabled,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -217,12 +217,13 @@ impl Keys {
         keys
     }
 
-    /// Signs a login token for `sub`.
+    /// Signs a login token for `sub` at the user's `token_version` (claim `tv`).
     pub fn issue(
         &self,
         sub: &str,
         tenant_id: &str,
         role: &str,
+        token_version: i64,
         ttl_seconds: u64,
     ) -> Result<String, jwt::JwtError> {
         let iat = chrono::Utc::now().timestamp();
@@ -234,6 +235,7 @@ impl Keys {
             exp: iat.saturating_add(i64::try_from(ttl_seconds).unwrap_or(i64::MAX)),
             iss: self.issuer.clone(),
             aud: LOGIN_AUDIENCE.to_owned(),
+            tv: token_version,
         };
         self.signer.sign(&claims)
     }

@@ -28,6 +28,8 @@ fn options(kek: [u8; 32]) -> AdminOptions {
         kek,
         assertion_algorithm: tenantgate_core::assertion::AssertionAlg::Es256,
         assertion_publish_ahead: std::time::Duration::from_secs(60),
+        trusted_proxies: Vec::new(),
+        login_limits: tenantgate_admin::login_guard::LoginLimits::default(),
     }
 }
 
@@ -231,6 +233,10 @@ on_both_backends!(
     api_key_validation,
     api_key_rotation,
     users_and_password_hashes,
+    user_lifecycle,
+    user_lifecycle_validation,
+    login_throttling,
+    tenant_recreation_drops_old_tokens,
     login_and_jwks,
     policies,
     rate_limits,
@@ -398,6 +404,22 @@ async fn auth_matrix(h: H, _url: String) {
         .error(401, "unauthorized");
 }
 
+/// The user `u1` (admin) of `claims`' tokens, straight in the store.
+async fn user_u1(h: &H, tenant: &str) {
+    h.store()
+        .create_user(
+            tenant,
+            &tenantgate_core::store::NewUser {
+                id: "u1".into(),
+                email: "u1@example.com".into(),
+                password_hash: "unused".into(),
+                role: "admin".into(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
 fn claims(tenant: &str, role: &str, exp_in: i64) -> LoginClaims {
     let now = chrono::Utc::now().timestamp();
     LoginClaims {
@@ -408,11 +430,13 @@ fn claims(tenant: &str, role: &str, exp_in: i64) -> LoginClaims {
         exp: now + exp_in,
         iss: ISSUER.into(),
         aud: LOGIN_AUDIENCE.into(),
+        tv: 0,
     }
 }
 
 async fn forged_and_foreign_tokens_are_rejected(h: H, _url: String) {
     h.tenant("gamma", "free").await;
+    user_u1(&h, "gamma").await;
     let ours = h.state.keys().signer();
     // Sanity: a token we sign ourselves is accepted.
     let good = ours.sign(&claims("gamma", "admin", 300)).unwrap();
@@ -1186,6 +1210,354 @@ async fn login_and_jwks(h: H, _url: String) {
         .error(403, "tenant_suspended");
 }
 
+fn login_body(tenant: &str, email: &str, password: &str) -> Option<Value> {
+    Some(json!({"tenant_id": tenant, "email": email, "password": password}))
+}
+
+async fn user_lifecycle(h: H, _url: String) {
+    let admin = h.tenant_with_admin("life").await;
+    let dev = h.user("life", "dev@life.example", "developer").await;
+    let dev_id = dev["id"].as_str().unwrap().to_owned();
+    let dev_path = format!("/v1/tenants/life/users/{dev_id}");
+    let admin2 = h.user("life", "admin2@life.example", "admin").await;
+    let admin2_path = format!("/v1/tenants/life/users/{}", admin2["id"].as_str().unwrap());
+
+    // The list shows status and never a hash; a tenant admin sees its own tenant.
+    let list = h
+        .call("GET", "/v1/tenants/life/users", Some(&admin), None)
+        .await;
+    assert!(!list.text.contains("argon2") && !list.text.contains("password"));
+    let users = list.expect(200).as_array().unwrap().clone();
+    assert_eq!(users.len(), 3);
+    assert!(users.iter().all(|u| u["status"] == "active"));
+
+    // A role change ends the user's tokens, at once.
+    let t2 = h.login("life", "admin2@life.example", "password123").await;
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .expect(200);
+    let r = h
+        .call(
+            "PATCH",
+            &admin2_path,
+            Some(&admin),
+            Some(json!({"role": "developer"})),
+        )
+        .await;
+    assert_eq!(r.expect(200)["role"], "developer");
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .error(401, "unauthorized");
+    // Back to admin: the old token stays dead, a new login works.
+    h.p("PATCH", &admin2_path, Some(json!({"role": "admin"})))
+        .await
+        .expect(200);
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .error(401, "unauthorized");
+    let t2 = h.login("life", "admin2@life.example", "password123").await;
+
+    // A password change: old tokens and the old password stop working.
+    h.p(
+        "PATCH",
+        &admin2_path,
+        Some(json!({"password": "brand-new-secret"})),
+    )
+    .await
+    .expect(200);
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .error(401, "unauthorized");
+    h.call(
+        "POST",
+        "/v1/auth/login",
+        None,
+        login_body("life", "admin2@life.example", "password123"),
+    )
+    .await
+    .error(401, "unauthorized");
+    let t2 = h
+        .login("life", "admin2@life.example", "brand-new-secret")
+        .await;
+
+    // Disabled: tokens die and login answers like a wrong password.
+    let r = h
+        .call(
+            "PATCH",
+            &admin2_path,
+            Some(&admin),
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(r.expect(200)["status"], "disabled");
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .error(401, "unauthorized");
+    let disabled = h
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            login_body("life", "admin2@life.example", "brand-new-secret"),
+        )
+        .await;
+    let wrong = h
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            login_body("life", "dev@life.example", "wrong-password"),
+        )
+        .await;
+    assert_eq!(
+        disabled.error(401, "unauthorized")["message"],
+        wrong.error(401, "unauthorized")["message"]
+    );
+    // Enabled again: a fresh login works.
+    h.p("PATCH", &admin2_path, Some(json!({"status": "active"})))
+        .await
+        .expect(200);
+    let t2 = h
+        .login("life", "admin2@life.example", "brand-new-secret")
+        .await;
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .expect(200);
+
+    // Delete: 204, its tokens die, a second delete is 404.
+    h.call("DELETE", &admin2_path, Some(&admin), None)
+        .await
+        .expect(204);
+    h.call("GET", "/v1/tenants/life", Some(&t2), None)
+        .await
+        .error(401, "unauthorized");
+    h.call("DELETE", &admin2_path, Some(&admin), None)
+        .await
+        .error(404, "not_found");
+    h.p("PATCH", &admin2_path, Some(json!({"role": "admin"})))
+        .await
+        .error(404, "not_found");
+
+    // Each change is in the feed for the proxies.
+    let changes = h.store().changes_since(0, 0, 1000).await.unwrap();
+    let user_changes = changes
+        .iter()
+        .filter(|c| c.kind == tenantgate_core::store::ChangeKind::User && c.tenant_id == "life")
+        .count();
+    assert!(user_changes >= 8, "{user_changes}");
+
+    // A developer's PATCH is fine and its listing shows it.
+    h.p(
+        "PATCH",
+        &dev_path,
+        Some(json!({"role": "read_only", "status": "disabled"})),
+    )
+    .await
+    .expect(200);
+    let list = h.p("GET", "/v1/tenants/life/users", None).await;
+    let users = list.expect(200).as_array().unwrap().clone();
+    let d = users.iter().find(|u| u["id"] == dev_id.as_str()).unwrap();
+    assert_eq!(
+        (d["role"].as_str(), d["status"].as_str()),
+        (Some("read_only"), Some("disabled"))
+    );
+}
+
+async fn user_lifecycle_validation(h: H, _url: String) {
+    let admin = h.tenant_with_admin("val").await;
+    let other = h.tenant_with_admin("val-other").await;
+    let u = h.user("val", "u@val.example", "developer").await;
+    let path = format!("/v1/tenants/val/users/{}", u["id"].as_str().unwrap());
+
+    for (body, field) in [
+        (json!({}), "body"),
+        (json!({"role": null}), "body"),
+        (json!({"status": "gone"}), "status"),
+        (json!({"status": 1}), "status"),
+        (json!({"role": "ghost"}), "role"),
+        (json!({"role": "Not A Role"}), "role"),
+        (json!({"password": "short"}), "password"),
+        (json!({"password": "x".repeat(1025)}), "password"),
+    ] {
+        h.call("PATCH", &path, Some(&admin), Some(body))
+            .await
+            .invalid(field);
+    }
+    h.raw("PATCH", &path, Some(&admin), "{")
+        .await
+        .error(400, "bad_request");
+    // Unknown user: 404 (after validation of the body).
+    h.call(
+        "PATCH",
+        "/v1/tenants/val/users/nobody",
+        Some(&admin),
+        Some(json!({"role": "developer"})),
+    )
+    .await
+    .error(404, "not_found");
+    h.call("DELETE", "/v1/tenants/val/users/nobody", Some(&admin), None)
+        .await
+        .error(404, "not_found");
+    // Another tenant's admin sees nothing of this tenant.
+    for (method, body) in [
+        ("GET", None),
+        ("PATCH", Some(json!({"role": "developer"}))),
+        ("DELETE", None),
+    ] {
+        let uri = if method == "GET" {
+            "/v1/tenants/val/users".to_owned()
+        } else {
+            path.clone()
+        };
+        h.call(method, &uri, Some(&other), body)
+            .await
+            .error(404, "not_found");
+    }
+    // Nor can it reach this tenant's user through its own tenant's path.
+    h.call(
+        "PATCH",
+        &format!("/v1/tenants/val-other/users/{}", u["id"].as_str().unwrap()),
+        Some(&other),
+        Some(json!({"role": "developer"})),
+    )
+    .await
+    .error(404, "not_found");
+    // A developer's login token is no admin credential.
+    let dev = h.login("val", "u@val.example", "password123").await;
+    h.call("GET", "/v1/tenants/val/users", Some(&dev), None)
+        .await
+        .error(403, "forbidden");
+    // No credential.
+    h.call("DELETE", &path, None, None)
+        .await
+        .error(401, "unauthorized");
+    // Nothing changed.
+    let list = h.p("GET", "/v1/tenants/val/users", None).await;
+    let users = list.expect(200).as_array().unwrap().clone();
+    let still = users.iter().find(|x| x["id"] == u["id"]).unwrap();
+    assert_eq!(
+        (still["role"].as_str(), still["status"].as_str()),
+        (Some("developer"), Some("active"))
+    );
+}
+
+async fn login_throttling(h: H, _url: String) {
+    h.p(
+        "POST",
+        "/v1/tenants",
+        Some(json!({"id": "thr", "name": "Thr", "tier": "free", "admin_user": {"email": "root@thr.example", "password": "right-password"}})),
+    )
+    .await
+    .expect(201);
+    for _ in 0..5 {
+        h.call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            login_body("thr", "root@thr.example", "wrong-password"),
+        )
+        .await
+        .error(401, "unauthorized");
+    }
+    // The right password does not get through while throttled (any spelling).
+    for email in ["root@thr.example", " ROOT@thr.example "] {
+        let r = h
+            .call(
+                "POST",
+                "/v1/auth/login",
+                None,
+                login_body("thr", email, "right-password"),
+            )
+            .await;
+        r.error(429, "rate_limited");
+        let after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=900).contains(&after), "{after}");
+    }
+    // Another user of the tenant is not affected (the client is unknown in-process).
+    h.user("thr", "other@thr.example", "developer").await;
+    h.login("thr", "other@thr.example", "password123").await;
+    // Counted in /metrics, by reason.
+    let m = h.call("GET", "/metrics", None, None).await;
+    let text = m.text;
+    let count = |reason: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "tenantgate_admin_login_failures_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {reason} series in {text}"))
+    };
+    assert_eq!(count("bad_credentials"), 5);
+    assert_eq!(count("throttled"), 2);
+    assert_eq!(count("busy"), 0);
+}
+
+/// Every hashing slot busy: a login waits briefly, then 503 with `Retry-After: 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_503_when_every_hashing_slot_stays_busy() {
+    let db = TestDb::sqlite();
+    let store = Store::open(&db.url, 5).await.unwrap();
+    let mut opts = options([7u8; 32]);
+    opts.login_limits.hash_permits = 1;
+    opts.login_limits.hash_wait = std::time::Duration::from_millis(100);
+    let state = build_state(store, opts).await.unwrap();
+    let h = H {
+        app: app(state.clone()),
+        state: state.clone(),
+    };
+    h.tenant_with_admin("busy").await;
+    let held = state.login_guard().hashing_slot().await.unwrap();
+    let r = h
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            login_body("busy", "admin@busy.example", "correct horse battery"),
+        )
+        .await;
+    r.error(503, "unavailable");
+    assert_eq!(r.headers["retry-after"], "1");
+    // A user create waits for a slot the same way.
+    h.p(
+        "POST",
+        "/v1/tenants/busy/users",
+        Some(json!({"email": "x@busy.example", "password": "password123", "role": "developer"})),
+    )
+    .await
+    .error(503, "unavailable");
+    let m = h.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.text
+            .contains("tenantgate_admin_login_failures_total{reason=\"busy\"} 1"),
+        "{}",
+        m.text
+    );
+    drop(held);
+    h.login("busy", "admin@busy.example", "correct horse battery")
+        .await;
+    state.store().close().await;
+    db.cleanup().await;
+}
+
+async fn tenant_recreation_drops_old_tokens(h: H, _url: String) {
+    let old = h.tenant_with_admin("phoenix").await;
+    h.call("GET", "/v1/tenants/phoenix", Some(&old), None)
+        .await
+        .expect(200);
+    h.p("DELETE", "/v1/tenants/phoenix", None).await.expect(204);
+    // Re-created with the same admin email and password.
+    let fresh = h.tenant_with_admin("phoenix").await;
+    h.call("GET", "/v1/tenants/phoenix", Some(&old), None)
+        .await
+        .error(401, "unauthorized");
+    h.call("GET", "/v1/tenants/phoenix", Some(&fresh), None)
+        .await
+        .expect(200);
+}
+
 // ---- policies, rate limits, usage --------------------------------------------------------
 
 async fn policies(h: H, _url: String) {
@@ -1717,6 +2089,7 @@ async fn signing_keys_persist_and_rotate(h: H, url: String) {
 
     // A token of one process is accepted by the other (after its key refresh).
     h.tenant("shared", "free").await;
+    user_u1(&h, "shared").await;
     let token = a
         .keys()
         .signer()

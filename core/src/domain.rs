@@ -317,6 +317,34 @@ impl ApiKeyRecord {
     }
 }
 
+/// Whether a user may log in (and its login tokens count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+}
+
+impl FromStr for UserStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "active" => Ok(UserStatus::Active),
+            "disabled" => Ok(UserStatus::Disabled),
+            _ => Err(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub id: String,
@@ -324,7 +352,19 @@ pub struct UserRecord {
     pub email: String,
     pub role: String,
     pub password_hash: String,
+    pub status: UserStatus,
+    /// Carried by login tokens as `tv`; bumped by every change that ends the
+    /// user's sessions, so a token with another value is refused.
+    pub token_version: i64,
     pub created_at: DateTime<Utc>,
+}
+
+impl UserRecord {
+    /// Whether a login token of this user with `role` and token version `tv`
+    /// still speaks for it.
+    pub fn accepts_token(&self, role: &str, tv: i64) -> bool {
+        self.status == UserStatus::Active && self.token_version == tv && self.role == role
+    }
 }
 
 /// A loose but useful email check: one `@`, a non-empty local part, a dotted domain.

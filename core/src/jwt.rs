@@ -35,6 +35,10 @@ pub struct LoginClaims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// The user's token version when the token was issued (absent in tokens of
+    /// older releases: 0). A token whose `tv` is not the user's current one is refused.
+    #[serde(default)]
+    pub tv: i64,
 }
 
 /// An RSA signing key with its key id.
@@ -196,6 +200,7 @@ mod tests {
             exp: 4_000_000_000,
             iss: "tenantgate".into(),
             aud: LOGIN_AUDIENCE.into(),
+            tv: 0,
         };
         let token = key.sign(&claims).unwrap();
         let jwk = key.public_jwk();

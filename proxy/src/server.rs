@@ -5,6 +5,7 @@
 
 use crate::assertion::Assertions;
 use crate::auth::jwt::{IssuerSpec, JwtVerifier};
+use crate::auth::users::LoginUsers;
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
@@ -96,6 +97,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.jwt.leeway.as_secs(),
         p.max_token_bytes,
     ));
+    let users = LoginUsers::new(store.clone(), cache.clone(), breaker.clone());
     let api_keys = ApiKeys::new(
         store.clone(),
         cache,
@@ -105,6 +107,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     let auth = Arc::new(Authenticator::new(
         api_keys,
         jwt,
+        users,
         settings.admin.issuer.clone(),
     ));
     let assertions = Arc::new(Assertions::new(settings.assertion.clone()));

@@ -32,6 +32,7 @@ pub struct StackBuilder {
     extra: String,
     proxy_extra: String,
     demo_extra: String,
+    admin_extra: String,
     routes: Option<String>,
     store_url: Option<String>,
     dir: Option<PathBuf>,
@@ -42,6 +43,7 @@ pub fn stack() -> StackBuilder {
         extra: String::new(),
         proxy_extra: String::new(),
         demo_extra: String::new(),
+        admin_extra: String::new(),
         routes: None,
         store_url: None,
         dir: None,
@@ -67,6 +69,13 @@ impl StackBuilder {
     pub fn demo_extra(mut self, toml: &str) -> Self {
         self.demo_extra.push_str(toml);
         self.demo_extra.push('\n');
+        self
+    }
+
+    /// Extra keys of the `[admin]` table (e.g. `trusted_proxies = [...]`).
+    pub fn admin_extra(mut self, toml: &str) -> Self {
+        self.admin_extra.push_str(toml);
+        self.admin_extra.push('\n');
         self
     }
 
@@ -117,6 +126,7 @@ change_poll_interval_ms = 100
 [admin]
 listen = "127.0.0.1:{a}"
 bootstrap_token = "{TOKEN}"
+{admin_extra}
 [upstream_demo]
 listen = "{demo}"
 {demo_extra}
@@ -135,6 +145,7 @@ format = "text"
             extra = self.extra,
             proxy_extra = self.proxy_extra,
             demo_extra = self.demo_extra,
+            admin_extra = self.admin_extra,
         );
         let config_path = dir.join("tenantgate.toml");
         std::fs::write(&config_path, config).unwrap();

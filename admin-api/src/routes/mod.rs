@@ -65,12 +65,21 @@ pub fn password(field: &str, pw: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// argon2id, off the async workers.
-pub async fn hash_password(pw: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || tenantgate_core::secrets::hash_password(&pw))
+/// argon2id, off the async workers, in one of the bounded hashing slots (503
+/// `unavailable` with `Retry-After` when none frees up in time).
+pub async fn hash_password(state: &AdminState, pw: String) -> Result<String, ApiError> {
+    let slot = state
+        .login_guard()
+        .hashing_slot()
         .await
-        .map_err(|e| ApiError::internal("password hashing task failed", e))?
-        .map_err(|e| ApiError::internal("password hashing failed", e))
+        .map_err(|_| ApiError::Busy)?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        tenantgate_core::secrets::hash_password(&pw)
+    })
+    .await
+    .map_err(|e| ApiError::internal("password hashing task failed", e))?
+    .map_err(|e| ApiError::internal("password hashing failed", e))
 }
 
 /// A role that exists in the tenant (it has a policy).

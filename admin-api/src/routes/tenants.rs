@@ -138,7 +138,7 @@ pub async fn create(
             Some(NewUser {
                 id: uuid::Uuid::now_v7().to_string(),
                 email,
-                password_hash: hash_password(u.password).await?,
+                password_hash: hash_password(&state, u.password).await?,
                 role: ADMIN_ROLE.to_owned(),
             })
         }
@@ -173,6 +173,7 @@ pub async fn create(
         id: u.id,
         email: u.email,
         role: u.role,
+        status: tenantgate_core::domain::UserStatus::Active,
         created_at: ts(tenant.created_at),
     });
     Ok((StatusCode::CREATED, Json(out)))

@@ -1,17 +1,23 @@
-//! `/v1/tenants/{id}/users`: create and list a tenant's users (never their hashes).
+//! `/v1/tenants/{id}/users`: create, list, update and delete a tenant's users
+//! (never showing their hashes).
+//!
+//! Disabling a user, changing its role or password, or deleting it ends its login
+//! tokens: the store bumps the user's token version (or the row is gone) and
+//! records a `user` change, which proxies apply within the change feed's delay;
+//! the admin API reads the user on every request.
 
 use super::{email, existing_role, hash_password, password, ts};
 use crate::auth::TenantScope;
 use crate::error::ApiError;
-use crate::openapi::ErrorResponse;
+use crate::openapi::{ErrorResponse, UserStatusName};
 use crate::{json, AdminState};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tenantgate_core::domain::UserRecord;
-use tenantgate_core::store::NewUser;
+use tenantgate_core::domain::{UserRecord, UserStatus};
+use tenantgate_core::store::{NewUser, UserPatch};
 use tenantgate_core::StoreError;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,11 +40,35 @@ impl std::fmt::Debug for CreateUserRequest {
     }
 }
 
+/// A `PATCH`: any of these; at least one.
+#[derive(Default, Deserialize, ToSchema)]
+pub struct UpdateUserRequest {
+    /// A role with a policy in the tenant.
+    pub role: Option<String>,
+    /// `disabled`: the user cannot log in and its tokens stop working.
+    #[schema(value_type = Option<UserStatusName>)]
+    pub status: Option<UserStatus>,
+    /// A new password (same rules as on create).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUserRequest")
+            .field("role", &self.role)
+            .field("status", &self.status)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct UserResponse {
     pub id: String,
     pub email: String,
     pub role: String,
+    #[schema(value_type = UserStatusName)]
+    pub status: UserStatus,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -49,9 +79,14 @@ impl From<UserRecord> for UserResponse {
             id: u.id,
             email: u.email,
             role: u.role,
+            status: u.status,
             created_at: ts(u.created_at),
         }
     }
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::NotFound("user not found")
 }
 
 fn duplicate() -> ApiError {
@@ -69,6 +104,7 @@ fn duplicate() -> ApiError {
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
         (status = 409, description = "Duplicate email in the tenant", body = ErrorResponse),
         (status = 422, description = "Validation error", body = ErrorResponse),
+        (status = 503, description = "Store unavailable, or every password-hashing slot busy (Retry-After)", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -94,7 +130,7 @@ pub async fn create(
     let new = NewUser {
         id: uuid::Uuid::now_v7().to_string(),
         email,
-        password_hash: hash_password(req.password).await?,
+        password_hash: hash_password(&state, req.password).await?,
         role: req.role,
     };
     let user = state
@@ -115,6 +151,7 @@ pub async fn create(
     responses(
         (status = 200, description = "The tenant's users", body = [UserResponse]),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 403, description = "A login token without the admin role", body = ErrorResponse),
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -127,7 +164,110 @@ pub async fn list(
     Ok(Json(users.into_iter().map(UserResponse::from).collect()))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/tenants/{id}/users/{user_id}", operation_id = "updateUser", tag = "users",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("user_id" = String, Path, description = "User id"),
+    ),
+    request_body = UpdateUserRequest,
+    responses(
+        (status = 200, description = "The updated user; its earlier login tokens no longer work", body = UserResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 403, description = "A login token without the admin role", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or user", body = ErrorResponse),
+        (status = 422, description = "Validation error (bad role, status or password; nothing to change)", body = ErrorResponse),
+        (status = 503, description = "Store unavailable, or every password-hashing slot busy (Retry-After)", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, user_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<UserResponse>, ApiError> {
+    let req: UpdateUserRequest = json::parse(&body)?;
+    let tenant_id = scope.tenant.id.as_str();
+    if req.role.is_none() && req.status.is_none() && req.password.is_none() {
+        return Err(ApiError::validation(
+            "body",
+            "give at least one of role, status, password",
+        ));
+    }
+    if let Some(role) = &req.role {
+        existing_role(&state, tenant_id, "role", role).await?;
+    }
+    if let Some(pw) = &req.password {
+        password("password", pw)?;
+    }
+    // Cheap check first so an unknown user does not cost an argon2 hash.
+    if state.store().get_user(tenant_id, &user_id).await?.is_none() {
+        return Err(user_not_found());
+    }
+    let password_hash = match req.password {
+        Some(pw) => Some(hash_password(&state, pw).await?),
+        None => None,
+    };
+    let patch = UserPatch {
+        role: req.role,
+        status: req.status,
+        password_hash,
+    };
+    let user = state
+        .store()
+        .update_user(tenant_id, &user_id, &patch)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => user_not_found(),
+            e => e.into(),
+        })?;
+    tracing::info!(
+        tenant_id,
+        user_id = %user.id,
+        role = %user.role,
+        status = user.status.as_str(),
+        password_changed = patch.password_hash.is_some(),
+        "user updated; earlier login tokens revoked"
+    );
+    Ok(Json(user.into()))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tenants/{id}/users/{user_id}", operation_id = "deleteUser", tag = "users",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("user_id" = String, Path, description = "User id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted; its login tokens no longer work"),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 403, description = "A login token without the admin role", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or user", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store()
+        .delete_user(&scope.tenant.id, &user_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => user_not_found(),
+            e => e.into(),
+        })?;
+    tracing::info!(tenant_id = %scope.tenant.id, user_id = %user_id, "user deleted; its login tokens revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// This resource's routes, each registered with its OpenAPI operation.
 pub fn router() -> OpenApiRouter<AdminState> {
-    OpenApiRouter::new().routes(routes!(create, list))
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(update, delete))
 }

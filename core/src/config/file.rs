@@ -95,6 +95,8 @@ pub struct AdminConfig {
     pub token_ttl_seconds: u64,
     /// `iss` of login tokens.
     pub issuer: String,
+    /// Peers (CIDRs) whose `x-forwarded-for` names the client for login throttling.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -105,6 +107,7 @@ impl Default for AdminConfig {
             secret_key: None,
             token_ttl_seconds: 3_600,
             issuer: "tenantgate".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

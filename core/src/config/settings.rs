@@ -80,6 +80,8 @@ pub struct AdminSettings {
     pub token_ttl: Duration,
     /// `iss` of login tokens.
     pub issuer: String,
+    /// Peers whose `x-forwarded-for` names the client (login throttling).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -447,6 +449,7 @@ fn admin(a: &file::AdminConfig) -> Result<AdminSettings, Invalid> {
         secret_key: a.secret_key.clone(),
         token_ttl: secs(a.token_ttl_seconds),
         issuer: a.issuer.clone(),
+        trusted_proxies: cidrs("admin.trusted_proxies", &a.trusted_proxies)?,
     })
 }
 

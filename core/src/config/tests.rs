@@ -261,3 +261,18 @@ fn assertion_keys_and_header_timeout_are_checked() {
         assert_eq!(parse(text).unwrap_err().key, key, "{text}");
     }
 }
+
+#[test]
+fn admin_trusted_proxies_are_checked_at_startup() {
+    let c = parse("[admin]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+    let nets: Vec<String> = c
+        .admin
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+    assert!(Settings::default().admin.trusted_proxies.is_empty());
+    let err = parse("[admin]\ntrusted_proxies = [\"10.0.0.0/33\"]").unwrap_err();
+    assert_eq!(err.key, "admin.trusted_proxies[0]");
+}

@@ -20,7 +20,7 @@ pub enum ChangeKind {
     Policy,
     /// The tenant's rate limit was set (subject: empty).
     RateLimit,
-    /// A user was created or changed (subject: user id).
+    /// A user was created, changed or deleted (subject: user id).
     User,
     /// Signing keys changed (tenant and subject: the kid).
     SigningKey,

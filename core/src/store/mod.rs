@@ -21,7 +21,7 @@ pub use assertion_keys::StoredAssertionKey;
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};
-pub use users::NewUser;
+pub use users::{NewUser, UserPatch};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;

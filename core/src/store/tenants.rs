@@ -159,6 +159,14 @@ impl Store {
             .iter()
             .map(|r| r.try_get("prefix"))
             .collect::<std::result::Result<_, _>>()?;
+        // Each user's change lets proxies drop that user's cached view at once.
+        let user_ids: Vec<String> = sqlx::query("SELECT id FROM users WHERE tenant_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
         for table in ["users", "api_keys", "rbac_policies", "rate_limit_configs"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(id)
@@ -175,6 +183,9 @@ impl Store {
         let mut changes = vec![Self::record_change(&mut tx, ChangeKind::Tenant, id, "").await?];
         for p in prefixes {
             changes.push(Self::record_change(&mut tx, ChangeKind::ApiKey, id, &p).await?);
+        }
+        for u in user_ids {
+            changes.push(Self::record_change(&mut tx, ChangeKind::User, id, &u).await?);
         }
         tx.commit().await?;
         self.publish(changes);

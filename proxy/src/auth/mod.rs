@@ -9,6 +9,7 @@ pub mod api_key;
 mod extract;
 pub mod jwt;
 mod principal;
+pub mod users;
 
 pub use api_key::{ApiKeyCredential, ApiKeys, CachedKey};
 pub use extract::{presented, Presented};
@@ -21,6 +22,7 @@ use jwt::{Identity, JwtVerifier};
 use std::sync::Arc;
 use std::time::Instant;
 use tenantgate_core::store::{Change, ChangeKind};
+use users::LoginUsers;
 
 /// The request's credential, owned across the lookups' awaits (the session's
 /// headers are not `Sync`, so the future cannot hold a borrow of them).
@@ -50,15 +52,24 @@ impl Authenticated {
 pub struct Authenticator {
     pub api_keys: ApiKeys,
     pub jwt: Arc<JwtVerifier>,
-    /// The admin API's own issuer: its keys are reloaded when signing keys change.
+    /// The users of login tokens: each such token is checked against its user.
+    pub users: LoginUsers,
+    /// The admin API's own issuer: its keys are reloaded when signing keys change,
+    /// and its tokens count only while their user does.
     login_issuer: String,
 }
 
 impl Authenticator {
-    pub fn new(api_keys: ApiKeys, jwt: Arc<JwtVerifier>, login_issuer: String) -> Self {
+    pub fn new(
+        api_keys: ApiKeys,
+        jwt: Arc<JwtVerifier>,
+        users: LoginUsers,
+        login_issuer: String,
+    ) -> Self {
         Authenticator {
             api_keys,
             jwt,
+            users,
             login_issuer,
         }
     }
@@ -86,6 +97,12 @@ impl Authenticator {
                 .await
                 .map(Authenticated::ApiKey),
             Credential::Jwt(token) => match self.jwt.verify(&token).await {
+                // After the verified-token cache: a revoked user's token may still
+                // be cached there, its user view says no at once.
+                Ok(id) if id.issuer == self.login_issuer => {
+                    self.users.check(&id, now).await?;
+                    Ok(Authenticated::Jwt(id))
+                }
                 Ok(id) => Ok(Authenticated::Jwt(id)),
                 Err(e) if e.is_unavailable() => Err(Reject::Unavailable),
                 Err(e) => {
@@ -101,6 +118,7 @@ impl Authenticator {
         match c.kind {
             ChangeKind::ApiKey => self.api_keys.apply(c).await,
             ChangeKind::SigningKey => self.jwt.invalidate_issuer_keys(&self.login_issuer),
+            ChangeKind::User => self.users.apply(c).await,
             _ => {}
         }
     }
@@ -108,10 +126,12 @@ impl Authenticator {
     /// After missed changes: forget every cached credential.
     pub fn invalidate_all(&self) {
         self.api_keys.cache.invalidate_all();
+        self.users.cache.invalidate_all();
     }
 
     /// Appends the credential caches' counters as Prometheus samples.
     pub fn render(&self, out: &mut String) {
         self.api_keys.cache.render(out);
+        self.users.cache.render(out);
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct RawClaims<'a> {
     pub aud: Option<Audience<'a>>,
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
+    /// `tv`: the user's token version in login tokens (see `auth::users`).
+    pub tv: Option<i64>,
     pub extra: Vec<Option<Cow<'a, str>>>,
 }
 
@@ -91,6 +93,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 "aud" => set_once(&mut c.aud, map.next_value::<Audience<'de>>()?, "aud")?,
                 "exp" => set_once(&mut c.exp, map.next_value::<NumericDate>()?.0, "exp")?,
                 "nbf" => set_once(&mut c.nbf, map.next_value::<NumericDate>()?.0, "nbf")?,
+                "tv" => set_once(&mut c.tv, map.next_value::<NumericDate>()?.0, "tv")?,
                 other => match self.extra_names.iter().position(|n| *n == other) {
                     Some(i) => {
                         if std::mem::replace(&mut extra_seen[i], true) {

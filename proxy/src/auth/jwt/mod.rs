@@ -52,6 +52,8 @@ pub struct Identity {
     pub issuer: String,
     /// The token's `exp`, seconds since the epoch.
     pub exp: i64,
+    /// The token's `tv` (login tokens: the user's token version when it was issued).
+    pub token_version: Option<i64>,
     /// The same identity rendered as the headers to inject (once per token).
     pub principal: Principal,
 }
@@ -390,6 +392,7 @@ impl JwtVerifier {
             role: checked.role,
             issuer: issuer.issuer.clone(),
             exp: checked.exp,
+            token_version: claims.tv,
         })
     }
 

@@ -1118,6 +1118,7 @@ async fn login_issuer_verifies_admin_api_tokens() {
         exp: now() + 300,
         iss: login.into(),
         aud: tenantgate_core::jwt::LOGIN_AUDIENCE.into(),
+        tv: 0,
     };
     let token = key.sign(&login_claims).unwrap();
     // No key yet: nothing could be loaded.
