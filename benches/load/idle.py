@@ -6,13 +6,14 @@ proxy answers 401 without a credential), reads the answer, keeps them all open,
 and reports the RSS of PID: before, while the N are held, and SETTLE seconds
 after they are closed. Prints one JSON line.
 
-Usage: idle.py PID HOST PORT N [PATH] [SETTLE]
+Usage: idle.py PID HOST PORT N [--path P] [--settle S] [--hold S] [--id ID]
+(--hold: keep them open this many seconds before closing, e.g. while another load
+runs against the same server.)
 """
+import argparse
 import asyncio
 import json
 import resource
-import sys
-import time
 
 
 def rss_kb(pid):
@@ -51,9 +52,17 @@ async def one(host, port, path):
 
 
 async def main():
-    pid, host, port, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    path = sys.argv[5] if len(sys.argv) > 5 else "/api/v1/echo"
-    settle = float(sys.argv[6]) if len(sys.argv) > 6 else 30.0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pid", type=int)
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("n", type=int)
+    ap.add_argument("--path", default="/api/v1/echo")
+    ap.add_argument("--settle", type=float, default=30.0)
+    ap.add_argument("--hold", type=float, default=0.0)
+    ap.add_argument("--id", default="idle")
+    a = ap.parse_args()
+    pid, host, port, n, path, settle = a.pid, a.host, a.port, a.n, a.path, a.settle
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_tree_kb(pid)
@@ -71,12 +80,15 @@ async def main():
                 statuses[c[2]] = statuses.get(c[2], 0) + 1
     await asyncio.sleep(2)
     held = rss_tree_kb(pid)
+    if a.hold:
+        await asyncio.sleep(a.hold)
     for _, w, _ in conns:
         w.close()
     await asyncio.sleep(settle)
     after = rss_tree_kb(pid)
     held_n = len(conns)
     print(json.dumps({
+        "id": a.id,
         "connections": held_n,
         "statuses": {str(k): v for k, v in statuses.items()},
         "rss_before_kb": before,

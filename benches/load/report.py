@@ -274,6 +274,13 @@ def main():
         target(f"over-admission with {n} proxies on Redis (% of the limit)", oa["over_pct"] if oa else None,
                lambda x: x <= 1.0, "≤ 1 %")
     target("100k keys / 1 key (same process)", ratio("scale_all", "scale_1"), lambda x: x >= 0.90, "≥ 0.90")
+    idle = extra.get("idle_tg")
+    target("KiB per idle keep-alive connection (`tenantgate up`)",
+           idle.get("kib_per_idle_connection") if idle else None, lambda x: x <= 8.0, "≤ 8 KiB")
+    target("RSS 30 s after the idle connections closed / before",
+           idle.get("after_close_ratio") if idle else None, lambda x: x <= 1.25, "≤ 1.25")
+    target("API key with 10k idle connections held / without", ratio("tg_apikey_idle", "tg_apikey"),
+           lambda x: x >= 0.9, "≥ 0.9")
     rs = extra.get("rss_scale")
     target("proxy RSS with 100k keys cached (MB)", rs["rss_kb"] / 1024 if rs else None, lambda x: x <= 150, "≤ 150")
 
@@ -315,6 +322,21 @@ def main():
         if up:
             w(f"- `tenantgate up` (proxy + admin API + demo upstream in one process) after the main "
               f"scenarios: {up['rss_kb'] / 1024:.0f} MB (VmRSS), peak {up['hwm_kb'] / 1024:.0f} MB")
+        w("")
+
+    idles = [(name, extra[k]) for name, k in (("tenantgate up", "idle_tg"), ("HAProxy", "idle_hap"),
+                                               ("Envoy", "idle_env")) if k in extra]
+    if idles:
+        w("## Idle keep-alive connections")
+        w("")
+        w("`benches/load/idle.py`: N connections, each after one request answered 401, held open; "
+          "RSS of the process (and its workers) before, while held, and 30 s after they closed.")
+        w("")
+        w("| server | connections | RSS before | RSS held | KiB per idle connection | RSS 30 s after close | after / before |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for name, i in idles:
+            w(f"| {name} | {i['connections']:,} | {i['rss_before_kb'] / 1024:.1f} MB | {i['rss_held_kb'] / 1024:.1f} MB | "
+              f"{i['kib_per_idle_connection']} | {i['rss_after_close_kb'] / 1024:.1f} MB | {i['after_close_ratio']} |")
         w("")
 
     cg = [extra[k] for k in ("cg_public", "cg_apikey", "cg_jwt") if k in extra]

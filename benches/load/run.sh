@@ -462,6 +462,34 @@ TG_RSS_KB="$(awk '/VmRSS/ {print $2}' "/proc/$TGP/status")"
 TG_HWM_KB="$(awk '/VmHWM/ {print $2}' "/proc/$TGP/status")"
 printf '{"id":"rss_up","rss_kb":%s,"hwm_kb":%s}\n' "$TG_RSS_KB" "$TG_HWM_KB" >>"$RESULTS"
 
+# ---- idle keep-alive connections -------------------------------------------------------------
+# IDLE_N connections, each after one request answered 401 (no credential), held open:
+# KiB per idle connection and RSS 30 s after they close, tenantgate and HAProxy alike
+# (idle.py runs on the load CPU). Then the API-key row again while IDLE_N idle
+# connections are held (compared with tg_apikey).
+IDLE_N="${IDLE_N:-10000}"
+log "idle connections: $IDLE_N against tenantgate up"
+pin "$LOAD_CPU" python3 "$HERE/idle.py" "$TGP" 127.0.0.1 "$TG_PORT" "$IDLE_N" --id idle_tg \
+    --path /api/v1/echo --settle 30 >>"$RESULTS" || note "idle.py against tenantgate failed"
+if [ -n "$HAPROXY_PID" ]; then
+    log "idle connections: $IDLE_N against HAProxy"
+    pin "$LOAD_CPU" python3 "$HERE/idle.py" "$HAPROXY_PID" 127.0.0.1 "$HAPROXY_PORT" "$IDLE_N" \
+        --id idle_hap --path /api/v1/echo --settle 30 >>"$RESULTS" || note "idle.py against HAProxy failed"
+fi
+if [ -n "$ENVOY_PID" ]; then
+    log "idle connections: $IDLE_N against Envoy"
+    pin "$LOAD_CPU" python3 "$HERE/idle.py" "$ENVOY_PID" 127.0.0.1 "$ENVOY_PORT" "$IDLE_N" \
+        --id idle_env --path /api/v1/echo --settle 30 >>"$RESULTS" || note "idle.py against Envoy failed"
+fi
+log "API-key load while $IDLE_N idle connections are held"
+pin "$LOAD_CPU" python3 "$HERE/idle.py" "$TGP" 127.0.0.1 "$TG_PORT" "$IDLE_N" --id idle_tg_held \
+    --path /api/v1/echo --hold $((DUR + WARM + 10)) --settle 0 >>"$RESULTS" &
+IDLE_HOLDER=$!
+sleep 8
+ROUND=1 run tg_apikey_idle "API key while $IDLE_N idle connections are held" tenantgate apikey "$TGP" \
+    "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
+wait "$IDLE_HOLDER" || true
+
 # ---- Redis rate-limit backend ---------------------------------------------------------------
 # Both rows from a standalone `tenantgate proxy` on the same store, one with the local
 # limiter and one with Redis, so the ratio compares like with like.
