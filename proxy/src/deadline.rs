@@ -117,6 +117,9 @@ impl HeaderDeadline {
     /// for Pingora's first read. False when the client closed or the read failed.
     async fn next_request(&mut self) -> bool {
         use tokio::io::AsyncReadExt;
+        // Nothing of the last request stays while idle (its header timer included).
+        self.timer = None;
+        self.phase.store(IDLE, Ordering::Relaxed);
         match self.inner.read(&mut self.early).await {
             Ok(n) if n > 0 => {
                 self.early_at = 0;
