@@ -54,6 +54,11 @@ pub struct AdminOptions {
     pub api_key_pepper: Option<Vec<u8>>,
     /// Key-encryption key of the stored signing keys.
     pub kek: [u8; 32],
+    /// Issuers no tenant may bind: the configured `[[jwt.issuers]]` and the
+    /// login tokens' own.
+    pub reserved_issuers: Vec<String>,
+    /// `[jwt] allow_insecure_jwks`: bound issuers may use plain `http://` JWKS URLs.
+    pub allow_insecure_jwks: bool,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -79,6 +84,10 @@ impl AdminOptions {
             token_ttl_seconds: cfg.admin.token_ttl.as_secs(),
             api_key_pepper: cfg.api_key_pepper().map(<[u8]>::to_vec),
             kek,
+            reserved_issuers: std::iter::once(cfg.admin.issuer.clone())
+                .chain(cfg.jwt.issuers.iter().map(|i| i.issuer.clone()))
+                .collect(),
+            allow_insecure_jwks: cfg.jwt.allow_insecure_jwks,
         }
     }
 }
@@ -148,11 +157,14 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// Every resource's routes with their OpenAPI operations: the one place a route
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
-    use routes::{api_keys, auth_login, meta, policies, rate_limit, tenants, usage, users};
+    use routes::{
+        api_keys, auth_login, issuers, meta, policies, rate_limit, tenants, usage, users,
+    };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(users::router())
+        .merge(issuers::router())
         .merge(policies::router())
         .merge(rate_limit::router())
         .merge(usage::router())

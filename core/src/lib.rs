@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod issuers;
 pub mod jwt;
 pub mod sealing;
 pub mod secrets;

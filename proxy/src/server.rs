@@ -3,7 +3,7 @@
 //! runtime, and runs the Pingora server until SIGTERM/SIGINT. After Pingora has
 //! drained in-flight requests, the remaining usage is flushed.
 
-use crate::auth::jwt::{IssuerSpec, JwtVerifier};
+use crate::auth::jwt::{BoundOptions, IssuerSpec, JwtVerifier};
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
@@ -92,6 +92,12 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.jwt.leeway.as_secs(),
         p.max_token_bytes,
     ));
+    jwt.follow_bound_issuers(
+        store.clone(),
+        BoundOptions {
+            allow_insecure_jwks: settings.jwt.allow_insecure_jwks,
+        },
+    );
     let api_keys = ApiKeys::new(
         store.clone(),
         cache,
@@ -216,6 +222,9 @@ pub fn start_background(
         .map_err(|e| format!("proxy.admin_listen {admin_listen}: {e}"))?;
     let jwt = parts.auth.jwt.clone();
     rt.spawn(async move { jwt.warm_up().await });
+    rt.spawn(crate::control::follow::load_credential_indexes(
+        parts.auth.clone(),
+    ));
     // PostgreSQL NOTIFY pokes the follower to read the feed at once.
     let notified = (parts.store.backend() == Backend::Postgres).then(|| {
         let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -24,6 +24,8 @@ pub enum ChangeKind {
     User,
     /// Signing keys changed (tenant and subject: the kid).
     SigningKey,
+    /// An issuer was bound to the tenant or unbound (subject: the issuer's id).
+    Issuer,
 }
 
 impl ChangeKind {
@@ -35,6 +37,7 @@ impl ChangeKind {
             ChangeKind::RateLimit => "rate_limit",
             ChangeKind::User => "user",
             ChangeKind::SigningKey => "signing_key",
+            ChangeKind::Issuer => "issuer",
         }
     }
 
@@ -46,6 +49,7 @@ impl ChangeKind {
             "rate_limit" => ChangeKind::RateLimit,
             "user" => ChangeKind::User,
             "signing_key" => ChangeKind::SigningKey,
+            "issuer" => ChangeKind::Issuer,
             _ => return None,
         })
     }

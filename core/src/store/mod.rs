@@ -6,6 +6,7 @@
 
 mod api_keys;
 mod changes;
+mod issuers;
 mod policies;
 mod rate_limits;
 mod settings;

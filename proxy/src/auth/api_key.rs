@@ -1,9 +1,13 @@
 //! API keys: `tg_<prefix>_<secret>`. Looked up by the public prefix (cached), the
-//! digest of the whole key compared in constant time.
+//! digest of the whole key compared in constant time. A prefix the proxy's prefix
+//! index does not know is refused without a store lookup (see [`KeyIndex`]), so a
+//! flood of random keys cannot crowd out the lookups of real ones.
 
+use super::key_index::{KeyIndex, Verdict, UNKNOWN_LOOKUP_TIMEOUT};
 use super::principal::{AuthMethod, Principal};
 use crate::cache::{Breaker, CacheSettings, Cached, IdKey, Shared};
 use crate::reject::Reject;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tenantgate_core::domain::ApiKeyRecord;
@@ -57,9 +61,12 @@ impl CachedKey {
     }
 }
 
-/// The API-key authenticator: the keys cache and the digest function.
+/// The API-key authenticator: the keys cache, the prefix index and the digest
+/// function.
 pub struct ApiKeys {
     pub cache: Cached<IdKey, CachedKey>,
+    pub index: KeyIndex,
+    store: Store,
     digester: ApiKeyDigester,
 }
 
@@ -70,8 +77,9 @@ impl ApiKeys {
         breaker: Arc<Breaker>,
         digester: ApiKeyDigester,
     ) -> Self {
+        let loader_store = store.clone();
         let cache = Cached::new("api_keys", settings, breaker, move |prefix: IdKey| {
-            let s = store.clone();
+            let s = loader_store.clone();
             Box::pin(async move {
                 let rec = s.find_api_key_by_prefix(&prefix.to_text()).await?;
                 Ok(rec.and_then(|r| {
@@ -83,7 +91,37 @@ impl ApiKeys {
                 }))
             })
         });
-        ApiKeys { cache, digester }
+        ApiKeys {
+            cache,
+            index: KeyIndex::new(),
+            store,
+            digester,
+        }
+    }
+
+    /// Loads the prefix index from the store (adding to what it knows). Until the
+    /// first load succeeds every lookup goes to the store as usual.
+    pub async fn load_index(&self) -> Result<(), tenantgate_core::StoreError> {
+        let prefixes = self.store.live_api_key_prefixes().await?;
+        self.index.extend(prefixes.iter().map(String::as_str));
+        tracing::info!(prefixes = self.index.len(), "API key prefix index loaded");
+        Ok(())
+    }
+
+    /// [`load_index`](Self::load_index) until it succeeds (backing off up to 5 s).
+    pub async fn load_index_until_ok(&self) {
+        let mut backoff = std::time::Duration::from_millis(200);
+        while let Err(e) = self.load_index().await {
+            tracing::warn!(error = %e, "loading the API key prefix index failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// Appends the cache's and the index's counters as Prometheus samples.
+    pub fn render(&self, out: &mut String) {
+        self.cache.render(out);
+        self.index.render(out);
     }
 
     /// Parses and digests a presented key.
@@ -101,22 +139,59 @@ impl ApiKeys {
         now: Instant,
         now_ms: i64,
     ) -> Result<Shared<CachedKey>, Reject> {
-        let rec = self
+        let prefix = cred.prefix.as_str();
+        let found = match self
             .cache
-            .get_id(cred.prefix.as_str(), now)
-            .await
-            .map_err(|_| Reject::Unavailable)?
-            .0
-            .ok_or(Reject::InvalidApiKey)?;
+            .hit(prefix.as_bytes(), now, || cred.prefix.clone())
+        {
+            Some((found, _)) => found,
+            None => self.miss(&cred.prefix).await?,
+        };
+        let rec = found.ok_or(Reject::InvalidApiKey)?;
         if !secrets::ct_eq(&cred.digest, &rec.digest) || !rec.is_usable_at(now_ms) {
             return Err(Reject::InvalidApiKey);
         }
         Ok(rec)
     }
 
-    /// Drops a changed key (the change's subject is its prefix).
+    /// Not cached: a known prefix (or any, while the index is not loaded) is
+    /// loaded as usual; an unknown one is refused, unless the small budget for
+    /// unknown prefixes allows a lookup outside the breaker (a key created an
+    /// instant ago, whose change has not arrived yet).
+    async fn miss(&self, prefix: &IdKey) -> Result<Option<Shared<CachedKey>>, Reject> {
+        match self.index.check(prefix.as_str()) {
+            Verdict::Known | Verdict::NotLoaded => self
+                .cache
+                .load(prefix)
+                .await
+                .map(|(found, _)| found)
+                .map_err(|_| Reject::Unavailable),
+            Verdict::Unknown => {
+                let Some(_permit) = self.index.try_budget() else {
+                    self.index.refused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(None);
+                };
+                self.index.looked_up.fetch_add(1, Ordering::Relaxed);
+                let lookup = self.cache.load_unmetered(prefix);
+                match tokio::time::timeout(UNKNOWN_LOOKUP_TIMEOUT, lookup).await {
+                    Ok(Ok((Some(found), _))) => {
+                        self.index.found_late.fetch_add(1, Ordering::Relaxed);
+                        self.index.insert(prefix.as_str());
+                        Ok(Some(found))
+                    }
+                    // Not found, or the store did not answer in time: as far as the
+                    // index knows, there is no such key.
+                    _ => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Drops a changed key (the change's subject is its prefix) and remembers its
+    /// prefix in the index.
     pub async fn apply(&self, c: &Change) {
         if c.kind == ChangeKind::ApiKey {
+            self.index.insert(&c.subject);
             self.cache.invalidate(&IdKey::new(&c.subject)).await;
         }
     }

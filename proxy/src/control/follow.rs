@@ -54,12 +54,16 @@ impl Follower {
         self.applied.fetch_add(1, Ordering::Relaxed);
         self.control.apply(c).await;
         self.auth.apply(c).await;
+        // Issuers bound to tenants (an issuer change, or a tenant of theirs changed).
+        self.auth.jwt.apply_change(c).await;
     }
 
-    /// After missed changes: forget everything cached.
+    /// After missed changes: forget everything cached, and reload what is kept
+    /// whole rather than cached (bound issuers, the API key prefix index).
     pub fn invalidate_all(&self) {
         self.control.invalidate_all();
         self.auth.invalidate_all();
+        tokio::spawn(load_credential_indexes(self.auth.clone()));
     }
 
     /// Follows changes until `shutdown`: the bus, NOTIFY pokes (`notified`) and a
@@ -152,6 +156,14 @@ impl Follower {
             self.applied.load(Ordering::Relaxed)
         );
     }
+}
+
+/// Loads what the authenticators keep whole (the issuers bound to tenants and the
+/// API key prefix index), retrying until each load succeeds. Run at start, and
+/// after missed changes.
+pub async fn load_credential_indexes(auth: Arc<Authenticator>) {
+    let jwt = auth.jwt.clone();
+    futures::join!(jwt.reload_bound_until_ok(), auth.api_keys.load_index_until_ok());
 }
 
 /// Where the feed reader is.

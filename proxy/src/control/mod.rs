@@ -174,7 +174,10 @@ impl ControlPlane {
                     .await
             }
             ChangeKind::RateLimit => self.limits.invalidate(&IdKey::new(&c.tenant_id)).await,
-            ChangeKind::ApiKey | ChangeKind::User | ChangeKind::SigningKey => {}
+            ChangeKind::ApiKey
+            | ChangeKind::User
+            | ChangeKind::SigningKey
+            | ChangeKind::Issuer => {}
         }
     }
 

@@ -77,6 +77,7 @@ fn spec(source: Arc<dyn KeySource>) -> IssuerSpec {
         source,
         min_refetch: Duration::from_secs(10),
         refresh: Duration::from_secs(300),
+        max_lifetime: None,
     }
 }
 
@@ -945,6 +946,7 @@ fn issuer_settings(keys: IssuerKeys, algorithms: &[&str]) -> IssuerSettings {
         role_claim: "role".into(),
         jwks_min_refetch: Duration::from_secs(10),
         jwks_refresh: Duration::from_secs(300),
+        max_lifetime: None,
     }
 }
 
