@@ -140,11 +140,15 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     assert_eq!(v["role_claim"], "role");
     assert_eq!(v["default_role"], "read_only");
     assert_eq!(v["max_lifetime_seconds"], 3600);
-    let (st, list) = s.admin("GET", &format!("/v1/tenants/{acme}/issuers"), None).await;
+    let (st, list) = s
+        .admin("GET", &format!("/v1/tenants/{acme}/issuers"), None)
+        .await;
     assert_eq!(st, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], issuer_id.as_str());
-    let (_, none) = s.admin("GET", &format!("/v1/tenants/{other}/issuers"), None).await;
+    let (_, none) = s
+        .admin("GET", &format!("/v1/tenants/{other}/issuers"), None)
+        .await;
     assert_eq!(none, json!([]));
 
     // Within a second the token works, for acme.
@@ -169,8 +173,17 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     invalid_token(whoami(&s, &claims(json!({"tenant_id": "ghost"}))).await);
     // Longer lived than max_lifetime_seconds: from now, or from iat.
     invalid_token(whoami(&s, &claims(json!({"exp": now() + 7200}))).await);
-    invalid_token(whoami(&s, &claims(json!({"iat": now() - 3500, "exp": now() + 300}))).await);
-    assert_eq!(whoami(&s, &claims(json!({"exp": now() + 3000}))).await.0, 200);
+    invalid_token(
+        whoami(
+            &s,
+            &claims(json!({"iat": now() - 3500, "exp": now() + 300})),
+        )
+        .await,
+    );
+    assert_eq!(
+        whoami(&s, &claims(json!({"exp": now() + 3000}))).await.0,
+        200
+    );
     // The usual checks still apply: audience, signature.
     invalid_token(whoami(&s, &claims(json!({"aud": "someone-else"}))).await);
     let forged = SigningKey::generate()
@@ -193,12 +206,13 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     }
 
     // The configured issuer's max_lifetime_seconds applies too.
-    let conf = |exp: i64| {
-        conf_key
+    let conf =
+        |exp: i64| {
+            conf_key
             .sign(&json!({"iss": CONFIGURED, "aud": "tenantgate", "sub": "u", "tenant_id": "other",
                 "role": "developer", "exp": exp}))
             .unwrap()
-    };
+        };
     assert_eq!(whoami(&s, &conf(now() + 300)).await.0, 200);
     invalid_token(whoami(&s, &conf(now() + 31_000_000 * 365 * 24 * 3600)).await);
     invalid_token(whoami(&s, &conf(now() + 900)).await);
@@ -206,11 +220,21 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     // Tenant admins manage their own tenant's issuers only.
     let acme_admin = login(&s, &acme).await;
     let (st, v) = s
-        .admin_as(&acme_admin, "GET", &format!("/v1/tenants/{acme}/issuers"), None)
+        .admin_as(
+            &acme_admin,
+            "GET",
+            &format!("/v1/tenants/{acme}/issuers"),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (st, _) = s
-        .admin_as(&acme_admin, "GET", &format!("/v1/tenants/{other}/issuers"), None)
+        .admin_as(
+            &acme_admin,
+            "GET",
+            &format!("/v1/tenants/{other}/issuers"),
+            None,
+        )
         .await;
     assert_eq!(st, 404);
     let (st, _) = s
@@ -266,13 +290,11 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
         .await;
     assert_eq!(st, 201, "{v}");
     let for_other = claims(json!({"tenant_id": null}));
-    assert!(
-        eventually(Duration::from_secs(1), || async {
-            whoami(&s, &for_other).await.0 == 200
-        })
-        .await
-        .is_some()
-    );
+    assert!(eventually(Duration::from_secs(1), || async {
+        whoami(&s, &for_other).await.0 == 200
+    })
+    .await
+    .is_some());
     assert_eq!(whoami(&s, &for_other).await.1["tenant_id"], "other");
     invalid_token(whoami(&s, &claims(json!({"tenant_id": "acme"}))).await);
 }
@@ -293,8 +315,14 @@ async fn issuer_input_is_validated() {
         b
     };
     for (body, field) in [
-        (with("jwks_url", json!("http://127.0.0.1:9/jwks")), "jwks_url"),
-        (with("jwks_url", json!("http://idp.acme.e2e.test/jwks")), "jwks_url"),
+        (
+            with("jwks_url", json!("http://127.0.0.1:9/jwks")),
+            "jwks_url",
+        ),
+        (
+            with("jwks_url", json!("http://idp.acme.e2e.test/jwks")),
+            "jwks_url",
+        ),
         (with("jwks_url", json!("ftp://idp/jwks")), "jwks_url"),
         (with("jwks_url", Value::Null), "jwks_url"),
         (with("issuer", json!("")), "issuer"),
@@ -306,9 +334,18 @@ async fn issuer_input_is_validated() {
         (with("algorithms", json!(["HS256"])), "algorithms"),
         (with("algorithms", json!(["none"])), "algorithms"),
         (with("algorithms", json!([])), "algorithms"),
-        (with("max_lifetime_seconds", json!(0)), "max_lifetime_seconds"),
-        (with("max_lifetime_seconds", json!(-5)), "max_lifetime_seconds"),
-        (with("max_lifetime_seconds", json!("1h")), "max_lifetime_seconds"),
+        (
+            with("max_lifetime_seconds", json!(0)),
+            "max_lifetime_seconds",
+        ),
+        (
+            with("max_lifetime_seconds", json!(-5)),
+            "max_lifetime_seconds",
+        ),
+        (
+            with("max_lifetime_seconds", json!("1h")),
+            "max_lifetime_seconds",
+        ),
         (with("default_role", json!("Not A Role")), "default_role"),
         (with("role_claim", json!("")), "role_claim"),
     ] {
@@ -321,7 +358,9 @@ async fn issuer_input_is_validated() {
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["algorithms"], json!(["RS256"]));
     assert!(v["max_lifetime_seconds"].is_null());
-    let (st, _) = s.admin("POST", "/v1/tenants/nope/issuers", Some(base)).await;
+    let (st, _) = s
+        .admin("POST", "/v1/tenants/nope/issuers", Some(base))
+        .await;
     assert_eq!(st, 404);
     let (st, _) = s.admin("DELETE", &format!("{path}/no-such-id"), None).await;
     assert_eq!(st, 404);

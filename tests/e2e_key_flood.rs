@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 /// A well-formed key (`tg_<12 hex>_<44 alphanumerics>`) that does not exist.
 fn random_key() -> String {
     use tenantgate_core::secrets::{random_bytes, random_token, API_KEY_SECRET_LEN};
-    let hex: String = random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("tg_{hex}_{}", random_token(API_KEY_SECRET_LEN))
 }
 
@@ -60,8 +63,15 @@ async fn random_key_flood_does_not_hurt_fresh_valid_keys() {
         f.await.unwrap();
     }
     let flooded = flooded.load(Ordering::Relaxed);
-    assert!(flooded > 200, "the flood was too small to mean anything: {flooded}");
-    assert_eq!(unexpected.load(Ordering::Relaxed), 0, "flood requests answered other than 401");
+    assert!(
+        flooded > 200,
+        "the flood was too small to mean anything: {flooded}"
+    );
+    assert_eq!(
+        unexpected.load(Ordering::Relaxed),
+        0,
+        "flood requests answered other than 401"
+    );
     assert!(statuses.len() >= 20, "{}", statuses.len());
     assert!(statuses.iter().all(|s| *s == 200));
     // The flood was answered by the index, not the store.

@@ -1922,7 +1922,11 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
             "role_claim": "groups", "default_role": "read_only", "max_lifetime_seconds": 900})
     };
     let created = h
-        .p("POST", "/v1/tenants/acme/issuers", Some(body("https://idp.acme.example")))
+        .p(
+            "POST",
+            "/v1/tenants/acme/issuers",
+            Some(body("https://idp.acme.example")),
+        )
         .await
         .expect(201)
         .clone();
@@ -1943,7 +1947,11 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
         .any(|c| c.kind == tenantgate_core::ChangeKind::Issuer && c.subject == id));
 
     // Listed for its tenant, by its tenant admin too; never for another.
-    let list = h.p("GET", "/v1/tenants/acme/issuers", None).await.expect(200).clone();
+    let list = h
+        .p("GET", "/v1/tenants/acme/issuers", None)
+        .await
+        .expect(200)
+        .clone();
     assert_eq!(list, json!([created.clone()]));
     let own = h
         .call("GET", "/v1/tenants/acme/issuers", Some(&acme_admin), None)
@@ -1961,7 +1969,10 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
     .await
     .error(404, "not_found");
     assert_eq!(
-        h.p("GET", "/v1/tenants/other/issuers", None).await.expect(200).clone(),
+        h.p("GET", "/v1/tenants/other/issuers", None)
+            .await
+            .expect(200)
+            .clone(),
         json!([])
     );
 
@@ -1972,9 +1983,13 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
         ("other", "https://configured.example"),
         ("other", "https://configured.example/"),
     ] {
-        h.p("POST", &format!("/v1/tenants/{tenant}/issuers"), Some(body(iss)))
-            .await
-            .error(409, "conflict");
+        h.p(
+            "POST",
+            &format!("/v1/tenants/{tenant}/issuers"),
+            Some(body(iss)),
+        )
+        .await
+        .error(409, "conflict");
     }
 
     // Validation names the field.
@@ -1984,14 +1999,23 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
         b
     };
     for (b, field) in [
-        (with("jwks_url", json!("http://idp.acme.example/jwks")), "jwks_url"),
-        (with("jwks_url", json!("http://127.0.0.1:1/jwks")), "jwks_url"),
+        (
+            with("jwks_url", json!("http://idp.acme.example/jwks")),
+            "jwks_url",
+        ),
+        (
+            with("jwks_url", json!("http://127.0.0.1:1/jwks")),
+            "jwks_url",
+        ),
         (with("issuer", json!("")), "issuer"),
         (with("issuer", json!("acme-idp")), "issuer"),
         (with("audiences", json!([])), "audiences"),
         (with("audiences", json!([""])), "audiences[0]"),
         (with("algorithms", json!(["HS256"])), "algorithms"),
-        (with("max_lifetime_seconds", json!(0)), "max_lifetime_seconds"),
+        (
+            with("max_lifetime_seconds", json!(0)),
+            "max_lifetime_seconds",
+        ),
         (with("default_role", json!("Admin!")), "default_role"),
     ] {
         h.p("POST", "/v1/tenants/acme/issuers", Some(b))
@@ -2019,13 +2043,20 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
         .await
         .error(404, "not_found");
     assert_eq!(
-        h.p("GET", "/v1/tenants/acme/issuers", None).await.expect(200).clone(),
+        h.p("GET", "/v1/tenants/acme/issuers", None)
+            .await
+            .expect(200)
+            .clone(),
         json!([])
     );
     // Now free for another tenant; deleting that tenant unbinds it.
-    h.p("POST", "/v1/tenants/other/issuers", Some(body("https://idp.acme.example")))
-        .await
-        .expect(201);
+    h.p(
+        "POST",
+        "/v1/tenants/other/issuers",
+        Some(body("https://idp.acme.example")),
+    )
+    .await
+    .expect(201);
     h.p("DELETE", "/v1/tenants/other", None).await;
     assert!(h.store().all_tenant_issuers().await.unwrap().is_empty());
 
@@ -2039,7 +2070,11 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
         .await
         .expect(201);
     }
-    h.p("POST", "/v1/tenants/acme/issuers", Some(body("https://one-too-many.example")))
-        .await
-        .error(409, "conflict");
+    h.p(
+        "POST",
+        "/v1/tenants/acme/issuers",
+        Some(body("https://one-too-many.example")),
+    )
+    .await
+    .error(409, "conflict");
 }

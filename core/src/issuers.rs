@@ -59,10 +59,7 @@ pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
     } else {
         return Err("must be an http:// or https:// URL".into());
     };
-    let authority = rest
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
         return Err("must not contain user information".into());
     }
@@ -127,15 +124,39 @@ mod tests {
 
     #[test]
     fn urls_are_classified() {
-        assert_eq!(check_http_url("https://idp.example.com/.well-known/jwks.json"), Ok(UrlScheme::Https));
-        assert_eq!(check_http_url("HTTPS://idp.example.com"), Ok(UrlScheme::Https));
-        assert_eq!(check_http_url("http://127.0.0.1:9999/jwks"), Ok(UrlScheme::HttpLoopback));
-        assert_eq!(check_http_url("http://127.8.0.1/jwks"), Ok(UrlScheme::HttpLoopback));
-        assert_eq!(check_http_url("http://[::1]:80/jwks"), Ok(UrlScheme::HttpLoopback));
-        assert_eq!(check_http_url("http://localhost:8080"), Ok(UrlScheme::HttpLoopback));
-        assert_eq!(check_http_url("http://idp.example.com/jwks"), Ok(UrlScheme::Http));
+        assert_eq!(
+            check_http_url("https://idp.example.com/.well-known/jwks.json"),
+            Ok(UrlScheme::Https)
+        );
+        assert_eq!(
+            check_http_url("HTTPS://idp.example.com"),
+            Ok(UrlScheme::Https)
+        );
+        assert_eq!(
+            check_http_url("http://127.0.0.1:9999/jwks"),
+            Ok(UrlScheme::HttpLoopback)
+        );
+        assert_eq!(
+            check_http_url("http://127.8.0.1/jwks"),
+            Ok(UrlScheme::HttpLoopback)
+        );
+        assert_eq!(
+            check_http_url("http://[::1]:80/jwks"),
+            Ok(UrlScheme::HttpLoopback)
+        );
+        assert_eq!(
+            check_http_url("http://localhost:8080"),
+            Ok(UrlScheme::HttpLoopback)
+        );
+        assert_eq!(
+            check_http_url("http://idp.example.com/jwks"),
+            Ok(UrlScheme::Http)
+        );
         assert_eq!(check_http_url("http://10.0.0.1/jwks"), Ok(UrlScheme::Http));
-        assert_eq!(check_http_url("http://127.0.0.1.evil.example/jwks"), Ok(UrlScheme::Http));
+        assert_eq!(
+            check_http_url("http://127.0.0.1.evil.example/jwks"),
+            Ok(UrlScheme::Http)
+        );
         for bad in [
             "",
             "idp.example.com",

@@ -99,7 +99,10 @@ fn text(field: &str, raw: &str) -> Result<String, ApiError> {
         ));
     }
     if raw.chars().any(char::is_control) {
-        return Err(ApiError::validation(field, "must not contain control characters"));
+        return Err(ApiError::validation(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -123,7 +126,10 @@ fn validate(
         }
     }
     if req.audiences.is_empty() {
-        return Err(ApiError::validation("audiences", "must list at least one audience"));
+        return Err(ApiError::validation(
+            "audiences",
+            "must list at least one audience",
+        ));
     }
     if req.audiences.len() > MAX_AUDIENCES {
         return Err(ApiError::validation(
@@ -162,7 +168,10 @@ fn validate(
             out
         }
     };
-    let tenant_claim = text("tenant_claim", req.tenant_claim.as_deref().unwrap_or("tenant_id"))?;
+    let tenant_claim = text(
+        "tenant_claim",
+        req.tenant_claim.as_deref().unwrap_or("tenant_id"),
+    )?;
     let role_claim = text("role_claim", req.role_claim.as_deref().unwrap_or("role"))?;
     let default_role = match req.default_role {
         None => None,

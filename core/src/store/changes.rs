@@ -99,6 +99,17 @@ impl Store {
     }
 
     pub(super) fn publish(&self, changes: Vec<Change>) {
+        {
+            let hooks = match self.hooks.read() {
+                Ok(h) => h,
+                Err(p) => p.into_inner(),
+            };
+            for c in &changes {
+                for hook in hooks.iter() {
+                    hook(c);
+                }
+            }
+        }
         for c in changes {
             // No receivers is fine: nobody in this process caches.
             let _ = self.bus.send(c);

@@ -11,7 +11,8 @@ const COLS: &str = "id, tenant_id, issuer, jwks_url, audiences, algorithms, tena
 
 fn string_list(row: &AnyRow, col: &str) -> Result<Vec<String>> {
     let raw: String = row.try_get(col)?;
-    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("tenant_issuers.{col}: {e}")))
+    serde_json::from_str(&raw)
+        .map_err(|e| StoreError::Corrupt(format!("tenant_issuers.{col}: {e}")))
 }
 
 fn issuer_from_row(row: &AnyRow) -> Result<TenantIssuer> {
@@ -39,12 +40,18 @@ impl Store {
     /// Binds `i.issuer` to `i.tenant_id`. `Conflict("issuer")` when that issuer is
     /// bound already (to any tenant); `Conflict("issuers")` when the tenant already
     /// has `max_per_tenant`.
-    pub async fn create_tenant_issuer(&self, i: &TenantIssuer, max_per_tenant: usize) -> Result<()> {
+    pub async fn create_tenant_issuer(
+        &self,
+        i: &TenantIssuer,
+        max_per_tenant: usize,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tenant_issuers WHERE tenant_id = $1")
-            .bind(&i.tenant_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tenant_issuers WHERE tenant_id = $1",
+        )
+        .bind(&i.tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let n: i64 = row.try_get("n")?;
         if usize::try_from(n).unwrap_or(usize::MAX) >= max_per_tenant {
             return Err(StoreError::Conflict("issuers"));

@@ -65,7 +65,7 @@ impl CachedKey {
 /// function.
 pub struct ApiKeys {
     pub cache: Cached<IdKey, CachedKey>,
-    pub index: KeyIndex,
+    pub index: Arc<KeyIndex>,
     store: Store,
     digester: ApiKeyDigester,
 }
@@ -91,9 +91,20 @@ impl ApiKeys {
                 }))
             })
         });
+        // Keys this process creates (the admin API in `up`) are in the index before
+        // their creation returns, so they never depend on the budget.
+        let index = Arc::new(KeyIndex::new());
+        let hooked = Arc::downgrade(&index);
+        store.on_change(Arc::new(move |c: &Change| {
+            if c.kind == ChangeKind::ApiKey {
+                if let Some(index) = hooked.upgrade() {
+                    index.insert(&c.subject);
+                }
+            }
+        }));
         ApiKeys {
             cache,
-            index: KeyIndex::new(),
+            index,
             store,
             digester,
         }
@@ -233,5 +244,121 @@ mod tests {
         assert!(CachedKey::from_record(&rec).is_none());
         rec.digest = "ab".repeat(31);
         assert!(CachedKey::from_record(&rec).is_none());
+    }
+
+    async fn store_with_tenant() -> (Store, tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/keys.db", dir.path().display());
+        let store = Store::open(&url, 2).await.unwrap();
+        store
+            .create_tenant(&tenantgate_core::store::NewTenant {
+                id: "acme".into(),
+                name: "Acme".into(),
+                tier: tenantgate_core::domain::Tier::Pro,
+                admin_user: None,
+            })
+            .await
+            .unwrap();
+        (store, dir, url)
+    }
+
+    async fn new_key(store: &Store) -> String {
+        let (rec, key) = secrets::mint_api_key("acme", "k".into(), "developer".into(), None, None);
+        store.create_api_key(&rec).await.unwrap();
+        key
+    }
+
+    fn random_key() -> String {
+        let hex: String = secrets::random_bytes::<6>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "tg_{hex}_{}",
+            secrets::random_token(secrets::API_KEY_SECRET_LEN)
+        )
+    }
+
+    async fn auth(keys: &ApiKeys, key: &str) -> Result<Shared<CachedKey>, Reject> {
+        let cred = keys.credential(key)?;
+        keys.authenticate(cred, Instant::now(), chrono::Utc::now().timestamp_millis())
+            .await
+    }
+
+    #[tokio::test]
+    async fn unknown_prefixes_are_refused_without_the_store_and_never_trip_the_breaker() {
+        let (store, _dir, url) = store_with_tenant().await;
+        let known = new_key(&store).await;
+        let breaker = Arc::new(Breaker::new(1, std::time::Duration::from_secs(60)));
+        let keys = ApiKeys::new(
+            store.clone(),
+            CacheSettings::default(),
+            breaker.clone(),
+            ApiKeyDigester::new(None),
+        );
+        // Before the index loads, unknown keys are looked up as before.
+        assert!(matches!(
+            auth(&keys, &random_key()).await,
+            Err(Reject::InvalidApiKey)
+        ));
+        keys.load_index().await.unwrap();
+        assert_eq!(keys.index.len(), 1);
+        let misses = || keys.cache.stats.misses.load(Ordering::Relaxed);
+        let before = misses();
+        for _ in 0..500 {
+            assert!(matches!(
+                auth(&keys, &random_key()).await,
+                Err(Reject::InvalidApiKey)
+            ));
+        }
+        // Only the small budget reached the store.
+        let looked_up = misses() - before;
+        assert!(
+            looked_up <= 25,
+            "{looked_up} store lookups for 500 unknown keys"
+        );
+        assert!(keys.index.refused.load(Ordering::Relaxed) >= 475);
+        assert!(!breaker.is_open());
+        // A known key works, and keeps working from cache.
+        assert!(auth(&keys, &known).await.is_ok());
+
+        // A key this process creates is in the index at once.
+        let mine = new_key(&store).await;
+        assert_eq!(keys.index.len(), 2);
+        assert!(auth(&keys, &mine).await.is_ok());
+        // A key another process created a moment ago (its change not applied here
+        // yet) still works through the budget, and is in the index afterwards.
+        let elsewhere = Store::open(&url, 1).await.unwrap();
+        let fresh = new_key(&elsewhere).await;
+        elsewhere.close().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(auth(&keys, &fresh).await.is_ok());
+        assert_eq!(keys.index.found_late.load(Ordering::Relaxed), 1);
+        assert_eq!(keys.index.len(), 3);
+
+        // The store goes away: unknown keys are still 401 (never 503) and the
+        // breaker stays closed, so cached keys are untouched.
+        store.close().await;
+        for _ in 0..50 {
+            assert!(matches!(
+                auth(&keys, &random_key()).await,
+                Err(Reject::InvalidApiKey)
+            ));
+        }
+        assert!(!breaker.is_open());
+        assert!(auth(&keys, &known).await.is_ok());
+        // A change arriving adds the prefix to the index.
+        let change = Change {
+            id: 1,
+            kind: ChangeKind::ApiKey,
+            tenant_id: "acme".into(),
+            subject: "0123456789ab".into(),
+            created_at_ms: 0,
+        };
+        keys.apply(&change).await;
+        assert_eq!(
+            keys.index.check("0123456789ab"),
+            crate::auth::key_index::Verdict::Known
+        );
     }
 }

@@ -231,7 +231,10 @@ mod tests {
             .map(|i| format!("{:012x}", i + 1_000_000_000))
             .filter(|p| idx.check(p) == Verdict::Known)
             .count();
-        assert_eq!(unknown, 0, "64-bit fingerprints do not collide at this size");
+        assert_eq!(
+            unknown, 0,
+            "64-bit fingerprints do not collide at this size"
+        );
     }
 
     #[test]
@@ -246,6 +249,9 @@ mod tests {
             granted += 1;
             assert!(granted < 100, "the rate is bounded");
         }
-        assert!(granted <= UNKNOWN_LOOKUPS_PER_SECOND as usize + 1, "{granted}");
+        assert!(
+            granted <= UNKNOWN_LOOKUPS_PER_SECOND as usize + 1,
+            "{granted}"
+        );
     }
 }

@@ -163,7 +163,10 @@ impl Follower {
 /// after missed changes.
 pub async fn load_credential_indexes(auth: Arc<Authenticator>) {
     let jwt = auth.jwt.clone();
-    futures::join!(jwt.reload_bound_until_ok(), auth.api_keys.load_index_until_ok());
+    futures::join!(
+        jwt.reload_bound_until_ok(),
+        auth.api_keys.load_index_until_ok()
+    );
 }
 
 /// Where the feed reader is.

@@ -174,10 +174,8 @@ impl ControlPlane {
                     .await
             }
             ChangeKind::RateLimit => self.limits.invalidate(&IdKey::new(&c.tenant_id)).await,
-            ChangeKind::ApiKey
-            | ChangeKind::User
-            | ChangeKind::SigningKey
-            | ChangeKind::Issuer => {}
+            ChangeKind::ApiKey | ChangeKind::User | ChangeKind::SigningKey | ChangeKind::Issuer => {
+            }
         }
     }
 

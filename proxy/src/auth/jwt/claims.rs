@@ -40,10 +40,7 @@ pub(crate) struct RawClaims<'a> {
 
 /// Parses a decoded payload, which must be one JSON object. `extra_names` are the
 /// configured tenant/role claim names of every issuer (or of one bound issuer).
-pub(crate) fn parse<'a>(
-    json: &'a [u8],
-    extra_names: &[&str],
-) -> Result<RawClaims<'a>, JwtError> {
+pub(crate) fn parse<'a>(json: &'a [u8], extra_names: &[&str]) -> Result<RawClaims<'a>, JwtError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let claims = ClaimsSeed { extra_names }
         .deserialize(&mut de)

@@ -1,10 +1,13 @@
 //! Stage 3, JWT half: verify a bearer JWT and say who it is for.
 //!
-//! Trust comes only from configuration. The (unverified) `iss` picks one of the
-//! configured issuers; the header's `alg` must be on that issuer's allow-list and
-//! fit the key its `kid` selects; the key comes only from the issuer's key source
-//! (`jwk`, `jku`, `x5u`, `x5c` in the header are ignored). Then the signature, then
-//! `exp`/`nbf` (with leeway), `iss`, `aud`, and the identity claims.
+//! Trust comes only from configuration and the store. The (unverified) `iss` picks
+//! one of the configured issuers, or else one of the issuers bound to a tenant
+//! through the admin API ([`bound`]); the header's `alg` must be on that issuer's
+//! allow-list and fit the key its `kid` selects; the key comes only from the
+//! issuer's key source (`jwk`, `jku`, `x5u`, `x5c` in the header are ignored). Then
+//! the signature, then `exp`/`nbf` (with leeway), the issuer's maximum lifetime,
+//! `iss`, `aud`, and the identity claims. A bound issuer's token speaks for its
+//! tenant only: a tenant claim naming another tenant refuses it.
 //!
 //! A verified token is cached (keyed by its SHA-256) until its `exp`, at most five
 //! minutes, so the usual request costs one hash and one cache lookup and awaits
@@ -341,8 +344,12 @@ impl JwtVerifier {
         let diff = self.inner.bound.reload().await?;
         self.bound_changed(&diff.removed);
         if diff.added > 0 || !diff.removed.is_empty() {
-            tracing::info!(added = diff.added, removed = diff.removed.len(),
-                total = self.inner.bound.len(), "bound issuers reloaded");
+            tracing::info!(
+                added = diff.added,
+                removed = diff.removed.len(),
+                total = self.inner.bound.len(),
+                "bound issuers reloaded"
+            );
         }
         Ok(())
     }
