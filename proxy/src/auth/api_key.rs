@@ -3,7 +3,7 @@
 //! index does not know is refused without a store lookup (see [`KeyIndex`]), so a
 //! flood of random keys cannot crowd out the lookups of real ones.
 
-use super::key_index::{KeyIndex, Verdict, UNKNOWN_LOOKUP_TIMEOUT};
+use super::key_index::{FeedWait, KeyIndex, Verdict, UNKNOWN_LOOKUP_TIMEOUT};
 use super::principal::{AuthMethod, Principal};
 use crate::cache::{Breaker, CacheSettings, Cached, IdKey, Shared};
 use crate::reject::Reject;
@@ -171,31 +171,49 @@ impl ApiKeys {
     /// instant ago, whose change has not arrived yet).
     async fn miss(&self, prefix: &IdKey) -> Result<Option<Shared<CachedKey>>, Reject> {
         match self.index.check(prefix.as_str()) {
-            Verdict::Known | Verdict::NotLoaded => self
-                .cache
-                .load(prefix)
-                .await
-                .map(|(found, _)| found)
-                .map_err(|_| Reject::Unavailable),
+            Verdict::Known | Verdict::NotLoaded => self.load(prefix).await,
+            // The store is failing (for lookups of known keys): fail closed, as for
+            // any answer that is not cached.
+            Verdict::Unknown if self.cache.breaker_open() => Err(Reject::Unavailable),
             Verdict::Unknown => {
-                let Some(_permit) = self.index.try_budget() else {
-                    self.index.refused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(None);
-                };
-                self.index.looked_up.fetch_add(1, Ordering::Relaxed);
-                let lookup = self.cache.load_unmetered(prefix);
-                match tokio::time::timeout(UNKNOWN_LOOKUP_TIMEOUT, lookup).await {
-                    Ok(Ok((Some(found), _))) => {
-                        self.index.found_late.fetch_add(1, Ordering::Relaxed);
-                        self.index.insert(prefix.as_str());
-                        Ok(Some(found))
+                if let Some(_permit) = self.index.try_budget() {
+                    self.index.looked_up.fetch_add(1, Ordering::Relaxed);
+                    let lookup = self.cache.load_unmetered(prefix);
+                    return match tokio::time::timeout(UNKNOWN_LOOKUP_TIMEOUT, lookup).await {
+                        Ok(Ok((Some(found), _))) => {
+                            self.index.found_late.fetch_add(1, Ordering::Relaxed);
+                            self.index.insert(prefix.as_str());
+                            Ok(Some(found))
+                        }
+                        Ok(Ok((None, _))) => Ok(None),
+                        // The store did not answer: we cannot tell.
+                        _ => Err(Reject::Unavailable),
+                    };
+                }
+                // Budget spent (a flood, most likely): wait for the change feed
+                // instead, which costs the store nothing.
+                let arrived = tenantgate_core::time::now_ms();
+                match self.index.wait_for_feed(arrived).await {
+                    FeedWait::CaughtUp if self.index.check(prefix.as_str()) == Verdict::Known => {
+                        self.load(prefix).await
                     }
-                    // Not found, or the store did not answer in time: as far as the
-                    // index knows, there is no such key.
-                    _ => Ok(None),
+                    FeedWait::TimedOut => Err(Reject::Unavailable),
+                    _ => {
+                        self.index.refused.fetch_add(1, Ordering::Relaxed);
+                        Ok(None)
+                    }
                 }
             }
         }
+    }
+
+    /// A lookup of a known prefix, through the breaker.
+    async fn load(&self, prefix: &IdKey) -> Result<Option<Shared<CachedKey>>, Reject> {
+        self.cache
+            .load(prefix)
+            .await
+            .map(|(found, _)| found)
+            .map_err(|_| Reject::Unavailable)
     }
 
     /// Drops a changed key (the change's subject is its prefix) and remembers its
@@ -303,6 +321,9 @@ mod tests {
         ));
         keys.load_index().await.unwrap();
         assert_eq!(keys.index.len(), 1);
+        // No change follower here: the feed counts as read up to now and beyond, so
+        // requests past the budget do not wait for it.
+        keys.index.caught_up(i64::MAX);
         let misses = || keys.cache.stats.misses.load(Ordering::Relaxed);
         let before = misses();
         for _ in 0..500 {
@@ -336,17 +357,29 @@ mod tests {
         assert_eq!(keys.index.found_late.load(Ordering::Relaxed), 1);
         assert_eq!(keys.index.len(), 3);
 
-        // The store goes away: unknown keys are still 401 (never 503) and the
-        // breaker stays closed, so cached keys are untouched.
+        // The store goes away: the few unknown keys that reach it are 503 (it cannot
+        // tell), the rest are answered by the index; either way the breaker stays
+        // closed, and cached keys are untouched.
         store.close().await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut unavailable = 0;
         for _ in 0..50 {
-            assert!(matches!(
-                auth(&keys, &random_key()).await,
-                Err(Reject::InvalidApiKey)
-            ));
+            match auth(&keys, &random_key()).await {
+                Err(Reject::InvalidApiKey) => {}
+                Err(Reject::Unavailable) => unavailable += 1,
+                other => panic!("{:?}", other.map(|_| ())),
+            }
         }
+        assert!((1..=10).contains(&unavailable), "{unavailable}");
         assert!(!breaker.is_open());
         assert!(auth(&keys, &known).await.is_ok());
+        // Once the store breaker is open (a known key failed), unknown keys fail
+        // closed like every answer that is not cached.
+        breaker.trip();
+        assert!(matches!(
+            auth(&keys, &random_key()).await,
+            Err(Reject::Unavailable)
+        ));
         // A change arriving adds the prefix to the index.
         let change = Change {
             id: 1,

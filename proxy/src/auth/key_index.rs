@@ -12,7 +12,11 @@
 //! only through a small budget of their own ([`UNKNOWN_LOOKUPS_PER_SECOND`], at most
 //! [`UNKNOWN_LOOKUPS_IN_FLIGHT`] at a time), which never counts toward the store
 //! breaker: a flood spends that budget and nothing else, and the lookups of known
-//! keys keep the pool and the breaker to themselves.
+//! keys keep the pool and the breaker to themselves. With the budget spent, such a
+//! request waits (at most [`CATCH_UP_WAIT`], [`CATCH_UP_WAITERS`] at a time) until
+//! the follower has read the change feed past the request's arrival, and is then
+//! answered from the index. Keys this process creates never race: the store tells
+//! the index synchronously.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -26,6 +30,10 @@ pub const UNKNOWN_LOOKUPS_PER_SECOND: f64 = 20.0;
 pub const UNKNOWN_LOOKUPS_IN_FLIGHT: usize = 2;
 /// Such a lookup gives up (the key is refused as unknown) after this long.
 pub const UNKNOWN_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest wait for the change feed to catch up with an unknown prefix.
+pub const CATCH_UP_WAIT: Duration = Duration::from_millis(1500);
+/// Requests waiting for the feed at most; beyond, unknown prefixes are refused at once.
+pub const CATCH_UP_WAITERS: usize = 1024;
 
 /// The fingerprints are already uniform: hash them by themselves.
 #[derive(Default)]
@@ -58,6 +66,17 @@ pub enum Verdict {
     NotLoaded,
 }
 
+/// How [`KeyIndex::wait_for_feed`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedWait {
+    /// The index now knows every change made before the request arrived.
+    CaughtUp,
+    /// The feed was not read in time (the store may be down).
+    TimedOut,
+    /// Too many requests wait already.
+    TooManyWaiting,
+}
+
 /// The prefix index and the budget of lookups for prefixes it does not know.
 pub struct KeyIndex {
     seed: foldhash::quality::RandomState,
@@ -65,6 +84,9 @@ pub struct KeyIndex {
     loaded: AtomicBool,
     budget: Mutex<Bucket>,
     in_flight: tokio::sync::Semaphore,
+    /// Unix ms before which every change is known to be applied (feed reads).
+    caught_up: tokio::sync::watch::Sender<i64>,
+    waiters: tokio::sync::Semaphore,
     /// Unknown prefixes refused without a store lookup.
     pub refused: AtomicU64,
     /// Unknown prefixes looked up through the budget.
@@ -95,6 +117,8 @@ impl KeyIndex {
                 at: Instant::now(),
             }),
             in_flight: tokio::sync::Semaphore::new(UNKNOWN_LOOKUPS_IN_FLIGHT),
+            caught_up: tokio::sync::watch::channel(0).0,
+            waiters: tokio::sync::Semaphore::new(CATCH_UP_WAITERS),
             refused: AtomicU64::new(0),
             looked_up: AtomicU64::new(0),
             found_late: AtomicU64::new(0),
@@ -173,6 +197,35 @@ impl KeyIndex {
         Some(permit)
     }
 
+    /// Every change committed before `at_ms` (unix ms) has been applied: the change
+    /// follower says so after each successful read of the feed.
+    pub fn caught_up(&self, at_ms: i64) {
+        self.caught_up.send_if_modified(|cur| {
+            let newer = at_ms > *cur;
+            if newer {
+                *cur = at_ms;
+            }
+            newer
+        });
+    }
+
+    /// Waits (at most [`CATCH_UP_WAIT`]) until every change committed before
+    /// `arrived_ms` has been applied.
+    pub async fn wait_for_feed(&self, arrived_ms: i64) -> FeedWait {
+        let Ok(_slot) = self.waiters.try_acquire() else {
+            return FeedWait::TooManyWaiting;
+        };
+        let mut rx = self.caught_up.subscribe();
+        let caught_up = tokio::time::timeout(CATCH_UP_WAIT, rx.wait_for(|at| *at > arrived_ms))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if caught_up {
+            FeedWait::CaughtUp
+        } else {
+            FeedWait::TimedOut
+        }
+    }
+
     /// Appends the index's counters as Prometheus samples.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -235,6 +288,32 @@ mod tests {
             unknown, 0,
             "64-bit fingerprints do not collide at this size"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_prefix_waits_for_the_feed_to_catch_up() {
+        let idx = std::sync::Arc::new(KeyIndex::new());
+        idx.extend(std::iter::empty());
+        let arrived = 1_000;
+        let (i2, started) = (idx.clone(), Instant::now());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            i2.insert("cccccccccccc");
+            i2.caught_up(arrived - 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            i2.caught_up(arrived + 1);
+        });
+        assert_eq!(idx.wait_for_feed(arrived).await, FeedWait::CaughtUp);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(idx.check("cccccccccccc"), Verdict::Known);
+        // Caught up already: no wait.
+        let started = Instant::now();
+        assert_eq!(idx.wait_for_feed(arrived).await, FeedWait::CaughtUp);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Never caught up: a bounded wait.
+        let started = Instant::now();
+        assert_eq!(idx.wait_for_feed(i64::MAX - 1).await, FeedWait::TimedOut);
+        assert!(started.elapsed() >= CATCH_UP_WAIT);
     }
 
     #[test]

@@ -133,6 +133,11 @@ where
         self.name
     }
 
+    /// Whether the shared store breaker is open (misses fail fast).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
     /// The value for `key`: from the cache when fresh enough, else loaded (one load
     /// per key at a time; the others wait for it). `key` may be a borrowed form of
     /// `K` (`&str` for `String`), so a hit allocates nothing.

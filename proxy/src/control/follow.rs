@@ -109,7 +109,8 @@ impl Follower {
     /// Reads the feed past the last id seen (and the last few seconds, for ids
     /// that committed out of order) and applies what was not applied yet.
     async fn read_feed(&self, feed: &mut Feed) {
-        let since = tenantgate_core::time::now_ms() - FEED_OVERLAP_MS;
+        let started = tenantgate_core::time::now_ms();
+        let since = started - FEED_OVERLAP_MS;
         match self
             .store
             .changes_since(feed.last_id, since, FEED_PAGE)
@@ -126,6 +127,8 @@ impl Follower {
                         self.apply(&c).await;
                     }
                 }
+                // Requests with a prefix the key index did not know wait for this.
+                self.auth.api_keys.index.caught_up(started);
             }
             Err(e) => {
                 if feed.ok {
