@@ -2017,6 +2017,7 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
             "max_lifetime_seconds",
         ),
         (with("default_role", json!("Admin!")), "default_role"),
+        (with("role_claim", json!("tenant_id")), "role_claim"),
     ] {
         h.p("POST", "/v1/tenants/acme/issuers", Some(b))
             .await

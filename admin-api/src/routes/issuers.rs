@@ -173,6 +173,12 @@ fn validate(
         req.tenant_claim.as_deref().unwrap_or("tenant_id"),
     )?;
     let role_claim = text("role_claim", req.role_claim.as_deref().unwrap_or("role"))?;
+    if role_claim == tenant_claim {
+        return Err(ApiError::validation(
+            "role_claim",
+            "must differ from tenant_claim",
+        ));
+    }
     let default_role = match req.default_role {
         None => None,
         Some(r) if valid_name_token(&r) => Some(r),
