@@ -309,6 +309,7 @@ fn verifier(jwks: Vec<Jwk>, alg: Algorithm) -> JwtVerifier {
         source: Arc::new(MemoryKeys(jwks)),
         min_refetch: Duration::from_secs(3600),
         refresh: Duration::from_secs(3600),
+        max_lifetime: None,
     };
     JwtVerifier::new(vec![spec], 60, 8192)
 }

@@ -92,3 +92,39 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/tenantgate.toml"), "{err}");
 }
+
+#[test]
+fn insecure_jwks_urls_and_bad_lifetimes_fail_at_startup_naming_the_key() {
+    let issuer = |extra: &str| {
+        format!("[[jwt.issuers]]\nissuer = \"https://idp.example\"\naudiences = [\"a\"]\n{extra}\n")
+    };
+    for (text, key) in [
+        (
+            issuer("jwks_url = \"http://idp.example/jwks\""),
+            "jwt.issuers[0].jwks_url",
+        ),
+        (
+            issuer("jwks_url = \"https://idp.example/jwks\"\nmax_lifetime_seconds = 0"),
+            "jwt.issuers[0].max_lifetime_seconds",
+        ),
+    ] {
+        let p = write("jwks.toml", &text);
+        let (code, _, err) = tg(&["check-config", &p], &[]);
+        assert_eq!(code, 2, "{text:?}: {err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+    // Loopback over http is fine; anything else needs [jwt] allow_insecure_jwks.
+    let p = write(
+        "loop.toml",
+        &issuer("jwks_url = \"http://127.0.0.1:9/jwks\""),
+    );
+    assert_eq!(tg(&["check-config", &p], &[]).0, 0);
+    let p = write(
+        "allowed.toml",
+        &format!(
+            "[jwt]\nallow_insecure_jwks = true\n{}",
+            issuer("jwks_url = \"http://idp.example/jwks\"")
+        ),
+    );
+    assert_eq!(tg(&["check-config", &p], &[]).0, 0);
+}

@@ -64,6 +64,11 @@ pub struct AdminOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Login throttling and the password-hashing bound.
     pub login_limits: login_guard::LoginLimits,
+    /// Issuers no tenant may bind: the configured `[[jwt.issuers]]` and the
+    /// login tokens' own.
+    pub reserved_issuers: Vec<String>,
+    /// `[jwt] allow_insecure_jwks`: bound issuers may use plain `http://` JWKS URLs.
+    pub allow_insecure_jwks: bool,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -95,6 +100,10 @@ impl AdminOptions {
             assertion_publish_ahead: cfg.assertion.publish_ahead,
             trusted_proxies: cfg.admin.trusted_proxies.clone(),
             login_limits: login_guard::LoginLimits::default(),
+            reserved_issuers: std::iter::once(cfg.admin.issuer.clone())
+                .chain(cfg.jwt.issuers.iter().map(|i| i.issuer.clone()))
+                .collect(),
+            allow_insecure_jwks: cfg.jwt.allow_insecure_jwks,
         }
     }
 }
@@ -173,12 +182,14 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, auth_login, meta, policies, rate_limit, tenants, usage, users,
+        api_keys, assertion_keys, auth_login, issuers, meta, policies, rate_limit, tenants, usage,
+        users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(users::router())
+        .merge(issuers::router())
         .merge(policies::router())
         .merge(rate_limit::router())
         .merge(usage::router())

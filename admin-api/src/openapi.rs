@@ -11,12 +11,12 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(
         title = "tenantgate admin API",
-        description = "Tenants, users, API keys, RBAC policies, rate limits and usage; login tokens and their JWKS.",
+        description = "Tenants, users, API keys, bound issuers, RBAC policies, rate limits and usage; login tokens and their JWKS.",
     ),
     components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName)),
     modifiers(&BearerAuth),
     tags(
-        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "auth"),
+        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "auth"),
         (name = "policies"), (name = "rate-limit"), (name = "usage"), (name = "meta"),
     )
 )]

@@ -30,6 +30,8 @@ fn options(kek: [u8; 32]) -> AdminOptions {
         assertion_publish_ahead: std::time::Duration::from_secs(60),
         trusted_proxies: Vec::new(),
         login_limits: tenantgate_admin::login_guard::LoginLimits::default(),
+        reserved_issuers: vec![ISSUER.into(), "https://configured.example".into()],
+        allow_insecure_jwks: false,
     }
 }
 
@@ -2280,4 +2282,175 @@ async fn api_key_digest_uses_the_pepper() {
     );
     store.close().await;
     db.cleanup().await;
+}
+
+// ---- issuers bound to a tenant ---------------------------------------------------------
+
+on_both_backends!(issuers_bound_to_tenants);
+
+async fn issuers_bound_to_tenants(h: H, _url: String) {
+    let acme_admin = h.tenant_with_admin("acme").await;
+    h.tenant("other", "free").await;
+    let body = |iss: &str| {
+        json!({"issuer": iss, "jwks_url": "https://idp.acme.example/jwks",
+            "audiences": ["tenantgate", "tenantgate"], "algorithms": ["ES256", "RS256"],
+            "role_claim": "groups", "default_role": "read_only", "max_lifetime_seconds": 900})
+    };
+    let created = h
+        .p(
+            "POST",
+            "/v1/tenants/acme/issuers",
+            Some(body("https://idp.acme.example")),
+        )
+        .await
+        .expect(201)
+        .clone();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["tenant_id"], "acme");
+    assert_eq!(created["issuer"], "https://idp.acme.example");
+    assert_eq!(created["audiences"], json!(["tenantgate"]));
+    assert_eq!(created["algorithms"], json!(["ES256", "RS256"]));
+    assert_eq!(created["tenant_claim"], "tenant_id");
+    assert_eq!(created["role_claim"], "groups");
+    assert_eq!(created["default_role"], "read_only");
+    assert_eq!(created["max_lifetime_seconds"], 900);
+    assert!(is_rfc3339_z(created["created_at"].as_str().unwrap()));
+    // An issue change is in the feed for the proxies.
+    let changes = h.store().changes_since(0, i64::MAX, 1000).await.unwrap();
+    assert!(changes
+        .iter()
+        .any(|c| c.kind == tenantgate_core::ChangeKind::Issuer && c.subject == id));
+
+    // Listed for its tenant, by its tenant admin too; never for another.
+    let list = h
+        .p("GET", "/v1/tenants/acme/issuers", None)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(list, json!([created.clone()]));
+    let own = h
+        .call("GET", "/v1/tenants/acme/issuers", Some(&acme_admin), None)
+        .await;
+    assert_eq!(own.expect(200).clone(), json!([created.clone()]));
+    h.call("GET", "/v1/tenants/other/issuers", Some(&acme_admin), None)
+        .await
+        .error(404, "not_found");
+    h.call(
+        "POST",
+        "/v1/tenants/other/issuers",
+        Some(&acme_admin),
+        Some(body("https://idp.other.example")),
+    )
+    .await
+    .error(404, "not_found");
+    assert_eq!(
+        h.p("GET", "/v1/tenants/other/issuers", None)
+            .await
+            .expect(200)
+            .clone(),
+        json!([])
+    );
+
+    // One tenant per issuer; never a configured issuer (nor the login tokens').
+    for (tenant, iss) in [
+        ("other", "https://idp.acme.example"),
+        ("acme", "https://idp.acme.example"),
+        ("other", "https://configured.example"),
+        ("other", "https://configured.example/"),
+    ] {
+        h.p(
+            "POST",
+            &format!("/v1/tenants/{tenant}/issuers"),
+            Some(body(iss)),
+        )
+        .await
+        .error(409, "conflict");
+    }
+
+    // Validation names the field.
+    let with = |k: &str, v: Value| {
+        let mut b = body("https://idp2.acme.example");
+        b[k] = v;
+        b
+    };
+    for (b, field) in [
+        (
+            with("jwks_url", json!("http://idp.acme.example/jwks")),
+            "jwks_url",
+        ),
+        (
+            with("jwks_url", json!("http://127.0.0.1:1/jwks")),
+            "jwks_url",
+        ),
+        (with("issuer", json!("")), "issuer"),
+        (with("issuer", json!("acme-idp")), "issuer"),
+        (with("audiences", json!([])), "audiences"),
+        (with("audiences", json!([""])), "audiences[0]"),
+        (with("algorithms", json!(["HS256"])), "algorithms"),
+        (
+            with("max_lifetime_seconds", json!(0)),
+            "max_lifetime_seconds",
+        ),
+        (with("default_role", json!("Admin!")), "default_role"),
+        (with("role_claim", json!("tenant_id")), "role_claim"),
+    ] {
+        h.p("POST", "/v1/tenants/acme/issuers", Some(b))
+            .await
+            .invalid(field);
+    }
+    h.raw("POST", "/v1/tenants/acme/issuers", Some(TOKEN), "{nope")
+        .await
+        .error(400, "bad_request");
+
+    // Unbinding: another tenant's path is 404, twice is 404.
+    h.p("DELETE", &format!("/v1/tenants/other/issuers/{id}"), None)
+        .await
+        .error(404, "not_found");
+    let r = h
+        .call(
+            "DELETE",
+            &format!("/v1/tenants/acme/issuers/{id}"),
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    h.p("DELETE", &format!("/v1/tenants/acme/issuers/{id}"), None)
+        .await
+        .error(404, "not_found");
+    assert_eq!(
+        h.p("GET", "/v1/tenants/acme/issuers", None)
+            .await
+            .expect(200)
+            .clone(),
+        json!([])
+    );
+    // Now free for another tenant; deleting that tenant unbinds it.
+    h.p(
+        "POST",
+        "/v1/tenants/other/issuers",
+        Some(body("https://idp.acme.example")),
+    )
+    .await
+    .expect(201);
+    h.p("DELETE", "/v1/tenants/other", None).await;
+    assert!(h.store().all_tenant_issuers().await.unwrap().is_empty());
+
+    // At most MAX_ISSUERS_PER_TENANT per tenant.
+    for i in 0..tenantgate_core::issuers::MAX_ISSUERS_PER_TENANT {
+        h.p(
+            "POST",
+            "/v1/tenants/acme/issuers",
+            Some(body(&format!("https://idp{i}.acme.example"))),
+        )
+        .await
+        .expect(201);
+    }
+    h.p(
+        "POST",
+        "/v1/tenants/acme/issuers",
+        Some(body("https://one-too-many.example")),
+    )
+    .await
+    .error(409, "conflict");
 }

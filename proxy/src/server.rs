@@ -4,7 +4,7 @@
 //! drained in-flight requests, the remaining usage is flushed.
 
 use crate::assertion::Assertions;
-use crate::auth::jwt::{IssuerSpec, JwtVerifier};
+use crate::auth::jwt::{BoundOptions, IssuerSpec, JwtVerifier};
 use crate::auth::users::LoginUsers;
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
@@ -98,6 +98,12 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         p.max_token_bytes,
     ));
     let users = LoginUsers::new(store.clone(), cache.clone(), breaker.clone());
+    jwt.follow_bound_issuers(
+        store.clone(),
+        BoundOptions {
+            allow_insecure_jwks: settings.jwt.allow_insecure_jwks,
+        },
+    );
     let api_keys = ApiKeys::new(
         store.clone(),
         cache,
@@ -244,6 +250,9 @@ pub fn start_background(
         .map_err(|e| format!("proxy.admin_listen {admin_listen}: {e}"))?;
     let jwt = parts.auth.jwt.clone();
     rt.spawn(async move { jwt.warm_up().await });
+    rt.spawn(crate::control::follow::load_credential_indexes(
+        parts.auth.clone(),
+    ));
     // PostgreSQL NOTIFY pokes the follower to read the feed at once.
     let notified = (parts.store.backend() == Backend::Postgres).then(|| {
         let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -224,6 +224,9 @@ pub struct JwtConfig {
     pub issuers: Vec<IssuerConfig>,
     /// Clock skew allowed on `exp`/`nbf` (at most 60).
     pub leeway_seconds: u64,
+    /// Accept plain `http://` JWKS URLs: for bound issuers at all, for
+    /// `[[jwt.issuers]]` beyond loopback hosts.
+    pub allow_insecure_jwks: bool,
 }
 
 impl Default for JwtConfig {
@@ -231,6 +234,7 @@ impl Default for JwtConfig {
         JwtConfig {
             issuers: Vec::new(),
             leeway_seconds: 30,
+            allow_insecure_jwks: false,
         }
     }
 }
@@ -257,6 +261,9 @@ pub struct IssuerConfig {
     /// Regular JWKS refresh.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
+    /// Tokens whose `exp` lies further than this from now (or from `iat`) are refused.
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 fn default_algorithms() -> Vec<String> {

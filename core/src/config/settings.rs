@@ -154,6 +154,8 @@ pub struct JwtSettings {
     pub issuers: Vec<IssuerSettings>,
     /// Clock skew allowed on `exp`/`nbf`.
     pub leeway: Duration,
+    /// Plain `http://` JWKS URLs are accepted (beyond loopback hosts).
+    pub allow_insecure_jwks: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +171,8 @@ pub struct IssuerSettings {
     pub jwks_min_refetch: Duration,
     /// Regular JWKS refresh.
     pub jwks_refresh: Duration,
+    /// Tokens whose `exp` lies further than this from now (or from `iat`) are refused.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// Where an issuer's public keys come from.
@@ -542,15 +546,16 @@ fn jwt(j: &file::JwtConfig) -> Result<JwtSettings, Invalid> {
         .issuers
         .iter()
         .enumerate()
-        .map(|(i, iss)| issuer(&format!("jwt.issuers[{i}]"), iss))
+        .map(|(i, iss)| issuer(&format!("jwt.issuers[{i}]"), iss, j.allow_insecure_jwks))
         .collect::<Result<_, _>>()?;
     Ok(JwtSettings {
         issuers,
         leeway: secs(j.leeway_seconds),
+        allow_insecure_jwks: j.allow_insecure_jwks,
     })
 }
 
-fn issuer(at: &str, iss: &IssuerConfig) -> Result<IssuerSettings, Invalid> {
+fn issuer(at: &str, iss: &IssuerConfig, allow_insecure: bool) -> Result<IssuerSettings, Invalid> {
     let k = |f: &str| format!("{at}.{f}");
     if iss.issuer.trim().is_empty() {
         return Err((k("issuer"), "must not be empty".into()));
@@ -585,8 +590,18 @@ fn issuer(at: &str, iss: &IssuerConfig) -> Result<IssuerSettings, Invalid> {
             ))
         }
         (Some(u), None) => {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err((k("jwks_url"), "must be an http:// or https:// URL".into()));
+            // Plain http only to this machine (local IdPs, tests), unless allowed.
+            match crate::issuers::check_http_url(u) {
+                Err(m) => return Err((k("jwks_url"), m)),
+                Ok(crate::issuers::UrlScheme::Http) if !allow_insecure => {
+                    return Err((
+                        k("jwks_url"),
+                        "must be an https:// URL (plain http only to a loopback host, \
+                         unless [jwt] allow_insecure_jwks = true)"
+                            .into(),
+                    ))
+                }
+                Ok(_) => {}
             }
             IssuerKeys::JwksUrl(u.clone())
         }
@@ -609,6 +624,15 @@ fn issuer(at: &str, iss: &IssuerConfig) -> Result<IssuerSettings, Invalid> {
     if iss.jwks_min_refetch_seconds == 0 || iss.jwks_refresh_seconds == 0 {
         return Err((k("jwks_refresh_seconds"), "must be positive".into()));
     }
+    let max_life = crate::issuers::MAX_LIFETIME_SECONDS;
+    if let Some(m) = iss.max_lifetime_seconds {
+        if !(1..=max_life).contains(&m) {
+            return Err((
+                k("max_lifetime_seconds"),
+                format!("must be between 1 and {max_life}"),
+            ));
+        }
+    }
     Ok(IssuerSettings {
         issuer: iss.issuer.clone(),
         audiences: iss.audiences.clone(),
@@ -618,6 +642,7 @@ fn issuer(at: &str, iss: &IssuerConfig) -> Result<IssuerSettings, Invalid> {
         role_claim: iss.role_claim.clone(),
         jwks_min_refetch: secs(iss.jwks_min_refetch_seconds),
         jwks_refresh: secs(iss.jwks_refresh_seconds),
+        max_lifetime: iss.max_lifetime_seconds.map(secs),
     })
 }
 

@@ -276,3 +276,51 @@ fn admin_trusted_proxies_are_checked_at_startup() {
     let err = parse("[admin]\ntrusted_proxies = [\"10.0.0.0/33\"]").unwrap_err();
     assert_eq!(err.key, "admin.trusted_proxies[0]");
 }
+
+#[test]
+fn jwks_urls_over_plain_http_only_to_loopback_unless_allowed() {
+    let issuer = |url: &str, extra: &str| {
+        format!("{extra}[[jwt.issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\njwks_url = \"{url}\"\n")
+    };
+    for url in [
+        "https://idp.example.com/jwks",
+        "http://127.0.0.1:9999/jwks",
+        "http://[::1]:9999/jwks",
+        "http://localhost:9999/jwks",
+    ] {
+        assert!(parse(&issuer(url, "")).is_ok(), "{url}");
+    }
+    let err = parse(&issuer("http://idp.example.com/jwks", "")).unwrap_err();
+    assert_eq!(err.key, "jwt.issuers[0].jwks_url", "{err}");
+    assert!(err.message.contains("allow_insecure_jwks"), "{err}");
+    let c = parse(&issuer(
+        "http://idp.example.com/jwks",
+        "[jwt]\nallow_insecure_jwks = true\n",
+    ))
+    .unwrap();
+    assert!(c.jwt.allow_insecure_jwks);
+    let err = parse(&issuer("https://user@idp/jwks", "")).unwrap_err();
+    assert_eq!(err.key, "jwt.issuers[0].jwks_url", "{err}");
+}
+
+#[test]
+fn issuer_max_lifetime_must_be_positive() {
+    let text = |v: &str| {
+        format!("[[jwt.issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\njwks_url = \"https://idp/jwks\"\nmax_lifetime_seconds = {v}\n")
+    };
+    let c = parse(&text("3600")).unwrap();
+    assert_eq!(
+        c.jwt.issuers[0].max_lifetime,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    for bad in ["0", "-1", "\"1h\""] {
+        let err = parse(&text(bad)).unwrap_err();
+        assert!(
+            err.key.starts_with("jwt.issuers[0].max_lifetime_seconds")
+                || err.key.starts_with("jwt.issuers"),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse(&text("0")).unwrap_err();
+    assert_eq!(err.key, "jwt.issuers[0].max_lifetime_seconds", "{err}");
+}

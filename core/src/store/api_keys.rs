@@ -169,4 +169,15 @@ impl Store {
         self.publish(vec![c1, c2]);
         Ok(())
     }
+
+    /// The prefixes of every API key not revoked: the proxy's index of keys that
+    /// may exist.
+    pub async fn live_api_key_prefixes(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT prefix FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("prefix").map_err(StoreError::from))
+            .collect()
+    }
 }

@@ -26,6 +26,8 @@ pub enum ChangeKind {
     SigningKey,
     /// Tenant-assertion keys changed (tenant empty, subject: the kid).
     AssertionKey,
+    /// An issuer was bound to the tenant or unbound (subject: the issuer's id).
+    Issuer,
 }
 
 impl ChangeKind {
@@ -38,6 +40,7 @@ impl ChangeKind {
             ChangeKind::User => "user",
             ChangeKind::SigningKey => "signing_key",
             ChangeKind::AssertionKey => "assertion_key",
+            ChangeKind::Issuer => "issuer",
         }
     }
 
@@ -50,6 +53,7 @@ impl ChangeKind {
             "user" => ChangeKind::User,
             "signing_key" => ChangeKind::SigningKey,
             "assertion_key" => ChangeKind::AssertionKey,
+            "issuer" => ChangeKind::Issuer,
             _ => return None,
         })
     }
@@ -99,6 +103,17 @@ impl Store {
     }
 
     pub(super) fn publish(&self, changes: Vec<Change>) {
+        {
+            let hooks = match self.hooks.read() {
+                Ok(h) => h,
+                Err(p) => p.into_inner(),
+            };
+            for c in &changes {
+                for hook in hooks.iter() {
+                    hook(c);
+                }
+            }
+        }
         for c in changes {
             // No receivers is fine: nobody in this process caches.
             let _ = self.bus.send(c);

@@ -7,6 +7,7 @@
 mod api_keys;
 mod assertion_keys;
 mod changes;
+mod issuers;
 mod policies;
 mod rate_limits;
 mod settings;
@@ -76,11 +77,17 @@ pub enum Backend {
     Postgres,
 }
 
+/// Called synchronously with each change this process commits, before the
+/// mutation returns: an in-process index can never be behind its own process's
+/// writes (the bus is asynchronous).
+pub type ChangeHook = std::sync::Arc<dyn Fn(&Change) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
     bus: broadcast::Sender<Change>,
+    hooks: std::sync::Arc<std::sync::RwLock<Vec<ChangeHook>>>,
     /// The connection URL (PostgreSQL's `LISTEN` needs a connection of its own).
     url: std::sync::Arc<str>,
 }
@@ -159,6 +166,7 @@ impl Store {
             pool,
             backend,
             bus,
+            hooks: Default::default(),
             url: url.into(),
         })
     }
@@ -192,6 +200,15 @@ impl Store {
     /// In-process change events (committed changes of this process).
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.bus.subscribe()
+    }
+
+    /// Registers `hook` for every change this process commits from now on (see
+    /// [`ChangeHook`]). Hooks must be cheap and never block.
+    pub fn on_change(&self, hook: ChangeHook) {
+        match self.hooks.write() {
+            Ok(mut h) => h.push(hook),
+            Err(p) => p.into_inner().push(hook),
+        }
     }
 
     pub async fn close(&self) {

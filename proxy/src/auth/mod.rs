@@ -8,6 +8,7 @@
 pub mod api_key;
 mod extract;
 pub mod jwt;
+pub mod key_index;
 mod principal;
 pub mod users;
 
@@ -131,7 +132,7 @@ impl Authenticator {
 
     /// Appends the credential caches' counters as Prometheus samples.
     pub fn render(&self, out: &mut String) {
-        self.api_keys.cache.render(out);
+        self.api_keys.render(out);
         self.users.cache.render(out);
     }
 }

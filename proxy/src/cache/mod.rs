@@ -133,6 +133,11 @@ where
         self.name
     }
 
+    /// Whether the shared store breaker is open (misses fail fast).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
     /// The value for `key`: from the cache when fresh enough, else loaded (one load
     /// per key at a time; the others wait for it). `key` may be a borrowed form of
     /// `K` (`&str` for `String`), so a hit allocates nothing.
@@ -220,6 +225,38 @@ where
                 self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
                 self.breaker.failure();
                 tracing::warn!(cache = self.name, error = %err, "control-plane load failed");
+                Err(Unavailable)
+            }
+        }
+    }
+
+    /// A load outside the breaker: coalesced and cached like [`load`](Self::load),
+    /// but neither held back by an open breaker nor counted by it, success or
+    /// failure. For lookups that run on a budget of their own (API key prefixes
+    /// the index does not know), so they can never make other lookups fail fast.
+    pub async fn load_unmetered<Q>(
+        &self,
+        key: &Q,
+    ) -> Result<(Option<Shared<T>>, Instant), Unavailable>
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let guard = match self.cache.get_value_or_guard_async(key).await {
+            Ok(slot) => return Ok((slot.value(), self.fresh_until(&slot))),
+            Err(guard) => guard,
+        };
+        let started_at = Instant::now();
+        match (self.loader)(key.to_owned()).await {
+            Ok(v) => {
+                let slot = Slot::new(v, started_at);
+                let answer = (slot.value(), self.fresh_until(&slot));
+                let _ = guard.insert(slot);
+                Ok(answer)
+            }
+            Err(err) => {
+                self.stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(cache = self.name, error = %err, "unmetered control-plane load failed");
                 Err(Unavailable)
             }
         }

@@ -318,3 +318,32 @@ async fn id_keyed_caches_find_what_they_loaded() {
     assert!(c.get_id("acme", Instant::now()).await.unwrap().0.is_some());
     assert_eq!(c.stats.misses.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn not_found_never_counts_as_a_breaker_failure() {
+    let (c, fake) = cache(settings(60_000, 0, 600_000), 0);
+    fake.exists.store(false, Ordering::SeqCst);
+    for i in 0..50 {
+        assert_eq!(c.get(&format!("k{i}")).await, Ok(None));
+    }
+    assert!(!c.breaker.is_open());
+}
+
+#[tokio::test]
+async fn unmetered_loads_neither_trip_nor_wait_for_the_breaker() {
+    let (c, fake) = cache(settings(60_000, 1_000, 600_000), 0);
+    fake.down.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert!(c.load_unmetered(&format!("u{i}")).await.is_err());
+    }
+    assert!(!c.breaker.is_open(), "unmetered failures are not counted");
+    // A metered failure opens it; unmetered loads still go through.
+    assert_eq!(c.get("m").await, Err(Unavailable));
+    assert!(c.breaker.is_open());
+    fake.down.store(false, Ordering::SeqCst);
+    let (found, _) = c.load_unmetered("u9").await.unwrap();
+    assert_eq!(found.as_deref(), Some(&1));
+    assert!(c.breaker.is_open(), "nor do unmetered successes close it");
+    // What it loaded is cached like any load.
+    assert_eq!(c.get("u9").await.unwrap().as_deref(), Some(&1));
+}

@@ -68,15 +68,19 @@ impl Follower {
                 a.poke();
             }
         }
+        // Issuers bound to tenants (an issuer change, or a tenant of theirs changed).
+        self.auth.jwt.apply_change(c).await;
     }
 
-    /// After missed changes: forget everything cached.
+    /// After missed changes: forget everything cached, and reload what is kept
+    /// whole rather than cached (bound issuers, the API key prefix index).
     pub fn invalidate_all(&self) {
         self.control.invalidate_all();
         self.auth.invalidate_all();
         if let Some(a) = &self.assertions {
             a.poke();
         }
+        tokio::spawn(load_credential_indexes(self.auth.clone()));
     }
 
     /// Follows changes until `shutdown`: the bus, NOTIFY pokes (`notified`) and a
@@ -122,7 +126,8 @@ impl Follower {
     /// Reads the feed past the last id seen (and the last few seconds, for ids
     /// that committed out of order) and applies what was not applied yet.
     async fn read_feed(&self, feed: &mut Feed) {
-        let since = tenantgate_core::time::now_ms() - FEED_OVERLAP_MS;
+        let started = tenantgate_core::time::now_ms();
+        let since = started - FEED_OVERLAP_MS;
         match self
             .store
             .changes_since(feed.last_id, since, FEED_PAGE)
@@ -139,6 +144,8 @@ impl Follower {
                         self.apply(&c).await;
                     }
                 }
+                // Requests with a prefix the key index did not know wait for this.
+                self.auth.api_keys.index.caught_up(started);
             }
             Err(e) => {
                 if feed.ok {
@@ -169,6 +176,17 @@ impl Follower {
             self.applied.load(Ordering::Relaxed)
         );
     }
+}
+
+/// Loads what the authenticators keep whole (the issuers bound to tenants and the
+/// API key prefix index), retrying until each load succeeds. Run at start, and
+/// after missed changes.
+pub async fn load_credential_indexes(auth: Arc<Authenticator>) {
+    let jwt = auth.jwt.clone();
+    futures::join!(
+        jwt.reload_bound_until_ok(),
+        auth.api_keys.load_index_until_ok()
+    );
 }
 
 /// Where the feed reader is.

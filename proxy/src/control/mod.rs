@@ -177,7 +177,8 @@ impl ControlPlane {
             ChangeKind::ApiKey
             | ChangeKind::User
             | ChangeKind::SigningKey
-            | ChangeKind::AssertionKey => {}
+            | ChangeKind::AssertionKey
+            | ChangeKind::Issuer => {}
         }
     }
 

@@ -35,15 +35,14 @@ pub(crate) struct RawClaims<'a> {
     pub nbf: Option<i64>,
     /// `tv`: the user's token version in login tokens (see `auth::users`).
     pub tv: Option<i64>,
+    /// `iat` when it is a number (only the lifetime check reads it).
+    pub iat: Option<i64>,
     pub extra: Vec<Option<Cow<'a, str>>>,
 }
 
 /// Parses a decoded payload, which must be one JSON object. `extra_names` are the
-/// configured tenant/role claim names of every issuer.
-pub(crate) fn parse<'a>(
-    json: &'a [u8],
-    extra_names: &[&'static str],
-) -> Result<RawClaims<'a>, JwtError> {
+/// configured tenant/role claim names of every issuer (or of one bound issuer).
+pub(crate) fn parse<'a>(json: &'a [u8], extra_names: &[&str]) -> Result<RawClaims<'a>, JwtError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let claims = ClaimsSeed { extra_names }
         .deserialize(&mut de)
@@ -53,7 +52,7 @@ pub(crate) fn parse<'a>(
 }
 
 struct ClaimsSeed<'s> {
-    extra_names: &'s [&'static str],
+    extra_names: &'s [&'s str],
 }
 
 impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
@@ -94,6 +93,12 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 "exp" => set_once(&mut c.exp, map.next_value::<NumericDate>()?.0, "exp")?,
                 "nbf" => set_once(&mut c.nbf, map.next_value::<NumericDate>()?.0, "nbf")?,
                 "tv" => set_once(&mut c.tv, map.next_value::<NumericDate>()?.0, "tv")?,
+                "iat" => {
+                    let iat = map.next_value::<MaybeDate>()?.0;
+                    if let Some(iat) = iat {
+                        set_once(&mut c.iat, iat, "iat")?;
+                    }
+                }
                 other => match self.extra_names.iter().position(|n| *n == other) {
                     Some(i) => {
                         if std::mem::replace(&mut extra_seen[i], true) {
@@ -247,6 +252,49 @@ impl<'de> de::Deserialize<'de> for NumericDate {
     }
 }
 
+/// `iat`, leniently: a number is a date, anything else is ignored (it was never
+/// checked, and only the lifetime check reads it now).
+struct MaybeDate(Option<i64>);
+
+impl<'de> de::Deserialize<'de> for MaybeDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(MaybeDate(Some(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(MaybeDate(Some(i64::try_from(v).unwrap_or(i64::MAX))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(MaybeDate(Some(v.floor() as i64)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeDate(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(MaybeDate(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(MaybeDate(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeDate(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeDate(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// What a verified token says, before it becomes an `Identity`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Checked {
@@ -266,6 +314,14 @@ pub(crate) struct Expectations<'e> {
     pub role_idx: usize,
     pub now: i64,
     pub leeway: i64,
+    /// Refuse tokens whose `exp` lies further than this (seconds) from now, or
+    /// from their `iat`.
+    pub max_lifetime: Option<i64>,
+    /// A bound issuer's tenant: the tenant claim may be absent (it is this
+    /// tenant) but must not name another one.
+    pub bound_tenant: Option<&'e str>,
+    /// The role of a token without a role claim (bound issuers).
+    pub default_role: Option<&'e str>,
 }
 
 /// The claim checks, in a fixed order. Runs after the signature check, so the
@@ -280,6 +336,15 @@ pub(crate) fn check(c: &RawClaims<'_>, e: &Expectations<'_>) -> Result<Checked, 
             return Err(JwtError::NotYetValid);
         }
     }
+    if let Some(max) = e.max_lifetime {
+        // From now (with the leeway, for an issuer whose clock runs ahead) and,
+        // when the token says when it was issued, from then.
+        let from_now = exp.saturating_sub(e.now);
+        let from_iat = c.iat.map(|iat| exp.saturating_sub(iat));
+        if from_now > max.saturating_add(e.leeway) || from_iat.is_some_and(|l| l > max) {
+            return Err(JwtError::LifetimeTooLong);
+        }
+    }
     if c.iss.as_deref() != Some(e.issuer) {
         return Err(JwtError::WrongIssuer);
     }
@@ -289,14 +354,19 @@ pub(crate) fn check(c: &RawClaims<'_>, e: &Expectations<'_>) -> Result<Checked, 
         _ => return Err(JwtError::WrongAudience),
     }
     let user_id = required(c.sub.as_ref(), "sub")?;
-    let tenant_id = required(
-        c.extra.get(e.tenant_idx).and_then(Option::as_ref),
-        e.tenant_claim,
-    )?;
-    let role = required(
-        c.extra.get(e.role_idx).and_then(Option::as_ref),
-        e.role_claim,
-    )?;
+    let tenant_claim = c.extra.get(e.tenant_idx).and_then(Option::as_ref);
+    let tenant_id = match (e.bound_tenant, tenant_claim) {
+        (Some(bound), None) => bound.to_owned(),
+        (Some(bound), Some(claimed)) if claimed.as_ref() != bound => {
+            return Err(JwtError::WrongTenant)
+        }
+        _ => required(tenant_claim, e.tenant_claim)?,
+    };
+    let role_claim = c.extra.get(e.role_idx).and_then(Option::as_ref);
+    let role = match (role_claim, e.default_role) {
+        (None, Some(default)) => default.to_owned(),
+        _ => required(role_claim, e.role_claim)?,
+    };
     Ok(Checked {
         user_id,
         tenant_id,

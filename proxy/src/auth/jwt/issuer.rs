@@ -12,6 +12,9 @@ use tenantgate_core::Store;
 use super::keys::KeySet;
 use super::source::{JwksUrlSource, KeySource, PemFileSource, StoreKeySource};
 
+/// The longest a login token may live (the maximum of `admin.token_ttl_seconds`).
+pub const LOGIN_MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
 /// No key source may hold an issuer's fetch (and the requests waiting on it) longer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -31,6 +34,8 @@ pub struct IssuerSpec {
     pub min_refetch: Duration,
     /// Key sets older than this are refreshed in the background.
     pub refresh: Duration,
+    /// Tokens whose `exp` lies further than this from now (or from `iat`) are refused.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for IssuerSpec {
@@ -44,6 +49,7 @@ impl std::fmt::Debug for IssuerSpec {
             .field("source", &self.source.describe())
             .field("min_refetch", &self.min_refetch)
             .field("refresh", &self.refresh)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -81,11 +87,15 @@ impl IssuerSpec {
             source,
             min_refetch: cfg.jwks_min_refetch.max(Duration::from_secs(1)),
             refresh: cfg.jwks_refresh.max(Duration::from_secs(1)),
+            max_lifetime: cfg.max_lifetime,
         })
     }
 
     /// The admin API's own login tokens: RS256, audience `tenantgate`, keys from the
     /// store. Key changes should also call `JwtVerifier::invalidate_issuer_keys`.
+    /// Their lifetime is capped at [`LOGIN_MAX_LIFETIME`] (the longest
+    /// `admin.token_ttl_seconds` allows): the proxy may not know the admin API's
+    /// own setting.
     pub fn login(issuer: &str, store: Store) -> Self {
         IssuerSpec {
             issuer: issuer.to_owned(),
@@ -96,6 +106,7 @@ impl IssuerSpec {
             source: Arc::new(StoreKeySource::new(store)),
             min_refetch: Duration::from_secs(1),
             refresh: Duration::from_secs(60),
+            max_lifetime: Some(LOGIN_MAX_LIFETIME),
         }
     }
 }
@@ -109,6 +120,8 @@ pub(crate) struct IssuerState {
     pub tenant_idx: usize,
     pub role_claim: &'static str,
     pub role_idx: usize,
+    /// Seconds; see [`IssuerSpec::max_lifetime`].
+    pub max_lifetime: Option<i64>,
     source: Arc<dyn KeySource>,
     min_refetch: Duration,
     refresh: Duration,
@@ -144,6 +157,9 @@ impl IssuerState {
             tenant_idx: slots.tenant_idx,
             role_claim: slots.role_claim,
             role_idx: slots.role_idx,
+            max_lifetime: spec
+                .max_lifetime
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
             source: spec.source,
             min_refetch: spec.min_refetch,
             refresh: spec.refresh,

@@ -1,16 +1,20 @@
 //! Stage 3, JWT half: verify a bearer JWT and say who it is for.
 //!
-//! Trust comes only from configuration. The (unverified) `iss` picks one of the
-//! configured issuers; the header's `alg` must be on that issuer's allow-list and
-//! fit the key its `kid` selects; the key comes only from the issuer's key source
-//! (`jwk`, `jku`, `x5u`, `x5c` in the header are ignored). Then the signature, then
-//! `exp`/`nbf` (with leeway), `iss`, `aud`, and the identity claims.
+//! Trust comes only from configuration and the store. The (unverified) `iss` picks
+//! one of the configured issuers, or else one of the issuers bound to a tenant
+//! through the admin API ([`bound`]); the header's `alg` must be on that issuer's
+//! allow-list and fit the key its `kid` selects; the key comes only from the
+//! issuer's key source (`jwk`, `jku`, `x5u`, `x5c` in the header are ignored). Then
+//! the signature, then `exp`/`nbf` (with leeway), the issuer's maximum lifetime,
+//! `iss`, `aud`, and the identity claims. A bound issuer's token speaks for its
+//! tenant only: a tenant claim naming another tenant refuses it.
 //!
 //! A verified token is cached (keyed by its SHA-256) until its `exp`, at most five
 //! minutes, so the usual request costs one hash and one cache lookup and awaits
 //! nothing. Deterministic failures are remembered for ten seconds, so a flood of
 //! one bad token costs the same.
 
+mod bound;
 mod claims;
 mod issuer;
 mod keys;
@@ -32,11 +36,13 @@ use sha2::{Digest, Sha256};
 
 use super::principal::{AuthMethod, Principal};
 
-pub use issuer::IssuerSpec;
+pub use bound::BoundOptions;
+pub use issuer::{IssuerSpec, LOGIN_MAX_LIFETIME};
 pub use source::{
     JwksUrlSource, KeySource, PemFileSource, StoreKeySource, JWKS_MAX_BYTES, JWKS_TIMEOUT,
 };
 
+use bound::BoundIssuers;
 use claims::Expectations;
 use issuer::{ClaimSlots, IssuerState};
 use keys::KeySet;
@@ -82,6 +88,10 @@ pub enum JwtError {
     WrongAudience,
     #[error("wrong issuer")]
     WrongIssuer,
+    #[error("token claims another tenant than its issuer's")]
+    WrongTenant,
+    #[error("token lives longer than its issuer allows")]
+    LifetimeTooLong,
     #[error("missing claim {0}")]
     MissingClaim(&'static str),
     #[error("unsupported critical header")]
@@ -142,6 +152,8 @@ struct Inner {
     signature_checks: AtomicU64,
     /// Bumped by every invalidation; results computed across one are not cached.
     invalidations: AtomicU64,
+    /// Issuers bound to a tenant through the admin API (changing at run time).
+    bound: BoundIssuers,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -235,6 +247,7 @@ impl JwtVerifier {
                 rejected,
                 signature_checks: AtomicU64::new(0),
                 invalidations: AtomicU64::new(0),
+                bound: BoundIssuers::default(),
             }),
         }
     }
@@ -319,6 +332,87 @@ impl JwtVerifier {
         self.inner.rejected.clear();
     }
 
+    /// Follows the issuers bound to tenants in `store` (call [`Self::reload_bound`]
+    /// to load them; until the first load succeeds, a token of an unknown issuer
+    /// gets 503 rather than 401). Only the first call counts.
+    pub fn follow_bound_issuers(&self, store: tenantgate_core::Store, opts: BoundOptions) {
+        self.inner.bound.follow(store, opts);
+    }
+
+    /// Reloads the bound issuers from the store. Issuers gone or replaced take their
+    /// verified tokens with them, and every cached refusal is forgotten (a token
+    /// of an issuer just bound must not stay refused).
+    pub async fn reload_bound(&self) -> Result<(), tenantgate_core::StoreError> {
+        let diff = self.inner.bound.reload().await?;
+        self.bound_changed(&diff.removed);
+        if diff.added > 0 || !diff.removed.is_empty() {
+            tracing::info!(
+                added = diff.added,
+                removed = diff.removed.len(),
+                total = self.inner.bound.len(),
+                "bound issuers reloaded"
+            );
+        }
+        Ok(())
+    }
+
+    fn bound_changed(&self, removed: &[String]) {
+        self.inner.invalidations.fetch_add(1, Ordering::AcqRel);
+        if !removed.is_empty() {
+            self.inner
+                .verified
+                .retain(|_, (id, _)| !removed.contains(&id.issuer));
+        }
+        self.inner.rejected.clear();
+    }
+
+    /// Applies a control-plane change: an issuer change (or a change of a tenant
+    /// with bound issuers) reloads the bound issuers. Returns whether it did.
+    pub async fn apply_change(&self, c: &tenantgate_core::store::Change) -> bool {
+        if !self.inner.bound.wants_reload(c) {
+            return false;
+        }
+        if let Err(e) = self.reload_bound().await {
+            tracing::warn!(error = %e, "reloading bound issuers failed; retrying");
+            self.retry_bound_in_background();
+        }
+        true
+    }
+
+    /// Reloads the bound issuers until a load succeeds (backing off up to 5 s).
+    pub async fn reload_bound_until_ok(&self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.reload_bound().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading bound issuers failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One background retry loop at a time (a reload reads everything, so one
+    /// success covers every failed one).
+    fn retry_bound_in_background(&self) {
+        if self.inner.bound.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            this.reload_bound_until_ok().await;
+            this.inner.bound.retrying.store(false, Ordering::Release);
+        });
+    }
+
+    /// Issuers bound to tenants, as last loaded.
+    pub fn bound_issuers(&self) -> usize {
+        self.inner.bound.len()
+    }
+
     /// Verified tokens in the cache (approximate).
     pub fn cached_tokens(&self) -> u64 {
         self.inner.verified.len() as u64
@@ -334,10 +428,24 @@ impl JwtVerifier {
         let header_json = token::decode_segment(seg.header)?;
         let header = token::Header::parse(&header_json)?;
         let payload_json = token::decode_segment(seg.payload)?;
-        let claims = claims::parse(&payload_json, &self.inner.extra_claims)?;
+        let mut claims = claims::parse(&payload_json, &self.inner.extra_claims)?;
 
         let iss = claims.iss.as_deref().ok_or(JwtError::MissingClaim("iss"))?;
-        let issuer = self.inner.issuers.get(iss).ok_or(JwtError::UnknownIssuer)?;
+        let (issuer, bound) = match self.inner.issuers.get(iss) {
+            Some(issuer) => (issuer.clone(), None),
+            None => match self.inner.bound.get(iss) {
+                Some(b) => {
+                    // Its claim names are its own: read them in a second pass.
+                    let names = [b.tenant_claim.as_str(), b.role_claim.as_str()];
+                    claims = claims::parse(&payload_json, &names)?;
+                    (b.state.clone(), Some(b))
+                }
+                // Bound issuers not loaded yet: it may be one (503, not 401).
+                None if !self.inner.bound.is_loaded() => return Err(JwtError::KeysUnavailable),
+                None => return Err(JwtError::UnknownIssuer),
+            },
+        };
+        let issuer = &issuer;
         // `none`, HS*, anything unknown or not on this issuer's list.
         let alg = Algorithm::from_str(&header.alg).map_err(|_| JwtError::AlgorithmNotAllowed)?;
         if !issuer.algorithms.contains(&alg) {
@@ -375,6 +483,9 @@ impl JwtVerifier {
             role_idx: issuer.role_idx,
             now: now_ms().div_euclid(1000),
             leeway: self.inner.leeway,
+            max_lifetime: issuer.max_lifetime,
+            bound_tenant: bound.as_ref().map(|b| b.tenant_id.as_str()),
+            default_role: bound.as_ref().and_then(|b| b.default_role.as_deref()),
         };
         let checked = claims::check(&claims, &expect)?;
         let principal = Principal::new(

@@ -77,6 +77,7 @@ fn spec(source: Arc<dyn KeySource>) -> IssuerSpec {
         source,
         min_refetch: Duration::from_secs(10),
         refresh: Duration::from_secs(300),
+        max_lifetime: None,
     }
 }
 
@@ -969,6 +970,7 @@ fn issuer_settings(keys: IssuerKeys, algorithms: &[&str]) -> IssuerSettings {
         role_claim: "role".into(),
         jwks_min_refetch: Duration::from_secs(10),
         jwks_refresh: Duration::from_secs(300),
+        max_lifetime: None,
     }
 }
 
@@ -1214,4 +1216,172 @@ async fn result_computed_across_an_invalidation_is_not_cached() {
     pending.await.unwrap().unwrap();
     source.set(Ok(vec![jwk_of(&SigningKey::generate().unwrap())]));
     assert_eq!(err(&v, &token).await, JwtError::UnknownKey);
+}
+
+// ---- lifetimes and issuers bound to a tenant ----------------------------------------------
+
+#[tokio::test]
+async fn tokens_living_longer_than_max_lifetime_are_refused() {
+    let key = SigningKey::generate().unwrap();
+    let mut sp = spec(FakeSource::new(vec![jwk_of(&key)]));
+    sp.max_lifetime = Some(Duration::from_secs(600));
+    let v = verifier(vec![sp]);
+    let ok = |c: Value| key.sign(&c).unwrap();
+    v.verify(&ok(claims())).await.unwrap();
+    // From now (31 million years is the classic), from iat, with the leeway for a
+    // clock running ahead.
+    for c in [
+        with(claims(), "exp", json!(now() + 31_000_000 * 365 * 86_400)),
+        with(claims(), "exp", json!(now() + 900)),
+        with(
+            with(claims(), "iat", json!(now() - 500)),
+            "exp",
+            json!(now() + 300),
+        ),
+    ] {
+        assert_eq!(
+            err(&v, &ok(c.clone())).await,
+            JwtError::LifetimeTooLong,
+            "{c}"
+        );
+    }
+    let ahead = with(
+        with(claims(), "iat", json!(now() + 20)),
+        "exp",
+        json!(now() + 620),
+    );
+    v.verify(&ok(ahead)).await.unwrap();
+    // A non-numeric iat is ignored, as before; the lifetime from now still counts.
+    v.verify(&ok(with(claims(), "iat", json!("yesterday"))))
+        .await
+        .unwrap();
+    let no_iat = without(claims(), "iat");
+    v.verify(&ok(no_iat.clone())).await.unwrap();
+    assert_eq!(
+        err(&v, &ok(with(no_iat, "exp", json!(now() + 700)))).await,
+        JwtError::LifetimeTooLong
+    );
+}
+
+fn bound_record(iss: &str, tenant: &str, jwks_url: &str) -> tenantgate_core::issuers::TenantIssuer {
+    tenantgate_core::issuers::TenantIssuer {
+        id: format!("id-{tenant}-{iss}"),
+        tenant_id: tenant.into(),
+        issuer: iss.into(),
+        jwks_url: jwks_url.into(),
+        audiences: vec![AUD.into()],
+        algorithms: vec!["RS256".into()],
+        tenant_claim: "tenant_id".into(),
+        role_claim: "role".into(),
+        default_role: Some("read_only".into()),
+        max_lifetime_seconds: Some(3600),
+        created_at_ms: 0,
+    }
+}
+
+fn set_bound(v: &JwtVerifier, recs: &[tenantgate_core::issuers::TenantIssuer], insecure: bool) {
+    let diff = v.inner.bound.replace(
+        recs,
+        BoundOptions {
+            allow_insecure_jwks: insecure,
+        },
+    );
+    v.bound_changed(&diff.removed);
+}
+
+#[tokio::test]
+async fn bound_issuers_speak_for_their_tenant_only_and_leave_with_their_tokens() {
+    const BOUND: &str = "https://idp.acme.example";
+    let key = SigningKey::generate().unwrap();
+    let (url, _) = jwks_server(200, json!({"keys": [key.public_jwk()]}).to_string()).await;
+    let v = verifier(vec![]);
+    let token = |c: Value| key.sign(&with(c, "iss", json!(BOUND))).unwrap();
+    let plain = token(claims());
+    assert_eq!(err(&v, &plain).await, JwtError::UnknownIssuer);
+
+    // Plain http is refused unless allowed (the refusal is logged, the issuer unused).
+    set_bound(&v, &[bound_record(BOUND, "acme", &url)], false);
+    assert_eq!(v.bound_issuers(), 0);
+    assert_eq!(err(&v, &plain).await, JwtError::UnknownIssuer);
+    set_bound(&v, &[bound_record(BOUND, "acme", &url)], true);
+    assert_eq!(v.bound_issuers(), 1);
+    // The refusal above was cached; a binding forgets cached refusals.
+    let id = v.verify(&plain).await.unwrap();
+    assert_eq!((id.tenant_id.as_str(), id.role.as_str()), ("acme", "admin"));
+    assert_eq!(id.issuer, BOUND);
+    // No tenant claim: the bound tenant. No role claim: the default role.
+    let id = v
+        .verify(&token(without(without(claims(), "tenant_id"), "role")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (id.tenant_id.as_str(), id.role.as_str()),
+        ("acme", "read_only")
+    );
+    assert_eq!(
+        err(&v, &token(with(claims(), "tenant_id", json!("other")))).await,
+        JwtError::WrongTenant
+    );
+    assert_eq!(
+        err(&v, &token(with(claims(), "exp", json!(now() + 7200)))).await,
+        JwtError::LifetimeTooLong
+    );
+    assert_eq!(
+        err(&v, &token(with(claims(), "aud", json!("elsewhere")))).await,
+        JwtError::WrongAudience
+    );
+    let stranger = SigningKey::generate().unwrap();
+    assert_eq!(
+        err(
+            &v,
+            &stranger.sign(&with(claims(), "iss", json!(BOUND))).unwrap()
+        )
+        .await,
+        JwtError::UnknownKey
+    );
+
+    // Unbound: the cached token goes too.
+    assert!(v.verify(&plain).await.is_ok());
+    set_bound(&v, &[], true);
+    assert_eq!(err(&v, &plain).await, JwtError::UnknownIssuer);
+    // Bound again to another tenant (a new id): only that tenant's tokens pass.
+    let mut rec = bound_record(BOUND, "other", &url);
+    rec.default_role = None;
+    set_bound(&v, &[rec], true);
+    assert_eq!(err(&v, &plain).await, JwtError::WrongTenant);
+    let id = v
+        .verify(&token(without(claims(), "tenant_id")))
+        .await
+        .unwrap();
+    assert_eq!(id.tenant_id, "other");
+    assert_eq!(
+        err(&v, &token(without(without(claims(), "tenant_id"), "role"))).await,
+        JwtError::MissingClaim("role")
+    );
+}
+
+#[tokio::test]
+async fn configured_issuers_win_over_bound_ones_and_unloaded_bound_issuers_are_503() {
+    let s = setup();
+    // A binding of a configured issuer (the admin API refuses it) changes nothing.
+    set_bound(
+        &s.v,
+        &[bound_record(ISS, "evil", "https://x.example/jwks")],
+        true,
+    );
+    let id = s.v.verify(&s.key.sign(&claims()).unwrap()).await.unwrap();
+    assert_eq!(id.tenant_id, "acme");
+
+    // Following a store whose issuers cannot be read yet: unknown issuers are 503.
+    let store = tenantgate_core::Store::connect("sqlite::memory:", 1)
+        .await
+        .unwrap();
+    let v = verifier(vec![]);
+    v.follow_bound_issuers(store, BoundOptions::default());
+    assert!(v.reload_bound().await.is_err(), "no tables: not migrated");
+    let other = s
+        .key
+        .sign(&with(claims(), "iss", json!("https://someone.example")))
+        .unwrap();
+    assert_eq!(err(&v, &other).await, JwtError::KeysUnavailable);
 }
