@@ -119,15 +119,7 @@ async fn upstreams_receive_a_verifiable_assertion_matching_the_identity_headers(
     assert_eq!(c.sub, v["user_id"].as_str().unwrap());
     assert!(c.api_key_id.is_none());
     // The signer's counters.
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.proxy_metrics().await;
     assert!(
         metrics.contains("tenantgate_assertion_key_ready 1"),
         "{metrics}"
@@ -182,14 +174,7 @@ public = true
         "{v}"
     );
     // A valid assertion but the plain headers claim another tenant: refused.
-    let spoof = vec![
-        ("x-tenant-id", "evil".to_owned()),
-        ("x-user-id", c.sub.clone()),
-        ("x-tenant-role", "developer".into()),
-        ("x-auth-method", "api_key".into()),
-        ("x-api-key-id", c.sub.clone()),
-        ("x-tenant-assertion", token.clone()),
-    ];
+    let spoof = identity_headers("evil", &c.sub, &token);
     let (st, v) = direct(&s, spoof, "GET", "/api/v1/resources").await;
     assert_eq!(
         (st, v["error"]["code"].as_str()),
@@ -200,16 +185,7 @@ public = true
     let mut forged = token.clone();
     forged.truncate(forged.len() - 4);
     forged.push_str("AAAA");
-    let headers = |t: &str| {
-        vec![
-            ("x-tenant-id", "acme".to_owned()),
-            ("x-user-id", c.sub.clone()),
-            ("x-tenant-role", "developer".into()),
-            ("x-auth-method", "api_key".into()),
-            ("x-api-key-id", c.sub.clone()),
-            ("x-tenant-assertion", t.to_owned()),
-        ]
-    };
+    let headers = |t: &str| identity_headers("acme", &c.sub, t);
     let (st, _) = direct(&s, headers(&forged), "GET", "/api/v1/resources").await;
     assert_eq!(st, 401);
     // The genuine assertion with matching headers is accepted (it is not bound).
@@ -226,6 +202,18 @@ public = true
         (401, Some("invalid_assertion")),
         "{v}"
     );
+}
+
+/// The plain identity headers of an API key of `tenant` (a developer) plus `assertion`.
+fn identity_headers(tenant: &str, key_id: &str, assertion: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-tenant-id", tenant.to_owned()),
+        ("x-user-id", key_id.to_owned()),
+        ("x-tenant-role", "developer".into()),
+        ("x-auth-method", "api_key".into()),
+        ("x-api-key-id", key_id.to_owned()),
+        ("x-tenant-assertion", assertion.to_owned()),
+    ]
 }
 
 /// Straight to the demo upstream, bypassing the proxy.
@@ -263,16 +251,7 @@ async fn bound_assertions_name_their_request_and_cannot_be_replayed_elsewhere() 
     assert_eq!(c.htm.as_deref(), Some("GET"));
     assert_eq!(c.htu.as_deref(), Some("/api/v1/whoami?x=1"));
     assert_eq!(c.request_id.as_deref(), v["request_id"].as_str());
-    let headers = |t: &str| {
-        vec![
-            ("x-tenant-id", "acme".to_owned()),
-            ("x-user-id", c.sub.clone()),
-            ("x-tenant-role", "developer".into()),
-            ("x-auth-method", "api_key".into()),
-            ("x-api-key-id", c.sub.clone()),
-            ("x-tenant-assertion", t.to_owned()),
-        ]
-    };
+    let headers = |t: &str| identity_headers("acme", &c.sub, t);
     // Replayed on the same request: accepted; on another path or method: refused.
     let (st, v) = direct(&s, headers(&bound), "GET", "/api/v1/whoami?x=1").await;
     assert_eq!(st, 200, "{v}");

@@ -50,29 +50,13 @@ async fn request(conn: &mut TcpStream) -> Option<u16> {
     }
 }
 
-async fn metric(s: &Stack, name: &str) -> f64 {
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-}
-
 #[tokio::test]
 async fn max_connections_refuses_new_connections_and_keeps_the_open_ones() {
     const LIMIT: usize = 4;
     let s = stack().proxy_extra("max_connections = 4").start().await;
     // The harness's HTTP client may keep a pooled connection from its readiness
     // probe: it counts against the limit too.
-    let pooled = metric(&s, "tenantgate_proxy_open_connections").await as usize;
+    let pooled = s.proxy_metric("tenantgate_proxy_open_connections").await as usize;
     assert!(pooled < LIMIT);
     let mut open = Vec::new();
     for _ in pooled..LIMIT {
@@ -81,13 +65,17 @@ async fn max_connections_refuses_new_connections_and_keeps_the_open_ones() {
         open.push(c);
     }
     assert_eq!(
-        metric(&s, "tenantgate_proxy_open_connections").await,
+        s.proxy_metric("tenantgate_proxy_open_connections").await,
         LIMIT as f64
     );
     // The fourth is accepted by the kernel and closed at once, unanswered.
     let mut extra = connect(&s).await;
     assert_eq!(request(&mut extra).await, None, "refused past the limit");
-    assert!(metric(&s, "tenantgate_proxy_refused_connections_total").await >= 1.0);
+    assert!(
+        s.proxy_metric("tenantgate_proxy_refused_connections_total")
+            .await
+            >= 1.0
+    );
     // The open ones keep working.
     for c in &mut open {
         assert_eq!(request(c).await, Some(401));

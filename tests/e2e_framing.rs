@@ -254,15 +254,7 @@ async fn framing_attacks_are_decided_by_what_the_upstream_received() {
         assert!(!resp.to_ascii_lowercase().contains("server: pingora"), "{name}: {resp}");
         assert_eq!(up.count(), before, "{name}: nothing reached the upstream");
     }
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.proxy_metrics().await;
     assert!(
         metrics.contains("tenantgate_proxy_malformed_requests_total 3"),
         "{metrics}"

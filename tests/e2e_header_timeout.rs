@@ -117,15 +117,7 @@ async fn trickled_headers_are_cut_off_but_slow_bodies_and_idle_connections_are_n
         "the second slow header section is cut off too"
     );
 
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.proxy_metrics().await;
     assert!(
         metrics.contains("tenantgate_proxy_header_timeouts_total 2"),
         "{metrics}"

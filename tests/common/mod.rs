@@ -222,6 +222,27 @@ impl Stack {
         }
     }
 
+    /// The proxy's Prometheus text (its admin listener's `/metrics`).
+    pub async fn proxy_metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.proxy_admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// One unlabelled sample of the proxy's metrics.
+    pub async fn proxy_metric(&self, name: &str) -> f64 {
+        let text = self.proxy_metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    }
+
     /// An admin API call with the bootstrap token.
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.admin_as(TOKEN, method, path, body).await

@@ -19,6 +19,11 @@ fn settings(rotate_after: Duration, publish_ahead: Duration) -> AssertionSetting
     }
 }
 
+/// Rotation after a day, publication a minute ahead: the usual shape.
+fn daily() -> AssertionSettings {
+    settings(Duration::from_secs(86_400), Duration::from_secs(60))
+}
+
 fn routes() -> RouteTable {
     let rc = |prefix: &str, audience: &str| RouteSettings {
         prefix: prefix.into(),
@@ -61,10 +66,7 @@ fn kid(token: &HeaderValue) -> String {
 async fn the_first_key_signs_at_once_and_assertions_are_reused_per_principal_and_audience() {
     let db = TestDb::sqlite();
     let store = Store::open(&db.url, 2).await.unwrap();
-    let a = Assertions::new(settings(
-        Duration::from_secs(86_400),
-        Duration::from_secs(60),
-    ));
+    let a = Assertions::new(daily());
     let table = routes();
     let api = table.find("/api/x").unwrap();
     let jobs = table.find("/jobs/x").unwrap();
@@ -116,10 +118,7 @@ async fn the_first_key_signs_at_once_and_assertions_are_reused_per_principal_and
     assert_eq!(a.signed.load(Ordering::Relaxed), 4);
     assert_eq!(a.reused.load(Ordering::Relaxed), 1);
     // A second proxy of the fleet signs with the same key.
-    let b = Assertions::new(settings(
-        Duration::from_secs(86_400),
-        Duration::from_secs(60),
-    ));
+    let b = Assertions::new(daily());
     b.refresh(&store, &KEK).await.unwrap();
     let tb = b
         .header(api, &principal("k1"), now_s(), None)
@@ -134,10 +133,7 @@ async fn the_first_key_signs_at_once_and_assertions_are_reused_per_principal_and
 async fn bound_assertions_are_per_request() {
     let db = TestDb::sqlite();
     let store = Store::open(&db.url, 2).await.unwrap();
-    let a = Assertions::new(settings(
-        Duration::from_secs(86_400),
-        Duration::from_secs(60),
-    ));
+    let a = Assertions::new(daily());
     a.refresh(&store, &KEK).await.unwrap();
     let table = routes();
     let api = table.find("/api/x").unwrap();
@@ -222,15 +218,9 @@ async fn a_rotated_key_is_published_ahead_and_signs_only_from_its_activation() {
 async fn keys_sealed_with_another_secret_do_not_sign_but_stay_published() {
     let db = TestDb::sqlite();
     let store = Store::open(&db.url, 2).await.unwrap();
-    let a = Assertions::new(settings(
-        Duration::from_secs(86_400),
-        Duration::from_secs(60),
-    ));
+    let a = Assertions::new(daily());
     a.refresh(&store, &KEK).await.unwrap();
-    let b = Assertions::new(settings(
-        Duration::from_secs(86_400),
-        Duration::from_secs(60),
-    ));
+    let b = Assertions::new(daily());
     b.refresh(&store, &[9u8; 32]).await.unwrap();
     let table = routes();
     let api = table.find("/api/x").unwrap();
@@ -245,7 +235,7 @@ async fn keys_sealed_with_another_secret_do_not_sign_but_stay_published() {
 
 #[test]
 fn disabled_assertions_add_nothing() {
-    let mut s = settings(Duration::from_secs(86_400), Duration::from_secs(60));
+    let mut s = daily();
     s.enabled = false;
     let a = Assertions::new(s);
     let table = routes();
