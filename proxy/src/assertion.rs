@@ -46,6 +46,11 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 #[error("no tenant-assertion key is available")]
 pub struct NoSigningKey;
 
+/// Whether `k` is sealed with `kek` (cheap: AES-GCM over a small key).
+fn opens(k: &StoredAssertionKey, kek: &[u8; 32]) -> bool {
+    sealing::open(kek, &k.private_sealed).is_ok()
+}
+
 /// What the keys allow right now.
 struct Ring {
     generation: u64,
@@ -210,13 +215,20 @@ impl Assertions {
     pub async fn refresh(&self, store: &Store, kek: &[u8; 32]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut stored = store.list_assertion_keys().await?;
-        if stored.is_empty() {
-            // The fleet's first key signs at once.
+        // Rotation and retirement look only at the keys this process can open (the
+        // ones sealed with its secret): a proxy never retires a key it cannot
+        // replace, and one with a foreign secret still gets a key of its own.
+        let ours: Vec<&StoredAssertionKey> = stored.iter().filter(|k| opens(k, kek)).collect();
+        if ours.is_empty() {
+            if !stored.is_empty() {
+                tracing::error!("no tenant-assertion key in the store opens with this server secret (every proxy of a fleet should share admin.secret_key); creating one of this process's own, signing at once");
+            }
+            // The first key of a fleet (or of this secret) signs at once.
             self.create_key(store, kek, now).await?;
             stored = store.list_assertion_keys().await?;
         } else {
-            let newest_created = stored.iter().map(|k| k.created_at_ms).max().unwrap_or(now);
-            let pending = stored.iter().any(|k| k.active_from_ms > now);
+            let newest_created = ours.iter().map(|k| k.created_at_ms).max().unwrap_or(now);
+            let pending = ours.iter().any(|k| k.active_from_ms > now);
             let rotate_ms =
                 i64::try_from(self.settings.rotate_after.as_millis()).unwrap_or(i64::MAX);
             if !pending && now.saturating_sub(newest_created) >= rotate_ms {
@@ -227,7 +239,8 @@ impl Assertions {
                 stored = store.list_assertion_keys().await?;
             }
         }
-        self.retire_superseded(store, &stored, now).await?;
+        let ours: Vec<&StoredAssertionKey> = stored.iter().filter(|k| opens(k, kek)).collect();
+        self.retire_superseded(store, &ours, now).await?;
         self.install(&stored, kek, now);
         Ok(())
     }
@@ -245,10 +258,12 @@ impl Assertions {
         }
     }
 
+    /// Retires `ours` (this secret's keys, newest activation first) superseded by a
+    /// newer one of ours for longer than [`RETIRE_AFTER`].
     async fn retire_superseded(
         &self,
         store: &Store,
-        stored: &[StoredAssertionKey],
+        stored: &[&StoredAssertionKey],
         now: i64,
     ) -> Result<(), StoreError> {
         // Newest activation first: the first active key is the one signing now.
@@ -289,7 +304,7 @@ impl Assertions {
                 Ok(key) => signer = Some(Arc::new(key)),
                 Err(e) => {
                     unopenable += 1;
-                    tracing::error!(kid = %k.kid, error = %e, "tenant-assertion key does not open with this server secret (every proxy of a fleet needs the same admin.secret_key)");
+                    tracing::debug!(kid = %k.kid, error = %e, "tenant-assertion key sealed with another server secret");
                 }
             }
         }

@@ -215,7 +215,7 @@ async fn a_rotated_key_is_published_ahead_and_signs_only_from_its_activation() {
 }
 
 #[tokio::test]
-async fn keys_sealed_with_another_secret_do_not_sign_but_stay_published() {
+async fn a_proxy_with_another_secret_signs_with_a_key_of_its_own_and_retires_none_of_the_others() {
     let db = TestDb::sqlite();
     let store = Store::open(&db.url, 2).await.unwrap();
     let a = Assertions::new(daily());
@@ -224,12 +224,20 @@ async fn keys_sealed_with_another_secret_do_not_sign_but_stay_published() {
     b.refresh(&store, &[9u8; 32]).await.unwrap();
     let table = routes();
     let api = table.find("/api/x").unwrap();
-    assert_eq!(
-        b.header(api, &principal("k1"), now_s(), None),
-        Err(NoSigningKey)
-    );
-    let jwks: AssertionJwks = serde_json::from_slice(&b.jwks()).unwrap();
-    assert_eq!(jwks.keys.len(), 1);
+    let ta = a
+        .header(api, &principal("k1"), now_s(), None)
+        .unwrap()
+        .unwrap();
+    let tb = b
+        .header(api, &principal("k1"), now_s(), None)
+        .unwrap()
+        .unwrap();
+    assert_ne!(kid(&ta), kid(&tb), "each signs with a key it can open");
+    // Both keys are published, so upstreams verify either proxy's assertions.
+    a.refresh(&store, &KEK).await.unwrap();
+    assert_eq!(check(&a, &tb, "billing").sub, "k1");
+    assert_eq!(check(&b, &ta, "billing").sub, "k1");
+    assert_eq!(store.list_assertion_keys().await.unwrap().len(), 2);
     db.cleanup().await;
 }
 
