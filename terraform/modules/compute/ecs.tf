@@ -41,6 +41,8 @@ locals {
     TENANTGATE__STORE__URL               = var.store_url_secret_arn
     TENANTGATE__REDIS__URL               = var.redis_url_secret_arn
     TENANTGATE__SECURITY__API_KEY_PEPPER = local.secret["api_key_pepper"]
+    # Opens the fleet's tenant-assertion signing keys (sealed in the store).
+    TENANTGATE__ADMIN__SECRET_KEY = local.secret["secret_key"]
   }
 
   admin_secrets = {

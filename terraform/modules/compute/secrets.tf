@@ -3,7 +3,7 @@
 # the running containers' task roles cannot).
 #
 #   admin_token     TENANTGATE_ADMIN_TOKEN                the platform admin's bearer token
-#   secret_key      TENANTGATE__ADMIN__SECRET_KEY         seals the login signing keys at rest
+#   secret_key      TENANTGATE__ADMIN__SECRET_KEY         seals the login and tenant-assertion signing keys at rest (admin and proxies)
 #   api_key_pepper  TENANTGATE__SECURITY__API_KEY_PEPPER  HMAC key of the API key digests (same on admin and proxies)
 #
 # Rotation is manual and ordered (docs/operations.md): the pepper cannot rotate without
@@ -20,7 +20,7 @@ locals {
 
   platform_secrets = {
     admin_token    = "Platform admin bearer token (TENANTGATE_ADMIN_TOKEN)"
-    secret_key     = "Key sealing the login signing keys (TENANTGATE__ADMIN__SECRET_KEY)"
+    secret_key     = "Key sealing the login and tenant-assertion signing keys (TENANTGATE__ADMIN__SECRET_KEY)"
     api_key_pepper = "HMAC pepper of the API key digests (TENANTGATE__SECURITY__API_KEY_PEPPER)"
   }
 }
