@@ -53,15 +53,7 @@ async fn jwks_server(key: &SigningKey) -> String {
 }
 
 async fn whoami(s: &Stack, token: &str) -> (u16, Value) {
-    let (st, _, v) = s
-        .call(
-            "GET",
-            "/api/v1/whoami",
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-        )
-        .await;
-    (st, v)
+    s.with_bearer("GET", "/api/v1/whoami", token).await
 }
 
 #[track_caller]

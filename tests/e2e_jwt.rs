@@ -27,15 +27,7 @@ fn sign(key: &SigningKey, claims: &Value) -> String {
 }
 
 async fn status_with_bearer(s: &common::Stack, token: &str) -> (u16, Value) {
-    let (st, _, v) = s
-        .call(
-            "GET",
-            "/api/v1/whoami",
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-        )
-        .await;
-    (st, v)
+    s.with_bearer("GET", "/api/v1/whoami", token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

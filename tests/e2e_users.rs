@@ -42,14 +42,7 @@ async fn login(s: &Stack, tenant: &str, email: &str, password: &str) -> String {
 
 /// `(proxy status, proxy error code, admin API status)` for a login token.
 async fn token_status(s: &Stack, tenant: &str, token: &str) -> (u16, String, u16) {
-    let (p, _, v) = s
-        .call(
-            "GET",
-            "/api/v1/whoami",
-            &[("authorization", &format!("Bearer {token}"))],
-            None,
-        )
-        .await;
+    let (p, v) = s.with_bearer("GET", "/api/v1/whoami", token).await;
     let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
     let (a, _) = s
         .admin_as(token, "GET", &format!("/v1/tenants/{tenant}"), None)

@@ -327,6 +327,15 @@ impl Stack {
         )
     }
 
+    /// A proxied request with `Authorization: Bearer <token>`.
+    pub async fn with_bearer(&self, method: &str, path: &str, token: &str) -> (u16, Value) {
+        let bearer = format!("Bearer {token}");
+        let (s, _, v) = self
+            .call(method, path, &[("authorization", &bearer)], None)
+            .await;
+        (s, v)
+    }
+
     pub async fn with_key(&self, method: &str, path: &str, key: &str) -> (u16, Value) {
         let (s, _, v) = self.call(method, path, &[("x-api-key", key)], None).await;
         (s, v)
