@@ -56,6 +56,18 @@ fn bad_configs_exit_2_naming_the_key_in_one_line() {
             "routes[0].upstream",
         ),
         ("[proxy\n", "line"),
+        (
+            "[proxy]\nheader_timeout_ms = 5\n",
+            "proxy.header_timeout_ms",
+        ),
+        (
+            "[proxy]\nkeepalive_timeout_seconds = 0\n",
+            "proxy.keepalive_timeout_seconds",
+        ),
+        (
+            "[proxy]\nmax_connections = 99999999999\n",
+            "proxy.max_connections",
+        ),
     ];
     for (text, key) in cases {
         let p = write("bad.toml", text);

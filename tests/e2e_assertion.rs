@@ -46,6 +46,19 @@ fn kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
 
+/// A login token of acme's admin (the harness's tenant admin user).
+async fn acme_admin_token(s: &Stack) -> String {
+    let (st, login) = s
+        .admin(
+            "POST",
+            "/v1/auth/login",
+            Some(json!({"tenant_id": "acme", "email": "admin@acme.test", "password": "password-acme"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{login}");
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
 /// The assertion the upstream received, as the demo's whoami reports it.
 async fn received(s: &Stack, key: &str, path: &str) -> (u16, Value) {
     let (st, _, v) = s
@@ -101,15 +114,7 @@ async fn upstreams_receive_a_verifiable_assertion_matching_the_identity_headers(
     let (_, again) = received(&s, &key, "/api/v1/whoami").await;
     assert_eq!(assertion_of(&again), token);
     // JWT logins get one too, with the user as sub.
-    let (st, login) = s
-        .admin(
-            "POST",
-            "/v1/auth/login",
-            Some(json!({"tenant_id": "acme", "email": "admin@acme.test", "password": "password-acme"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{login}");
-    let bearer = format!("Bearer {}", login["access_token"].as_str().unwrap());
+    let bearer = format!("Bearer {}", acme_admin_token(&s).await);
     let (st, _, v) = s
         .call("GET", "/api/v1/whoami", &[("authorization", &bearer)], None)
         .await;
@@ -281,21 +286,9 @@ async fn a_rotated_key_is_published_before_it_signs() {
     let (_, v) = received(&s, &key, "/api/v1/whoami").await;
     let old_kid = kid(&assertion_of(&v));
     // Only the platform may rotate.
-    let (st, login) = s
-        .admin(
-            "POST",
-            "/v1/auth/login",
-            Some(json!({"tenant_id": "acme", "email": "admin@acme.test", "password": "password-acme"})),
-        )
-        .await;
-    assert_eq!(st, 200);
+    let token = acme_admin_token(&s).await;
     let (st, _) = s
-        .admin_as(
-            login["access_token"].as_str().unwrap(),
-            "POST",
-            "/v1/assertion-keys/rotate",
-            None,
-        )
+        .admin_as(&token, "POST", "/v1/assertion-keys/rotate", None)
         .await;
     assert_eq!(st, 403);
     let rotated_at = Instant::now();

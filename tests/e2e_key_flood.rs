@@ -75,15 +75,7 @@ async fn random_key_flood_does_not_hurt_fresh_valid_keys() {
     assert!(statuses.len() >= 20, "{}", statuses.len());
     assert!(statuses.iter().all(|s| *s == 200));
     // The flood was answered by the index, not the store.
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.proxy_metrics().await;
     let refused: f64 = metrics
         .lines()
         .find(|l| l.starts_with("tenantgate_proxy_api_key_unknown_total{outcome=\"refused\"}"))

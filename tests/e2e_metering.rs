@@ -187,15 +187,7 @@ async fn served_equals_metered_across_a_restart() {
     common::flush_cycles(&s.http, &s.proxy_admin, 2).await;
     assert_eq!(totals(&usage(&s, &t).await), want);
 
-    let m = s
-        .http
-        .get(format!("{}/metrics", s.proxy_admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.proxy_metrics().await;
     for name in [
         "tenantgate_metering_flush_lag_seconds",
         "tenantgate_metering_spool_bytes",

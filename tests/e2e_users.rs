@@ -226,15 +226,7 @@ async fn failed_logins_are_throttled_per_email_and_per_client_ip() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
 
-    let m = s
-        .http
-        .get(format!("{}/metrics", s.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.text(&format!("{}/metrics", s.admin)).await;
     assert_eq!(failures(&m, "bad_credentials"), 20);
     assert_eq!(failures(&m, "throttled"), 2);
     // Logged without the password (nor the email).

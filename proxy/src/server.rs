@@ -10,9 +10,9 @@ use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
-use crate::deadline::{GateListener, ListenerLimits};
 use crate::forwarded::Forwarding;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
+use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
 use crate::route::{Route, RouteTable, Upstream};
@@ -233,7 +233,7 @@ async fn metrics(State(s): State<ProxyParts>) -> impl IntoResponse {
     s.limiter.render(&mut body);
     s.follower.render(&mut body);
     s.assertions.render(&mut body);
-    crate::deadline::render(&mut body);
+    crate::listener::render(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -327,11 +327,11 @@ pub fn pingora_server(
         Server::new_with_opt_and_conf(Option::<pingora::server::configuration::Opt>::None, conf);
     server.bootstrap();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
-    let open_files = crate::deadline::raise_open_file_limit();
+    let open_files = crate::listener::raise_open_file_limit();
     let max_connections = settings
         .proxy
         .max_connections
-        .unwrap_or_else(|| crate::deadline::default_max_connections(open_files));
+        .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
     tracing::info!(max_connections, "client connection limit");
     let app = GateListener::new(
         proxy,

@@ -8,10 +8,10 @@
 use crate::assertion::{Assertions, Binding};
 use crate::auth::{Authenticated, Authenticator};
 use crate::control::{ControlPlane, TenantView};
-use crate::deadline;
 use crate::forwarded::{Forwarded, Forwarding};
 use crate::headers::{self, X_API_KEY, X_REQUEST_ID, X_TENANT_ASSERTION};
 use crate::limiter::{Decision, LimitError, Limiter};
+use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
@@ -262,7 +262,7 @@ impl ProxyHttp for Gate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        deadline::headers_complete(session.as_downstream().stream());
+        listener::headers_complete(session.as_downstream().stream());
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => v.clone(),
             _ => headers::new_request_id(),
@@ -413,7 +413,7 @@ impl ProxyHttp for Gate {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        deadline::request_done(session.as_downstream().stream());
+        listener::request_done(session.as_downstream().stream());
         let elapsed = ctx.start.elapsed();
         let status = session
             .response_written()

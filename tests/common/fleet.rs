@@ -250,8 +250,6 @@ impl Fleet {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        crate::common::sample(&text, name)
     }
 }

@@ -222,10 +222,10 @@ impl Stack {
         }
     }
 
-    /// The proxy's Prometheus text (its admin listener's `/metrics`).
-    pub async fn proxy_metrics(&self) -> String {
+    /// The body of a GET of `url`, as text.
+    pub async fn text(&self, url: &str) -> String {
         self.http
-            .get(format!("{}/metrics", self.proxy_admin))
+            .get(url)
             .send()
             .await
             .unwrap()
@@ -234,13 +234,15 @@ impl Stack {
             .unwrap()
     }
 
+    /// The proxy's Prometheus text (its admin listener's `/metrics`).
+    pub async fn proxy_metrics(&self) -> String {
+        self.text(&format!("{}/metrics", self.proxy_admin)).await
+    }
+
     /// One unlabelled sample of the proxy's metrics.
     pub async fn proxy_metric(&self, name: &str) -> f64 {
         let text = self.proxy_metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        sample(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
     }
 
     /// An admin API call with the bootstrap token.
@@ -402,10 +404,7 @@ pub async fn flush_cycles(http: &reqwest::Client, proxy_admin: &str, n: u64) {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("tenantgate_metering_flushes_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+        sample(&text, "tenantgate_metering_flushes_total").map(|v| v as u64)
     };
     let start = read().await.expect("the proxy reports its flush cycles");
     let done = eventually(Duration::from_secs(20), || async {
@@ -413,4 +412,11 @@ pub async fn flush_cycles(http: &reqwest::Client, proxy_admin: &str, n: u64) {
     })
     .await;
     assert!(done.is_some(), "{n} flush cycles did not complete");
+}
+
+/// The value of the unlabelled sample `name` in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -1,3 +1,7 @@
+//! The proxy's listener: its application ([`GateListener`]: connection limit,
+//! HTTP/1 keep-alive holding nothing but the stream while idle) and the stream
+//! wrapper every connection gets ([`HeaderDeadline`]).
+//!
 //! `[proxy] header_timeout_ms`: a request's header section must be complete within
 //! this long of its first byte, else the connection is closed.
 //!
