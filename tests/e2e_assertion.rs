@@ -6,7 +6,7 @@
 mod common;
 
 use common::{eventually, stack, Stack};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tenantgate_core::assertion::{decoding_key, verify, AssertionJwks, VerifiedAssertion};
@@ -44,19 +44,6 @@ fn check(jwks: &AssertionJwks, token: &str, aud: &str) -> VerifiedAssertion {
 
 fn kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
-}
-
-/// A login token of acme's admin (the harness's tenant admin user).
-async fn acme_admin_token(s: &Stack) -> String {
-    let (st, login) = s
-        .admin(
-            "POST",
-            "/v1/auth/login",
-            Some(json!({"tenant_id": "acme", "email": "admin@acme.test", "password": "password-acme"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{login}");
-    login["access_token"].as_str().unwrap().to_owned()
 }
 
 /// The assertion the upstream received, as the demo's whoami reports it.
@@ -114,7 +101,7 @@ async fn upstreams_receive_a_verifiable_assertion_matching_the_identity_headers(
     let (_, again) = received(&s, &key, "/api/v1/whoami").await;
     assert_eq!(assertion_of(&again), token);
     // JWT logins get one too, with the user as sub.
-    let bearer = format!("Bearer {}", acme_admin_token(&s).await);
+    let bearer = format!("Bearer {}", s.tenant_admin_token("acme").await);
     let (st, _, v) = s
         .call("GET", "/api/v1/whoami", &[("authorization", &bearer)], None)
         .await;
@@ -286,7 +273,7 @@ async fn a_rotated_key_is_published_before_it_signs() {
     let (_, v) = received(&s, &key, "/api/v1/whoami").await;
     let old_kid = kid(&assertion_of(&v));
     // Only the platform may rotate.
-    let token = acme_admin_token(&s).await;
+    let token = s.tenant_admin_token("acme").await;
     let (st, _) = s
         .admin_as(&token, "POST", "/v1/assertion-keys/rotate", None)
         .await;

@@ -5,49 +5,17 @@
 
 mod common;
 
-use common::{eventually, stack, Stack};
+use common::{eventually, raw_connect as connect, raw_request, stack};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-async fn connect(s: &Stack) -> TcpStream {
-    TcpStream::connect(s.proxy.trim_start_matches("http://"))
-        .await
-        .unwrap()
-}
 
 /// One request on `conn` (no credential: 401); the status, or None when the
 /// connection was closed instead.
 async fn request(conn: &mut TcpStream) -> Option<u16> {
-    conn.write_all(b"GET /api/v1/echo HTTP/1.1\r\nhost: x\r\n\r\n")
+    raw_request(conn, "GET /api/v1/echo HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
-        .ok()?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + len {
-                return text.get(9..12).and_then(|c| c.parse().ok());
-            }
-        }
-    }
+        .map(|(status, _)| status)
 }
 
 #[tokio::test]

@@ -62,19 +62,6 @@ fn invalid_token((st, v): (u16, Value)) {
     assert_eq!(v["error"]["code"], "invalid_token", "{v}");
 }
 
-async fn login(s: &Stack, tenant: &str) -> String {
-    let r = s
-        .http
-        .post(format!("{}/v1/auth/login", s.admin))
-        .json(&json!({"tenant_id": tenant, "email": format!("admin@{tenant}.test"), "password": format!("password-{tenant}")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     let idp = SigningKey::generate().unwrap();
@@ -210,7 +197,7 @@ async fn bound_issuer_tokens_speak_for_their_tenant_only() {
     invalid_token(whoami(&s, &conf(now() + 900)).await);
 
     // Tenant admins manage their own tenant's issuers only.
-    let acme_admin = login(&s, &acme).await;
+    let acme_admin = s.tenant_admin_token(&acme).await;
     let (st, v) = s
         .admin_as(
             &acme_admin,

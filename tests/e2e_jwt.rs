@@ -52,16 +52,7 @@ async fn login_tokens_and_external_issuer_tokens() {
     let t = s.tenant("jwtco", "pro").await;
 
     // Login token of the admin user.
-    let r = s
-        .http
-        .post(format!("{}/v1/auth/login", s.admin))
-        .json(&json!({"tenant_id": t, "email": format!("admin@{t}.test"), "password": format!("password-{t}")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let login: Value = r.json().await.unwrap();
-    let token = login["access_token"].as_str().unwrap();
+    let token = &s.tenant_admin_token(&t).await;
     let (st, v) = status_with_bearer(&s, token).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["tenant_id"], "jwtco");

@@ -485,3 +485,119 @@ mod tests {
         assert!(!Permission::new("read", "Res ources").is_valid());
     }
 }
+
+/// Longest host name (RFC 1035), characters.
+pub const MAX_HOSTNAME_CHARS: usize = 253;
+
+/// A tenant domain in its stored form: trimmed, lowercase, without a trailing dot;
+/// at least two labels of `[a-z0-9-]` (1–63 characters, no leading or trailing
+/// `-`), the last one not all digits (so never an IP address). Unicode names must
+/// come in their punycode (`xn--`) form. `Err`: why not.
+pub fn normalize_hostname(raw: &str) -> Result<String, &'static str> {
+    let host = raw.trim();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err("must not be empty");
+    }
+    if !host.is_ascii() {
+        return Err("must be ASCII: give an internationalised name in its punycode (xn--) form");
+    }
+    if host.len() > MAX_HOSTNAME_CHARS {
+        return Err("must be at most 253 characters");
+    }
+    let host = host.to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() < 2 {
+        return Err("must be a fully qualified name (at least two labels, e.g. api.acme.example)");
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 {
+            return Err("each label must be 1 to 63 characters");
+        }
+        if !l
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        {
+            return Err(
+                "may contain only letters, digits, '-' and '.' (no ports, paths or wildcards)",
+            );
+        }
+        if l.starts_with('-') || l.ends_with('-') {
+            return Err("a label must not start or end with '-'");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return Err("must be a host name, not an IP address");
+    }
+    Ok(host)
+}
+
+/// The host a request names (its `Host` header or URI authority) as a tenant
+/// domain would be stored: lowercase, without port or trailing dot. `None` when
+/// it cannot be a tenant domain (an IP literal, empty).
+pub fn request_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        return None;
+    }
+    let host = raw.rsplit_once(':').map_or(raw, |(h, port)| {
+        if port.bytes().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            raw
+        }
+    });
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod hostname_tests {
+    use super::*;
+
+    #[test]
+    fn tenant_domains_are_normalised_or_refused() {
+        assert_eq!(
+            normalize_hostname(" API.Acme.Example. ").unwrap(),
+            "api.acme.example"
+        );
+        assert_eq!(
+            normalize_hostname("xn--bcher-kva.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        for bad in [
+            "",
+            "localhost",
+            "acme..example",
+            "-acme.example",
+            "acme-.example",
+            "*.acme.example",
+            "acme.example:8443",
+            "acme.example/path",
+            "10.0.0.1",
+            "bücher.example",
+            "a b.example",
+        ] {
+            assert!(normalize_hostname(bad).is_err(), "{bad}");
+        }
+        assert!(normalize_hostname(&format!("{}.example", "a".repeat(64))).is_err());
+        assert!(normalize_hostname(&format!("{}.example", "a.".repeat(125))).is_err());
+    }
+
+    #[test]
+    fn request_hosts_lose_port_case_and_trailing_dot() {
+        assert_eq!(
+            request_host("API.acme.example:8443").as_deref(),
+            Some("api.acme.example")
+        );
+        assert_eq!(
+            request_host("api.acme.example.").as_deref(),
+            Some("api.acme.example")
+        );
+        assert_eq!(request_host("[::1]:8080"), None);
+        assert_eq!(request_host(""), None);
+    }
+}

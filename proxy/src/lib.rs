@@ -12,6 +12,7 @@ pub mod assertion;
 pub mod auth;
 pub mod cache;
 pub mod control;
+pub mod fairness;
 pub mod forwarded;
 pub mod headers;
 pub mod limiter;

@@ -25,6 +25,7 @@
 //! (`bad_request`, a fresh request id, `Connection: close`); Pingora closes the
 //! connection after it either way.
 
+use crate::fairness::Fairness;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -37,7 +38,7 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -72,6 +73,10 @@ pub struct HeaderDeadline {
     early: [u8; EARLY_BYTES],
     early_at: u16,
     early_len: u16,
+    /// Refusals in a row on this connection ([`crate::fairness`]).
+    refusals: AtomicU32,
+    /// How long to wait before reading the next request (ms; 0: don't).
+    hold_ms: AtomicU32,
 }
 
 /// Bytes of the next request read by the idle wait: most request heads fit, so
@@ -114,6 +119,8 @@ impl HeaderDeadline {
             early: [0; EARLY_BYTES],
             early_at: 0,
             early_len: 0,
+            refusals: AtomicU32::new(0),
+            hold_ms: AtomicU32::new(0),
         }
     }
 
@@ -154,6 +161,40 @@ pub fn headers_complete(stream: Option<&Stream>) {
 pub fn request_done(stream: Option<&Stream>) {
     if let Some(d) = stream.and_then(deadline_of) {
         d.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// Ends the connection's streak of refusals.
+pub fn reset_refusals(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(deadline_of) {
+        if d.refusals.load(Ordering::Relaxed) != 0 {
+            d.refusals.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds a refusal to the connection's streak; the streak (0: no connection state,
+/// e.g. HTTP/2).
+pub fn add_refusal(stream: Option<&Stream>) -> u32 {
+    stream.and_then(deadline_of).map_or(0, |d| {
+        d.refusals.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    })
+}
+
+/// The connection's next request is read only after `delay`.
+pub fn hold_next_read(stream: Option<&Stream>, delay: Duration) {
+    if let Some(d) = stream.and_then(deadline_of) {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        d.hold_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// The wait set by [`hold_next_read`], cleared.
+fn take_hold(stream: &Stream) -> Option<Duration> {
+    let d = deadline_of(stream)?;
+    match d.hold_ms.swap(0, Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(u64::from(ms))),
     }
 }
 
@@ -361,13 +402,15 @@ impl Drop for Open {
 pub struct GateListener<A> {
     inner: Arc<A>,
     limits: ListenerLimits,
+    fairness: Arc<Fairness>,
 }
 
 impl<A> GateListener<A> {
-    pub fn new(inner: A, limits: ListenerLimits) -> Self {
+    pub fn new(inner: A, limits: ListenerLimits, fairness: Arc<Fairness>) -> Self {
         GateListener {
             inner: Arc::new(inner),
             limits,
+            fairness,
         }
     }
 }
@@ -435,6 +478,13 @@ where
             let reused = self.inner.process_new_http(session, shutdown).await?;
             let (next, settings) = reused.consume();
             carried = settings;
+            // A client that keeps being refused waits before its next request is
+            // read (crate::fairness); no room to hold it, or shutdown: closed.
+            if let Some(delay) = take_hold(&next) {
+                if !self.fairness.wait(delay, Some(shutdown)).await {
+                    return None;
+                }
+            }
             stream = next_request(next, self.limits.keepalive_timeout, shutdown).await?;
         }
     }

@@ -21,6 +21,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub const RERANK_EVERY: Duration = Duration::from_secs(60);
 
 const TENANT_REQUESTS: &str = "tenantgate_proxy_tenant_requests_total";
+const TENANT_SHED: &str = "tenantgate_proxy_tenant_refusals_shed_total";
 
 /// Each worker thread's resolved outcome series, so a request costs a few atomic
 /// adds and no label hashing under the registry's lock. Keyed by the owning
@@ -57,6 +58,9 @@ pub struct ProxyMetrics {
     pub latency: HistogramVec,
     /// Every tenant's total since start (tenants are made by admins, not clients).
     tenants: Mutex<HashMap<Box<str>, Arc<AtomicU64>>>,
+    /// Refusals shed by [`crate::fairness`] per tenant (a flood is rate-limited
+    /// by the shedding itself, so a lock here is cheap).
+    shed: Mutex<HashMap<Box<str>, u64>>,
     ranking: Mutex<Ranking>,
     top_k: usize,
     proxied: Histogram,
@@ -98,6 +102,7 @@ impl ProxyMetrics {
             rejected: latency.get_metric_with_label_values(&["rejected"])?,
             latency,
             tenants: Mutex::new(HashMap::new()),
+            shed: Mutex::new(HashMap::new()),
             ranking: Mutex::new(Ranking::default()),
             top_k,
             id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
@@ -152,6 +157,11 @@ impl ProxyMetrics {
         }
     }
 
+    /// Counts a refusal shed for `tenant` (delayed, or its connection closed).
+    pub fn observe_shed(&self, tenant: &str) {
+        *lock(&self.shed).entry(tenant.into()).or_default() += 1;
+    }
+
     fn observe_uncached(&self, code: &str, status: u16) {
         self.requests
             .with_label_values(&[code, status.to_string().as_str()])
@@ -198,27 +208,52 @@ impl ProxyMetrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         out.push_str(&String::from_utf8_lossy(&buf));
         let top = self.busiest(now);
-        let mut own: Vec<(Box<str>, u64)> = Vec::new();
-        let mut other = 0u64;
-        for (t, c) in lock(&self.tenants).iter() {
-            let n = c.load(Ordering::Relaxed);
-            if top.contains(t) {
-                own.push((t.clone(), n));
-            } else {
-                other += n;
-            }
-        }
-        own.sort();
-        let _ = writeln!(
+        let requests: Vec<(Box<str>, u64)> = lock(&self.tenants)
+            .iter()
+            .map(|(t, c)| (t.clone(), c.load(Ordering::Relaxed)))
+            .collect();
+        per_tenant(out, TENANT_REQUESTS, "Requests per tenant", &top, requests);
+        let shed: Vec<(Box<str>, u64)> = lock(&self.shed)
+            .iter()
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
+        per_tenant(
             out,
-            "# HELP {TENANT_REQUESTS} Requests per tenant (the busiest tenants of the last ranking; the rest as `other`)\n\
-             # TYPE {TENANT_REQUESTS} counter"
+            TENANT_SHED,
+            "Refusals shed per tenant: delayed or closed because the client kept being refused (proxy.fairness)",
+            &top,
+            shed,
         );
-        for (t, n) in own {
-            let _ = writeln!(out, "{TENANT_REQUESTS}{{tenant=\"{}\"}} {n}", escape(&t));
-        }
-        let _ = writeln!(out, "{TENANT_REQUESTS}{{tenant=\"other\"}} {other}");
     }
+}
+
+/// One counter per tenant of `top`, the rest summed as `other`.
+fn per_tenant(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    top: &HashSet<Box<str>>,
+    counts: Vec<(Box<str>, u64)>,
+) {
+    let mut own: Vec<(Box<str>, u64)> = Vec::new();
+    let mut other = 0u64;
+    for (t, n) in counts {
+        if top.contains(&t) {
+            own.push((t, n));
+        } else {
+            other += n;
+        }
+    }
+    own.sort();
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help} (the busiest tenants of the last ranking; the rest as `other`)\n\
+         # TYPE {name} counter"
+    );
+    for (t, n) in own {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {n}", escape(&t));
+    }
+    let _ = writeln!(out, "{name}{{tenant=\"other\"}} {other}");
 }
 
 /// A label value as the exposition format wants it.

@@ -8,8 +8,10 @@ use crate::auth::jwt::{BoundOptions, IssuerSpec, JwtVerifier};
 use crate::auth::users::LoginUsers;
 use crate::auth::{ApiKeys, Authenticator};
 use crate::cache::{Breaker, CacheSettings};
+use crate::control::domains::Domains;
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
+use crate::fairness::Fairness;
 use crate::forwarded::Forwarding;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::listener::{GateListener, ListenerLimits};
@@ -50,6 +52,8 @@ pub struct ProxyParts {
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Limiter,
     pub assertions: Arc<Assertions>,
+    pub fairness: Arc<Fairness>,
+    pub domains: Arc<Domains>,
 }
 
 /// The gate, its health-checked upstream balancers and the parts shared with
@@ -117,9 +121,11 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.admin.issuer.clone(),
     ));
     let assertions = Arc::new(Assertions::new(settings.assertion.clone()));
+    let domains = Arc::new(Domains::new(store.clone()));
     let follower = Arc::new(
         Follower::new(store.clone(), control.clone(), auth.clone())
-            .with_assertions(assertions.clone()),
+            .with_assertions(assertions.clone())
+            .with_domains(domains.clone()),
     );
     let node_id = settings
         .metering
@@ -148,6 +154,11 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
             },
         )?,
     };
+    let open_files = crate::listener::raise_open_file_limit();
+    let max_connections = p
+        .max_connections
+        .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
+    let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
     let gate = Gate {
         routes: RouteTable::from_routes(built),
         auth: auth.clone(),
@@ -157,6 +168,8 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
         assertions: assertions.clone(),
+        fairness: fairness.clone(),
+        domains: domains.clone(),
         opts: GateOptions {
             connect_timeout: p.upstream_connect_timeout,
             read_timeout: p.upstream_read_timeout,
@@ -172,6 +185,8 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         metrics,
         limiter,
         assertions,
+        fairness,
+        domains,
     };
     Ok(Built {
         gate,
@@ -234,6 +249,8 @@ async fn metrics(State(s): State<ProxyParts>) -> impl IntoResponse {
     s.follower.render(&mut body);
     s.assertions.render(&mut body);
     crate::listener::render(&mut body);
+    s.fairness.render(&mut body);
+    s.domains.render(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -253,6 +270,7 @@ pub fn start_background(
     rt.spawn(crate::control::follow::load_credential_indexes(
         parts.auth.clone(),
     ));
+    rt.spawn(parts.domains.clone().load_until_ok());
     // PostgreSQL NOTIFY pokes the follower to read the feed at once.
     let notified = (parts.store.backend() == Backend::Postgres).then(|| {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -326,13 +344,10 @@ pub fn pingora_server(
     let mut server =
         Server::new_with_opt_and_conf(Option::<pingora::server::configuration::Opt>::None, conf);
     server.bootstrap();
-    let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
-    let open_files = crate::listener::raise_open_file_limit();
-    let max_connections = settings
-        .proxy
-        .max_connections
-        .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
+    let fairness = gate.fairness.clone();
+    let max_connections = fairness.max_connections();
     tracing::info!(max_connections, "client connection limit");
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
     let app = GateListener::new(
         proxy,
         ListenerLimits {
@@ -340,6 +355,7 @@ pub fn pingora_server(
             keepalive_timeout: settings.proxy.keepalive_timeout,
             max_connections,
         },
+        fairness,
     );
     let mut svc = pingora::services::listening::Service::new("tenantgate proxy".into(), app);
     // No L4 read buffer on plain HTTP: the HTTP/1 session reads the header section

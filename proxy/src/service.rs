@@ -7,7 +7,9 @@
 
 use crate::assertion::{Assertions, Binding};
 use crate::auth::{Authenticated, Authenticator};
+use crate::control::domains::Domains;
 use crate::control::{ControlPlane, TenantView};
+use crate::fairness::Fairness;
 use crate::forwarded::{Forwarded, Forwarding};
 use crate::headers::{self, X_API_KEY, X_REQUEST_ID, X_TENANT_ASSERTION};
 use crate::limiter::{Decision, LimitError, Limiter};
@@ -62,6 +64,8 @@ pub struct Gate {
     pub metrics: Arc<ProxyMetrics>,
     pub forwarding: Forwarding,
     pub assertions: Arc<Assertions>,
+    pub fairness: Arc<Fairness>,
+    pub domains: Arc<Domains>,
     pub opts: GateOptions,
 }
 
@@ -146,6 +150,16 @@ impl Gate {
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
         let principal = who.principal();
+        // A tenant's own domain admits only that tenant's credentials.
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        if !self.domains.allows(host, principal.tenant_id()) {
+            return Err(Reject::Forbidden);
+        }
 
         let view = self
             .control
@@ -197,6 +211,36 @@ impl Gate {
         }
         ctx.who = Some(who);
         Ok(())
+    }
+
+    /// Counts a refusal against its connection and client address; a client that
+    /// keeps being refused is made to wait, now or before its next request, or
+    /// has its connection closed after this refusal (see [`crate::fairness`]).
+    async fn shed(&self, session: &mut Session, ctx: &Ctx, reject: &Reject) {
+        let client = ctx.forwarded.as_ref().and_then(|f| f.client).or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        });
+        let verdict = self.fairness.refused(
+            session.as_downstream().stream(),
+            client,
+            reject,
+            ctx.start_unix_ms.div_euclid(1000),
+        );
+        if verdict.shed {
+            if let Some(view) = &ctx.view {
+                self.metrics.observe_shed(view.tenant_id.as_str());
+            }
+        }
+        let mut close = verdict.close;
+        if let Some(delay) = verdict.delay_now {
+            close |= !self.fairness.wait(delay, None).await;
+        }
+        if close {
+            session.set_keepalive(None);
+        }
     }
 
     /// Writes the rejection as JSON, keeping the connection when the request body
@@ -268,8 +312,12 @@ impl ProxyHttp for Gate {
             _ => headers::new_request_id(),
         };
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                self.fairness.admitted(session.as_downstream().stream());
+                Ok(false)
+            }
             Err(reject) => {
+                self.shed(session, ctx, &reject).await;
                 self.respond(session, ctx, reject).await?;
                 Ok(true)
             }

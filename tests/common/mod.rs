@@ -286,6 +286,19 @@ impl Stack {
         v["id"].as_str().unwrap().to_owned()
     }
 
+    /// A login token of the admin user [`Stack::tenant`] created for `tenant`.
+    pub async fn tenant_admin_token(&self, tenant: &str) -> String {
+        let (st, v) = self
+            .admin(
+                "POST",
+                "/v1/auth/login",
+                Some(json!({"tenant_id": tenant, "email": format!("admin@{tenant}.test"), "password": format!("password-{tenant}")})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// Creates an API key and returns `(key, key_id)`.
     pub async fn key(&self, tenant: &str, role: &str) -> (String, String) {
         let (s, v) = self
@@ -419,4 +432,47 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A raw TCP connection to the proxy's listener (tests that need to see what
+/// happens to one connection: keep-alive, closing, waiting).
+pub async fn raw_connect(s: &Stack) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(s.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Writes `request` (a whole HTTP/1.1 request) on `conn` and reads one response:
+/// `(status, header section)`, or None when the connection was closed instead
+/// (or nothing came within 10 s).
+pub async fn raw_request(conn: &mut tokio::net::TcpStream, request: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                let status = text.get(9..12).and_then(|c| c.parse().ok())?;
+                return Some((status, head));
+            }
+        }
+    }
 }

@@ -58,6 +58,43 @@ pub struct ProxyConfig {
     /// Client connections beyond this are closed at accept; default (0): derived
     /// from the open-file limit.
     pub max_connections: usize,
+    /// How floods of refused requests are shed (`[proxy.fairness]`).
+    pub fairness: FairnessConfig,
+}
+
+/// `[proxy.fairness]`: a client that keeps being refused is slowed down so a
+/// flood of refusals cannot take the proxy's capacity from other tenants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairnessConfig {
+    pub enabled: bool,
+    /// Consecutive refusals on one connection answered at full speed.
+    pub grace_refusals: u32,
+    /// Longest a refused connection waits before its next request is read
+    /// (a 429's wait is also bounded by its `Retry-After`).
+    pub max_delay_ms: u64,
+    /// A connection is closed after this many consecutive refusals (0: never).
+    pub close_after_refusals: u32,
+    /// Connections being slowed at once; beyond this a refused connection is
+    /// closed instead (0: a quarter of `proxy.max_connections`, at most 10000).
+    pub max_held_connections: usize,
+    /// Refusals per second per client address answered at full speed; beyond
+    /// it, refusals to that address are delayed too (floods that open a new
+    /// connection per request). 0: off.
+    pub ip_refusals_per_second: u32,
+}
+
+impl Default for FairnessConfig {
+    fn default() -> Self {
+        FairnessConfig {
+            enabled: true,
+            grace_refusals: 10,
+            max_delay_ms: 1_000,
+            close_after_refusals: 1_000,
+            max_held_connections: 0,
+            ip_refusals_per_second: 200,
+        }
+    }
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +116,7 @@ impl Default for ProxyConfig {
             header_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
             max_connections: 0,
+            fairness: FairnessConfig::default(),
         }
     }
 }

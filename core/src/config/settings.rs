@@ -67,6 +67,21 @@ pub struct ProxySettings {
     pub keepalive_timeout: Duration,
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
+    pub fairness: FairnessSettings,
+}
+
+/// `[proxy.fairness]`, validated (see the file format for each knob).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FairnessSettings {
+    pub enabled: bool,
+    pub grace_refusals: u32,
+    pub max_delay: Duration,
+    /// 0: never.
+    pub close_after_refusals: u32,
+    /// `None`: a quarter of the connection limit.
+    pub max_held_connections: Option<usize>,
+    /// 0: off.
+    pub ip_refusals_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -355,6 +370,7 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
             "must be at most 10000000 (0: from the open-file limit)",
         );
     }
+    let fairness = fairness(&p.fairness)?;
     Ok(ProxySettings {
         listen: p.listen,
         admin_listen: p.admin_listen,
@@ -372,6 +388,36 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         header_timeout: ms(p.header_timeout_ms),
         keepalive_timeout: secs(p.keepalive_timeout_seconds),
         max_connections: (p.max_connections > 0).then_some(p.max_connections),
+        fairness,
+    })
+}
+
+fn fairness(f: &file::FairnessConfig) -> Result<FairnessSettings, Invalid> {
+    if f.grace_refusals > 1_000_000 {
+        return invalid("proxy.fairness.grace_refusals", "must be at most 1000000");
+    }
+    if !(1..=60_000).contains(&f.max_delay_ms) {
+        return invalid("proxy.fairness.max_delay_ms", "must be between 1 and 60000");
+    }
+    if f.close_after_refusals != 0 && f.close_after_refusals <= f.grace_refusals {
+        return invalid(
+            "proxy.fairness.close_after_refusals",
+            "must be greater than proxy.fairness.grace_refusals (0: never)",
+        );
+    }
+    if f.max_held_connections > 10_000_000 {
+        return invalid(
+            "proxy.fairness.max_held_connections",
+            "must be at most 10000000 (0: a quarter of proxy.max_connections)",
+        );
+    }
+    Ok(FairnessSettings {
+        enabled: f.enabled,
+        grace_refusals: f.grace_refusals,
+        max_delay: ms(f.max_delay_ms),
+        close_after_refusals: f.close_after_refusals,
+        max_held_connections: (f.max_held_connections > 0).then_some(f.max_held_connections),
+        ip_refusals_per_second: f.ip_refusals_per_second,
     })
 }
 

@@ -250,6 +250,19 @@ fn assertion_keys_and_header_timeout_are_checked() {
             "proxy.header_timeout_ms",
         ),
         (
+            "[proxy.fairness]\nmax_delay_ms = 0",
+            "proxy.fairness.max_delay_ms",
+        ),
+        (
+            "[proxy.fairness]\ngrace_refusals = 10\nclose_after_refusals = 5",
+            "proxy.fairness.close_after_refusals",
+        ),
+        (
+            "[proxy.fairness]\nmax_held_connections = 99999999",
+            "proxy.fairness.max_held_connections",
+        ),
+        ("[proxy.fairness]\nenabled = 1", "proxy.fairness.enabled"),
+        (
             "[upstream_demo]\nassertion_jwks_url = \"ftp://x\"",
             "upstream_demo.assertion_jwks_url",
         ),
@@ -260,6 +273,24 @@ fn assertion_keys_and_header_timeout_are_checked() {
     ] {
         assert_eq!(parse(text).unwrap_err().key, key, "{text}");
     }
+}
+
+#[test]
+fn fairness_is_on_by_default_and_configurable() {
+    let d = Settings::default().proxy.fairness;
+    assert!(d.enabled);
+    assert_eq!(d.grace_refusals, 10);
+    assert_eq!(d.max_delay, std::time::Duration::from_secs(1));
+    assert_eq!(d.close_after_refusals, 1000);
+    assert_eq!(d.max_held_connections, None);
+    assert_eq!(d.ip_refusals_per_second, 200);
+    let c = parse(
+        "[proxy.fairness]\nenabled = false\nclose_after_refusals = 0\nmax_held_connections = 5",
+    )
+    .unwrap();
+    assert!(!c.proxy.fairness.enabled);
+    assert_eq!(c.proxy.fairness.close_after_refusals, 0);
+    assert_eq!(c.proxy.fairness.max_held_connections, Some(5));
 }
 
 #[test]

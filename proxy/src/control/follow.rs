@@ -3,6 +3,7 @@
 //! through PostgreSQL `NOTIFY` (a poke to read the feed now) and by polling the
 //! store's change feed (the safety net); each change is applied once, by id.
 
+use super::domains::Domains;
 use super::ControlPlane;
 use crate::assertion::Assertions;
 use crate::auth::Authenticator;
@@ -28,6 +29,7 @@ pub struct Follower {
     control: Arc<ControlPlane>,
     auth: Arc<Authenticator>,
     assertions: Option<Arc<Assertions>>,
+    domains: Option<Arc<Domains>>,
     /// Age of the last applied change when it was applied (commit → invalidation), ms.
     last_lag_ms: AtomicU64,
     max_lag_ms: AtomicU64,
@@ -41,6 +43,7 @@ impl Follower {
             control,
             auth,
             assertions: None,
+            domains: None,
             last_lag_ms: AtomicU64::new(0),
             max_lag_ms: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -50,6 +53,12 @@ impl Follower {
     /// Also pokes `assertions` when the assertion keys change.
     pub fn with_assertions(mut self, assertions: Arc<Assertions>) -> Self {
         self.assertions = Some(assertions);
+        self
+    }
+
+    /// Also keeps `domains` (the tenant domains) up to date.
+    pub fn with_domains(mut self, domains: Arc<Domains>) -> Self {
+        self.domains = Some(domains);
         self
     }
 
@@ -70,6 +79,9 @@ impl Follower {
         }
         // Issuers bound to tenants (an issuer change, or a tenant of theirs changed).
         self.auth.jwt.apply_change(c).await;
+        if let Some(d) = &self.domains {
+            d.apply(c).await;
+        }
     }
 
     /// After missed changes: forget everything cached, and reload what is kept
@@ -81,6 +93,9 @@ impl Follower {
             a.poke();
         }
         tokio::spawn(load_credential_indexes(self.auth.clone()));
+        if let Some(d) = &self.domains {
+            tokio::spawn(d.clone().load_until_ok());
+        }
     }
 
     /// Follows changes until `shutdown`: the bus, NOTIFY pokes (`notified`) and a
@@ -117,7 +132,13 @@ impl Follower {
                 },
                 // PostgreSQL NOTIFY: read the feed now instead of at the next tick.
                 Some(()) = recv_opt(&mut notified) => self.read_feed(&mut feed).await,
-                _ = tick.tick() => self.read_feed(&mut feed).await,
+                _ = tick.tick() => {
+                    self.read_feed(&mut feed).await;
+                    // A domain change that could not be applied: load them all again.
+                    if let Some(d) = self.domains.as_ref().filter(|d| d.needs_reload()) {
+                        d.load().await;
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
         }

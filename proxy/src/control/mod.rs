@@ -3,6 +3,7 @@
 //! kept while none of them changed. The change follower ([`follow`]) applies the
 //! store's change events to these caches and to the credential caches.
 
+pub mod domains;
 pub mod follow;
 
 use crate::cache::{
@@ -178,7 +179,8 @@ impl ControlPlane {
             | ChangeKind::User
             | ChangeKind::SigningKey
             | ChangeKind::AssertionKey
-            | ChangeKind::Issuer => {}
+            | ChangeKind::Issuer
+            | ChangeKind::Domain => {}
         }
     }
 
