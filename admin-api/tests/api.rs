@@ -32,6 +32,7 @@ fn options(kek: [u8; 32]) -> AdminOptions {
         login_limits: tenantgate_admin::login_guard::LoginLimits::default(),
         reserved_issuers: vec![ISSUER.into(), "https://configured.example".into()],
         allow_insecure_jwks: false,
+        retention: Default::default(),
     }
 }
 

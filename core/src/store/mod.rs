@@ -6,8 +6,10 @@
 
 mod api_keys;
 mod assertion_keys;
+mod audit;
 mod changes;
 mod issuers;
+mod lifecycle;
 mod policies;
 mod rate_limits;
 mod settings;
@@ -19,7 +21,10 @@ mod usage;
 mod users;
 
 pub use assertion_keys::StoredAssertionKey;
+pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
+pub use lifecycle::{LifecycleReport, StepReport, JOB_LOCK as LIFECYCLE_JOB_LOCK};
+pub use usage::RollupMarks;
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};
 pub use users::{NewUser, UserPatch};

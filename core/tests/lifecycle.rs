@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The data lifecycle in the store: rollups are exact (totals over any range are
+//! the same before and after, with flushes arriving meanwhile), retention prunes
+//! every append-only table, one process of a fleet works per pass. SQLite and
+//! PostgreSQL alike.
+
+use std::time::Duration;
+use tenantgate_core::config::RetentionSettings;
+use tenantgate_core::domain::Tier;
+use tenantgate_core::store::{AuditQuery, NewAuditEntry, NewTenant, Store};
+use tenantgate_core::testing::TestDb;
+use tenantgate_core::time::now_ms;
+use tenantgate_core::usage::{Granularity, UsageCounts, UsageDelta, UsageRow};
+
+const H: i64 = 3_600;
+const D: i64 = 86_400;
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Store, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for db in TestDb::all().await {
+        let store = Store::open(&db.url, 8).await.unwrap();
+        f(store.clone(), db.is_postgres()).await;
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
+fn delta(tenant: &str, bucket: i64, n: u64) -> UsageDelta {
+    let mut counts = UsageCounts {
+        requests: n,
+        rate_limited: n / 3,
+        denied: n / 5,
+        upstream_errors: n / 7,
+        bytes_in: n * 100,
+        bytes_out: n * 1000,
+        latency_sum_us: n * 900,
+        ..Default::default()
+    };
+    counts.latency_buckets[(n % 16) as usize] = n;
+    UsageDelta {
+        tenant_id: tenant.into(),
+        bucket_start: bucket.div_euclid(60) * 60,
+        counts,
+    }
+}
+
+fn sum(rows: &[UsageRow]) -> UsageCounts {
+    let mut t = UsageCounts::default();
+    for r in rows {
+        t.merge(&r.counts);
+    }
+    t
+}
+
+fn retention() -> RetentionSettings {
+    RetentionSettings::default()
+}
+
+/// Totals of `tenant` over several ranges and granularities (the usage API's
+/// reads), to compare before and after passes.
+async fn snapshot(s: &Store, tenant: &str, now: i64) -> Vec<UsageCounts> {
+    let mut out = Vec::new();
+    let day0 = now.div_euclid(D) * D;
+    for (g, from, to) in [
+        (Granularity::Hour, day0 - 12 * D, day0 + D),
+        (Granularity::Day, day0 - 12 * D, day0 + D),
+        (Granularity::Day, 0, i64::MAX / 4),
+        (Granularity::Hour, day0 - 3 * D + 5 * H, day0 - D + 7 * H),
+        (Granularity::Day, day0 - 9 * D, day0 - 2 * D),
+        (Granularity::Hour, now.div_euclid(H) * H - 4 * H, now + H),
+    ] {
+        out.push(sum(&s.usage_series(tenant, g, from, to).await.unwrap()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn rollups_keep_every_total_and_prune_old_minutes() {
+    each_backend(|s, _| async move {
+        let now = now_ms() / 1000;
+        // Ten days of history (a row every 37 minutes, two tenants) up to now.
+        let mut seq = 0;
+        let mut all = Vec::new();
+        let mut t = now - 10 * D;
+        while t <= now {
+            all.push(delta("acme", t, (t % 97) as u64 + 1));
+            all.push(delta("beta", t, 2));
+            t += 37 * 60;
+        }
+        for chunk in all.chunks(50) {
+            seq += 1;
+            assert!(s.apply_usage("seed", seq, chunk).await.unwrap());
+        }
+        let before = snapshot(&s, "acme", now).await;
+        let minute_total = sum(&s.usage_minutes("acme", 0, i64::MAX / 4).await.unwrap());
+        assert_eq!(before[2], minute_total, "all-time day totals before any rollup");
+
+        let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+        assert!(report.elected);
+        let rolled: u64 = report
+            .steps
+            .iter()
+            .filter(|st| st.step.starts_with("rollup"))
+            .map(|st| st.rows)
+            .sum();
+        assert!(rolled > 0, "{report:?}");
+        let marks = s.rollup_marks().await.unwrap();
+        assert_eq!(marks.hour % H, 0);
+        assert!(marks.hour > now - 2 * H && marks.hour <= now, "{marks:?}");
+        assert_eq!(marks.day, marks.hour.div_euclid(D) * D);
+        // Minutes older than the 7-day retention are gone, newer ones kept.
+        let old = s.usage_minutes("acme", 0, now - 7 * D - 60).await.unwrap();
+        assert!(old.is_empty(), "{} old minute rows left", old.len());
+        assert!(!s
+            .usage_minutes("acme", now - 6 * D, now)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(snapshot(&s, "acme", now).await, before);
+
+        // A second pass changes nothing.
+        let again = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+        assert!(again.steps.iter().all(|st| st.rows == 0), "{again:?}");
+        assert_eq!(snapshot(&s, "acme", now).await, before);
+
+        // A late flush for rolled-up minutes (and days) lands in every level.
+        let late = [delta("acme", now - 3 * D, 11), delta("acme", now - 5 * H, 13)];
+        assert!(s.apply_usage("late", 1, &late).await.unwrap());
+        let after = snapshot(&s, "acme", now).await;
+        assert_eq!(after[2].requests, before[2].requests + 24);
+        assert_eq!(after[0].requests, before[0].requests + 24);
+        assert_eq!(after[1], after[0], "day and hour views agree");
+        // Hour and day totals over the same aligned range agree everywhere.
+        let day0 = now.div_euclid(D) * D;
+        for d in 1..10 {
+            let (f, t) = (day0 - d * D, day0 - d * D + D);
+            let by_hour = sum(&s.usage_series("acme", Granularity::Hour, f, t).await.unwrap());
+            let by_day = sum(&s.usage_series("acme", Granularity::Day, f, t).await.unwrap());
+            assert_eq!(by_hour, by_day, "day -{d}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rollups_are_exact_with_concurrent_flushes() {
+    each_backend(|s, _| async move {
+        let now = now_ms() / 1000;
+        let expected_per_round = 5 + 7 + 3;
+        let rounds = 60u64;
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..rounds {
+                    let rows = [
+                        // A closed hour (rolled up meanwhile), a closed day, now.
+                        delta("acme", now - 3 * H + (i as i64 % 50) * 60, 5),
+                        delta("acme", now - 2 * D, 7),
+                        delta("acme", now, 3),
+                    ];
+                    assert!(s.apply_usage("busy", i as i64 + 1, &rows).await.unwrap());
+                }
+            })
+        };
+        let roller = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        writer.await.unwrap();
+        roller.await.unwrap();
+        s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+        let want = rounds * expected_per_round;
+        for g in [Granularity::Hour, Granularity::Day] {
+            let got = sum(&s.usage_series("acme", g, 0, now + D).await.unwrap());
+            assert_eq!(got.requests, want, "{g:?}");
+        }
+        let minutes = sum(&s.usage_minutes("acme", 0, now + D).await.unwrap());
+        assert_eq!(minutes.requests, want);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flush_records_changes_and_audit_are_pruned() {
+    each_backend(|s, _| async move {
+        let now = now_ms() / 1000;
+        assert!(s
+            .apply_usage("node-a", 5, &[delta("acme", now, 1)])
+            .await
+            .unwrap());
+        for id in ["t-one", "t-two", "t-three"] {
+            s.create_tenant(&NewTenant {
+                id: id.into(),
+                name: id.into(),
+                tier: Tier::Free,
+                admin_user: None,
+            })
+            .await
+            .unwrap();
+        }
+        s.record_audit(&NewAuditEntry {
+            actor_kind: "platform".into(),
+            actor_id: "platform".into(),
+            tenant_id: Some("t-one".into()),
+            action: "tenant.create".into(),
+            target: "/v1/tenants".into(),
+            request_id: "r1".into(),
+        })
+        .await
+        .unwrap();
+        let latest = s.latest_change_id().await.unwrap();
+        assert!(latest >= 3);
+        // A pass "25 hours later" (and 401 days for the audit) prunes them.
+        let mut r = retention();
+        r.audit = Duration::from_secs(3_600);
+        let later = now_ms() + 25 * 3_600 * 1000;
+        let report = s.lifecycle_pass(&r, later).await.unwrap();
+        let rows = |name: &str| {
+            report
+                .steps
+                .iter()
+                .find(|st| st.step == name)
+                .map(|st| st.rows)
+                .unwrap()
+        };
+        assert_eq!(rows("prune_flush_records"), 1);
+        assert!(rows("prune_changes") >= 2);
+        assert_eq!(rows("prune_audit"), 1);
+        let counts: std::collections::HashMap<_, _> =
+            s.lifecycle_row_counts().await.unwrap().into_iter().collect();
+        assert_eq!(counts["metering_flushes"], 0);
+        assert_eq!(counts["changes"], 1, "the newest change is kept");
+        assert_eq!(counts["audit_log"], 0);
+        // The pruned flush stays applied: replaying it is a no-op; newer ones apply.
+        assert!(!s
+            .apply_usage("node-a", 5, &[delta("acme", now, 1)])
+            .await
+            .unwrap());
+        assert!(!s
+            .apply_usage("node-a", 4, &[delta("acme", now, 1)])
+            .await
+            .unwrap());
+        assert!(s
+            .apply_usage("node-a", 6, &[delta("acme", now, 1)])
+            .await
+            .unwrap());
+        let total = sum(&s.usage_minutes("acme", 0, now + 60).await.unwrap());
+        assert_eq!(total.requests, 2);
+        // The feed says how far it was pruned; ids keep growing past it.
+        let pruned = s.changes_pruned_through().await.unwrap();
+        assert!(pruned > 0 && pruned < latest, "{pruned} vs {latest}");
+        assert_eq!(s.latest_change_id().await.unwrap(), latest);
+        let left = s.changes_since(0, i64::MAX, 100).await.unwrap();
+        assert!(left.iter().all(|c| c.id > pruned));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_process_of_the_fleet_runs_a_pass() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let s = Store::open(&db.url, 4).await.unwrap();
+    let other = Store::open(&db.url, 2).await.unwrap();
+    // Another process holds the job: this one skips the pass.
+    let mut conn = other.pool().acquire().await.unwrap();
+    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_lock($1)) AS l")
+        .bind(tenantgate_core::store::LIFECYCLE_JOB_LOCK)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+    assert!(!report.elected);
+    assert!(report.steps.is_empty());
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(tenantgate_core::store::LIFECYCLE_JOB_LOCK)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+    assert!(report.elected);
+    assert_eq!(report.steps.len(), 7);
+    s.close().await;
+    other.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn audit_pages_newest_first_with_a_cursor() {
+    each_backend(|s, _| async move {
+        for i in 0..5 {
+            s.record_audit(&NewAuditEntry {
+                actor_kind: "user".into(),
+                actor_id: format!("u{i}"),
+                tenant_id: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
+                action: "api_key.create".into(),
+                target: format!("/v1/tenants/x/api-keys/{i}"),
+                request_id: format!("r{i}"),
+            })
+            .await
+            .unwrap();
+        }
+        let page = s
+            .list_audit(&AuditQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.actor_id.as_str()).collect::<Vec<_>>(),
+            ["u4", "u3"]
+        );
+        let next = s
+            .list_audit(&AuditQuery {
+                limit: 10,
+                before_id: Some(page[1].id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 3);
+        let even = s
+            .list_audit(&AuditQuery {
+                tenant_id: Some("even".into()),
+                from_ms: Some(now_ms() - 60_000),
+                to_ms: Some(now_ms() + 60_000),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(even.len(), 3);
+        assert!(even.iter().all(|e| e.tenant_id.as_deref() == Some("even")));
+    })
+    .await;
+}
