@@ -429,7 +429,9 @@ async fn every_admin_change_is_audited_without_secrets() {
 /// position reloads its caches when it comes back: a key revoked meanwhile is
 /// refused, although the revocation is no longer in the feed.
 async fn away_scenario(url: &str) {
-    let extra = "[retention]\nchanges_hours = 0.0005\nrun_interval_seconds = 0.2\n[proxy]\ncache_ttl_seconds = 600";
+    // The proxy's cache TTL (60 s) is longer than this test: only the reload can
+    // make it forget the key.
+    let extra = "[retention]\nchanges_hours = 0.0005\nrun_interval_seconds = 0.2";
     let f = fleet::Fleet::start(url, 1, extra).await;
     let (st, v) = f
         .admin(
@@ -500,11 +502,18 @@ async fn away_scenario(url: &str) {
         "the revoked key still passes; proxy log:\n{}",
         f.procs[2].log_text()
     );
-    assert!(
+    let reloaded = eventually(Duration::from_secs(10), || async {
         f.metric(0, "tenantgate_proxy_change_feed_reloads_total")
             .await
             .unwrap_or(0.0)
             >= 1.0
+    })
+    .await;
+    let reloads = f.metric(0, "tenantgate_proxy_change_feed_reloads_total").await;
+    assert!(
+        reloaded.is_some(),
+        "reloads {reloads:?}; proxy log:\n{}",
+        f.procs[2].log_text()
     );
 }
 
