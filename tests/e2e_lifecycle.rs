@@ -68,7 +68,10 @@ async fn seed(url: &str, now: i64) -> BTreeMap<i64, u64> {
         t += 17 * 60;
     }
     for (i, chunk) in deltas.chunks(100).enumerate() {
-        assert!(store.apply_usage("seed", i as i64 + 1, chunk).await.unwrap());
+        assert!(store
+            .apply_usage("seed", i as i64 + 1, chunk)
+            .await
+            .unwrap());
     }
     store.close().await;
     per_day
@@ -105,15 +108,22 @@ async fn usage_scenario(url: Option<String>) {
     let ran = eventually(Duration::from_secs(20), || async {
         let m = admin_metrics(&s).await;
         labelled(&m, "tenantgate_lifecycle_rows_total{step=\"rollup_hour\"}").unwrap_or(0.0) > 0.0
-            && labelled(&m, "tenantgate_lifecycle_rows_total{step=\"prune_usage_minute\"}")
-                .unwrap_or(0.0)
+            && labelled(
+                &m,
+                "tenantgate_lifecycle_rows_total{step=\"prune_usage_minute\"}",
+            )
+            .unwrap_or(0.0)
                 > 0.0
     })
     .await;
     let m = admin_metrics(&s).await;
     assert!(ran.is_some(), "no rollup/prune pass:\n{m}\n{}", s.log());
     assert!(labelled(&m, "tenantgate_lifecycle_passes_total{outcome=\"ran\"}").unwrap() >= 1.0);
-    assert!(labelled(&m, "tenantgate_lifecycle_rollup_lag_seconds{level=\"hour\"}").is_some());
+    assert!(labelled(
+        &m,
+        "tenantgate_lifecycle_rollup_lag_seconds{level=\"hour\"}"
+    )
+    .is_some());
     assert!(m.contains("tenantgate_lifecycle_step_duration_seconds{step=\"prune_changes\"}"));
 
     // All time by day: sparse (36 500 buckets), exact.
@@ -151,16 +161,16 @@ async fn usage_scenario(url: Option<String>) {
     assert_eq!(v["series"].as_array().unwrap().len(), 97);
     assert_eq!(v["totals"]["requests"], total);
     // Minutes: only inside their (1-day) retention.
-    let (st, v) = usage(
-        &s,
-        &format!("from={}&granularity=minute", rfc(now - 2 * D)),
-    )
-    .await;
+    let (st, v) = usage(&s, &format!("from={}&granularity=minute", rfc(now - 2 * D))).await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(v["error"]["field"], "granularity", "{v}");
     let (st, v) = usage(
         &s,
-        &format!("from={}&to={}&granularity=minute", rfc(now - 20 * H), rfc(now)),
+        &format!(
+            "from={}&to={}&granularity=minute",
+            rfc(now - 20 * H),
+            rfc(now)
+        ),
     )
     .await;
     assert_eq!(st, 200, "{v}");
@@ -214,9 +224,7 @@ async fn usage_scenario(url: Option<String>) {
         .map(|v| v["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(nd_sum, total);
-    let (st, v) = s
-        .admin("GET", "/v1/usage/export?format=xml", None)
-        .await;
+    let (st, v) = s.admin("GET", "/v1/usage/export?format=xml", None).await;
     assert_eq!((st, &v["error"]["field"]), (422, &json!("format")), "{v}");
     let (st, v) = s
         .admin(
@@ -305,16 +313,16 @@ async fn every_admin_change_is_audited_without_secrets() {
         .await;
     assert_eq!(st, 422);
     let (st, _) = s
-        .admin(
-            "PATCH",
-            "/v1/tenants/aud",
-            Some(json!({"name": "Audited"})),
-        )
+        .admin("PATCH", "/v1/tenants/aud", Some(json!({"name": "Audited"})))
         .await;
     assert_eq!(st, 200);
     let new_id = rotated["id"].as_str().unwrap();
     let (st, _) = s
-        .admin("DELETE", &format!("/v1/tenants/aud/api-keys/{new_id}"), None)
+        .admin(
+            "DELETE",
+            &format!("/v1/tenants/aud/api-keys/{new_id}"),
+            None,
+        )
         .await;
     assert_eq!(st, 204);
     // A tenant admin's own change.
@@ -357,12 +365,18 @@ async fn every_admin_change_is_audited_without_secrets() {
         "{v}"
     );
     let first = &entries[entries.len() - 1];
-    assert_eq!(first["actor"], json!({"kind": "platform", "id": "platform"}));
+    assert_eq!(
+        first["actor"],
+        json!({"kind": "platform", "id": "platform"})
+    );
     assert_eq!(first["tenant_id"], "aud");
     assert_eq!(first["target"], "/v1/tenants");
     assert!(first["at"].as_str().unwrap().ends_with('Z'));
     assert!(!first["request_id"].as_str().unwrap().is_empty());
-    let limit = entries.iter().find(|e| e["action"] == "rate_limit.set").unwrap();
+    let limit = entries
+        .iter()
+        .find(|e| e["action"] == "rate_limit.set")
+        .unwrap();
     assert_eq!(limit["request_id"], "audit-req-1");
     assert_eq!(limit["target"], "/v1/tenants/aud/rate-limit");
     assert_eq!(entries[0]["actor"], json!({"kind": "user", "id": user_id}));
@@ -399,15 +413,23 @@ async fn every_admin_change_is_audited_without_secrets() {
         .iter()
         .any(|e| e["tenant_id"] == "else"));
     let (_, none) = s
-        .admin("GET", "/v1/audit?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z", None)
+        .admin(
+            "GET",
+            "/v1/audit?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z",
+            None,
+        )
         .await;
     assert_eq!(none["entries"], json!([]));
 
     // The tenant admin's view: its own tenant only; the platform view is refused.
-    let (st, mine) = s.admin_as(&token, "GET", "/v1/tenants/aud/audit", None).await;
+    let (st, mine) = s
+        .admin_as(&token, "GET", "/v1/tenants/aud/audit", None)
+        .await;
     assert_eq!(st, 200, "{mine}");
     assert_eq!(mine["entries"].as_array().unwrap().len(), entries.len());
-    let (st, _) = s.admin_as(&token, "GET", "/v1/tenants/else/audit", None).await;
+    let (st, _) = s
+        .admin_as(&token, "GET", "/v1/tenants/else/audit", None)
+        .await;
     assert_eq!(st, 404);
     let (st, v) = s.admin_as(&token, "GET", "/v1/audit", None).await;
     assert_eq!(st, 403, "{v}");
@@ -509,7 +531,9 @@ async fn away_scenario(url: &str) {
             >= 1.0
     })
     .await;
-    let reloads = f.metric(0, "tenantgate_proxy_change_feed_reloads_total").await;
+    let reloads = f
+        .metric(0, "tenantgate_proxy_change_feed_reloads_total")
+        .await;
     assert!(
         reloaded.is_some(),
         "reloads {reloads:?}; proxy log:\n{}",

@@ -79,7 +79,10 @@ pub fn action(method: &Method, route: &str) -> String {
         .rev();
     let last = literals.next().unwrap_or("unknown");
     if VERBS.contains(&last) {
-        let resource = literals.next().map(singular).unwrap_or_else(|| "unknown".into());
+        let resource = literals
+            .next()
+            .map(singular)
+            .unwrap_or_else(|| "unknown".into());
         return format!("{resource}.{last}");
     }
     let resource = singular(last);
@@ -159,7 +162,11 @@ mod tests {
                 "/v1/tenants/{id}/api-keys/{key_id}/rate-limit",
                 "rate_limit.set",
             ),
-            (Method::PUT, "/v1/tenants/{id}/policies/{role}", "policy.set"),
+            (
+                Method::PUT,
+                "/v1/tenants/{id}/policies/{role}",
+                "policy.set",
+            ),
             (Method::PUT, "/v1/tenants/{id}/rate-limit", "rate_limit.set"),
             (Method::PUT, "/v1/tenants/{id}/quota", "quota.set"),
             (Method::PUT, "/v1/plans/{name}", "plan.set"),
@@ -169,8 +176,16 @@ mod tests {
                 "/v1/tenants/{id}/client-certs",
                 "client_cert.create",
             ),
-            (Method::PATCH, "/v1/tenants/{id}/users/{user_id}", "user.update"),
-            (Method::POST, "/v1/assertion-keys/rotate", "assertion_key.rotate"),
+            (
+                Method::PATCH,
+                "/v1/tenants/{id}/users/{user_id}",
+                "user.update",
+            ),
+            (
+                Method::POST,
+                "/v1/assertion-keys/rotate",
+                "assertion_key.rotate",
+            ),
         ];
         for (m, route, want) in cases {
             assert_eq!(action(&m, route), want, "{m} {route}");
@@ -184,7 +199,10 @@ mod tests {
         assert!(!is_change(&Method::POST, "/v1/auth/login"));
         assert!(!is_change(&Method::POST, "/v1/explain"));
         assert!(!is_change(&Method::POST, "unmatched"));
-        assert_eq!(tenant_of("/v1/tenants/acme/api-keys/k"), Some("acme".into()));
+        assert_eq!(
+            tenant_of("/v1/tenants/acme/api-keys/k"),
+            Some("acme".into())
+        );
         assert_eq!(tenant_of("/v1/tenants"), None);
         assert_eq!(tenant_of("/v1/plans/pro"), None);
     }

@@ -96,7 +96,10 @@ async fn rollups_keep_every_total_and_prune_old_minutes() {
         }
         let before = snapshot(&s, "acme", now).await;
         let minute_total = sum(&s.usage_minutes("acme", 0, i64::MAX / 4).await.unwrap());
-        assert_eq!(before[2], minute_total, "all-time day totals before any rollup");
+        assert_eq!(
+            before[2], minute_total,
+            "all-time day totals before any rollup"
+        );
 
         let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
         assert!(report.elected);
@@ -127,7 +130,10 @@ async fn rollups_keep_every_total_and_prune_old_minutes() {
         assert_eq!(snapshot(&s, "acme", now).await, before);
 
         // A late flush for rolled-up minutes (and days) lands in every level.
-        let late = [delta("acme", now - 3 * D, 11), delta("acme", now - 5 * H, 13)];
+        let late = [
+            delta("acme", now - 3 * D, 11),
+            delta("acme", now - 5 * H, 13),
+        ];
         assert!(s.apply_usage("late", 1, &late).await.unwrap());
         let after = snapshot(&s, "acme", now).await;
         assert_eq!(after[2].requests, before[2].requests + 24);
@@ -137,8 +143,14 @@ async fn rollups_keep_every_total_and_prune_old_minutes() {
         let day0 = now.div_euclid(D) * D;
         for d in 1..10 {
             let (f, t) = (day0 - d * D, day0 - d * D + D);
-            let by_hour = sum(&s.usage_series("acme", Granularity::Hour, f, t).await.unwrap());
-            let by_day = sum(&s.usage_series("acme", Granularity::Day, f, t).await.unwrap());
+            let by_hour = sum(&s
+                .usage_series("acme", Granularity::Hour, f, t)
+                .await
+                .unwrap());
+            let by_day = sum(&s
+                .usage_series("acme", Granularity::Day, f, t)
+                .await
+                .unwrap());
             assert_eq!(by_hour, by_day, "day -{d}");
         }
     })
@@ -234,8 +246,12 @@ async fn flush_records_changes_and_audit_are_pruned() {
         assert_eq!(rows("prune_flush_records"), 1);
         assert!(rows("prune_changes") >= 2);
         assert_eq!(rows("prune_audit"), 1);
-        let counts: std::collections::HashMap<_, _> =
-            s.lifecycle_row_counts().await.unwrap().into_iter().collect();
+        let counts: std::collections::HashMap<_, _> = s
+            .lifecycle_row_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(counts["metering_flushes"], 0);
         assert_eq!(counts["changes"], 1, "the newest change is kept");
         assert_eq!(counts["audit_log"], 0);

@@ -67,10 +67,7 @@ impl From<AuditEntry> for AuditEntryResponse {
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
+    params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
 }
 
 fn time_ms(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -97,10 +94,9 @@ fn query(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
     };
     let before_id = param(params, "cursor")
         .map(|raw| {
-            raw.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::validation("cursor", "must be a cursor from a previous page"))
+            raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::validation("cursor", "must be a cursor from a previous page")
+            })
         })
         .transpose()?;
     let from_ms = time_ms(params, "from")?;

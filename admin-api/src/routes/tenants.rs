@@ -119,7 +119,14 @@ pub async fn create(
     State(state): State<AdminState>,
     caller: Caller,
     body: Bytes,
-) -> Result<(StatusCode, axum::Extension<crate::audit::AuditTenant>, Json<TenantResponse>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Extension<crate::audit::AuditTenant>,
+        Json<TenantResponse>,
+    ),
+    ApiError,
+> {
     caller.require_platform()?;
     let req: CreateTenantRequest = json::parse(&body)?;
     if let Some(id) = &req.id {

@@ -104,7 +104,11 @@ fn window(
     }
     if granularity == Granularity::Minute {
         let kept = Duration::from_std(minute_retention).unwrap_or(Duration::MAX);
-        if from < now.checked_sub_signed(kept).unwrap_or(DateTime::<Utc>::MIN_UTC) {
+        if from
+            < now
+                .checked_sub_signed(kept)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        {
             return Err(ApiError::validation(
                 "granularity",
                 format!(
@@ -130,9 +134,9 @@ fn window(
 /// "7 days", "36 hours", "90 seconds".
 fn human(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s >= 2 * 86_400 && s % 86_400 == 0 {
+    if s >= 2 * 86_400 && s.is_multiple_of(86_400) {
         format!("{} days", s / 86_400)
-    } else if s >= 2 * 3_600 && s % 3_600 == 0 {
+    } else if s >= 2 * 3_600 && s.is_multiple_of(3_600) {
         format!("{} hours", s / 3_600)
     } else {
         format!("{s} seconds")
@@ -223,7 +227,8 @@ pub async fn get(
 /// Rows per store read of the export.
 const EXPORT_PAGE: i64 = 1_000;
 /// Columns of the export, in CSV order.
-const EXPORT_COLUMNS: &str = "tenant_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out";
+const EXPORT_COLUMNS: &str =
+    "tenant_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExportFormat {
@@ -284,7 +289,11 @@ pub async fn export(
     use axum::response::IntoResponse;
     caller.require_platform()?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let format = match params.get("format").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    let format = match params
+        .get("format")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         None | Some("csv") => ExportFormat::Csv,
         Some("ndjson") => ExportFormat::Ndjson,
         Some(_) => return Err(ApiError::validation("format", "must be csv or ndjson")),
@@ -453,7 +462,11 @@ mod tests {
             "from"
         );
         assert_eq!(
-            field(window(&params(&[("to", "2024-13-01T00:00:00Z")]), now, WEEK)),
+            field(window(
+                &params(&[("to", "2024-13-01T00:00:00Z")]),
+                now,
+                WEEK
+            )),
             "to"
         );
         assert_eq!(

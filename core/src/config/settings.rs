@@ -752,11 +752,10 @@ const MAX_RETENTION_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
 fn retention(r: &file::RetentionConfig) -> Result<RetentionSettings, Invalid> {
     let span = |key: &str, v: f64, unit: f64| -> Result<Duration, Invalid> {
         let secs = v * unit;
-        if !v.is_finite() || v <= 0.0 || secs < 1.0 || secs > MAX_RETENTION_SECONDS {
+        if !v.is_finite() || v <= 0.0 || !(1.0..=MAX_RETENTION_SECONDS).contains(&secs) {
             return Err((
                 format!("retention.{key}"),
-                "must be a positive number of at least one second and at most 100 years"
-                    .to_owned(),
+                "must be a positive number of at least one second and at most 100 years".to_owned(),
             ));
         }
         Ok(Duration::from_secs_f64(secs))

@@ -24,9 +24,9 @@ pub use assertion_keys::StoredAssertionKey;
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
 pub use lifecycle::{LifecycleReport, StepReport, JOB_LOCK as LIFECYCLE_JOB_LOCK};
-pub use usage::RollupMarks;
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};
+pub use usage::RollupMarks;
 pub use users::{NewUser, UserPatch};
 
 use sqlx::any::AnyPoolOptions;

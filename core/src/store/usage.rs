@@ -119,7 +119,13 @@ impl Store {
         let mut days = Vec::new();
         let (mut mi, mut hi, mut di) = (HashMap::new(), HashMap::new(), HashMap::new());
         for d in deltas {
-            merge_into(&mut minutes, &mut mi, &d.tenant_id, d.bucket_start, &d.counts);
+            merge_into(
+                &mut minutes,
+                &mut mi,
+                &d.tenant_id,
+                d.bucket_start,
+                &d.counts,
+            );
             if d.bucket_start < hour_mark {
                 let h = d.bucket_start.div_euclid(3_600) * 3_600;
                 merge_into(&mut hours, &mut hi, &d.tenant_id, h, &d.counts);
