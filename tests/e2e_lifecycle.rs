@@ -556,3 +556,60 @@ async fn a_proxy_back_after_the_feed_was_pruned_reloads_on_sqlite() {
     away_scenario(&db.url).await;
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_by_api_key_counts_each_keys_share() {
+    let s = stack().start().await;
+    s.tenant("keyed", "pro").await;
+    let (a, a_id) = s.key("keyed", "developer").await;
+    let (b, b_id) = s.key("keyed", "developer").await;
+    for _ in 0..5 {
+        assert_eq!(s.with_key("GET", "/api/v1/whoami", &a).await.0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(s.with_key("GET", "/api/v1/whoami", &b).await.0, 200);
+    }
+    // A key's refusals count too (read_only may not create).
+    let (ro, ro_id) = s.key("keyed", "read_only").await;
+    let (st, _, _) = s
+        .call(
+            "POST",
+            "/api/v1/resources",
+            &[("x-api-key", &ro)],
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(st, 403);
+    common::flush_cycles(&s.http, &s.proxy_admin, 2).await;
+    let now = chrono::Utc::now().timestamp();
+    let q = format!(
+        "/v1/tenants/keyed/usage?granularity=minute&from={}&group_by=api_key",
+        rfc(now - 600)
+    );
+    let (st, v) = s.admin("GET", &q, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["totals"]["requests"], 9, "{v}");
+    let mut by_key: Vec<(String, u64, u64)> = v["by_api_key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["api_key_id"].as_str().unwrap().to_owned(),
+                e["totals"]["requests"].as_u64().unwrap(),
+                e["totals"]["denied"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    by_key.sort();
+    let mut want = vec![(a_id, 5, 0), (b_id, 3, 0), (ro_id, 1, 1)];
+    want.sort();
+    assert_eq!(by_key, want);
+    // Without group_by there is no by_api_key; another value is 422.
+    let (_, v) = s.admin("GET", "/v1/tenants/keyed/usage", None).await;
+    assert!(v.get("by_api_key").is_none());
+    let (st, v) = s
+        .admin("GET", "/v1/tenants/keyed/usage?group_by=user", None)
+        .await;
+    assert_eq!((st, &v["error"]["field"]), (422, &json!("group_by")), "{v}");
+}

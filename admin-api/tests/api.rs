@@ -1919,6 +1919,7 @@ async fn usage(h: H, _url: String) {
         ("from=2024-03-02T00:00:00Z&to=2024-03-01T00:00:00Z", "from"),
         ("from=2024-03-01T00:00:00Z&to=2024-03-01T00:00:00Z", "from"),
         ("group_by=colour", "group_by"),
+        ("group_by=tenant", "group_by"),
     ] {
         h.p("GET", &format!("/v1/tenants/use/usage?{q}"), None)
             .await

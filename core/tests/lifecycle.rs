@@ -361,3 +361,44 @@ async fn audit_pages_newest_first_with_a_cursor() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn per_key_rows_are_kept_per_hour_apart_from_the_tenants() {
+    each_backend(|s, _| async move {
+        let now = now_ms() / 1000;
+        let hour = now.div_euclid(H) * H;
+        let key = |k: &str, at: i64, n: u64| UsageDelta {
+            tenant_id: tenantgate_core::usage::key_row_id("acme", k),
+            ..delta("acme", at, n)
+        };
+        let rows = [
+            delta("acme", hour, 10),
+            key("k1", hour, 6),
+            key("k2", hour, 4),
+            key("k1", hour - 2 * H, 5),
+            delta("acme", hour - 2 * H, 5),
+        ];
+        assert!(s.apply_usage("n", 1, &rows).await.unwrap());
+        assert!(s.apply_usage("n", 2, &[key("k1", hour + 60, 1)]).await.unwrap());
+        // The tenant's own rows do not include the key rows.
+        let t = sum(&s.usage_minutes("acme", 0, now + D).await.unwrap());
+        assert_eq!(t.requests, 15);
+        let by_key = s.usage_by_key("acme", hour - 3 * H, hour + H).await.unwrap();
+        let got: Vec<(&str, u64)> = by_key
+            .iter()
+            .map(|(k, c)| (k.as_str(), c.requests))
+            .collect();
+        assert_eq!(got, [("k1", 12), ("k2", 4)]);
+        // A range inside an hour counts that whole hour.
+        let inside = s.usage_by_key("acme", hour + 600, hour + 1200).await.unwrap();
+        assert_eq!(inside[0].1.requests, 7);
+        // Kept as long as hour rows.
+        let mut r = retention();
+        r.usage_hour = Duration::from_secs(H as u64);
+        r.usage_minute = Duration::from_secs(H as u64);
+        s.lifecycle_pass(&r, now_ms()).await.unwrap();
+        let left = s.usage_by_key("acme", 0, now + D).await.unwrap();
+        assert_eq!(left.iter().map(|(_, c)| c.requests).sum::<u64>(), 11);
+    })
+    .await;
+}

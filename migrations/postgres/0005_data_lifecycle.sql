@@ -82,3 +82,19 @@ CREATE TABLE metering_nodes (
     updated_at      BIGINT NOT NULL
 );
 CREATE INDEX metering_flushes_applied ON metering_flushes (applied_at);
+
+-- Usage per API key per hour (counters only), for `group_by=api_key`. Metering sends
+-- per-key rows beside the tenant's; they are summed per hour at flush time.
+CREATE TABLE usage_key_hour (
+    tenant_id        TEXT NOT NULL,
+    api_key_id       TEXT NOT NULL,
+    bucket_start     BIGINT NOT NULL,
+    requests         BIGINT NOT NULL DEFAULT 0,
+    rate_limited     BIGINT NOT NULL DEFAULT 0,
+    denied           BIGINT NOT NULL DEFAULT 0,
+    upstream_errors  BIGINT NOT NULL DEFAULT 0,
+    bytes_in         BIGINT NOT NULL DEFAULT 0,
+    bytes_out        BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, bucket_start, api_key_id)
+);
+CREATE INDEX usage_key_hour_bucket ON usage_key_hour (bucket_start);

@@ -40,6 +40,18 @@ pub struct UsageResponse {
     pub series: Vec<UsagePoint>,
     #[schema(value_type = UsagePointDoc)]
     pub totals: UsagePoint,
+    /// With `group_by=api_key`: each API key's share, over the whole hours the
+    /// range touches (per-key usage is kept per hour). Requests without a key
+    /// (login tokens) are in no entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_api_key: Option<Vec<KeyUsage>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub api_key_id: String,
+    #[schema(value_type = UsagePointDoc)]
+    pub totals: UsagePoint,
 }
 
 /// The validated query: bucket starts from `first` (aligned) while `< to`.
@@ -52,6 +64,8 @@ struct Window {
     to: DateTime<Utc>,
     /// More buckets than [`MAX_POINTS`]: only non-empty ones are listed.
     sparse: bool,
+    /// `group_by=api_key`.
+    by_api_key: bool,
 }
 
 fn time_param(
@@ -83,17 +97,15 @@ fn window(
             ApiError::validation("granularity", "must be one of minute, hour, day")
         })?,
     };
-    if let Some(g) = params
+    let by_api_key = match params
         .get("group_by")
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
     {
-        // Usage is metered per tenant; per-key counters are not recorded yet.
-        return Err(ApiError::validation(
-            "group_by",
-            format!("grouping by {g:?} is not supported by this build"),
-        ));
-    }
+        None => false,
+        Some("api_key") => true,
+        Some(_) => return Err(ApiError::validation("group_by", "must be api_key")),
+    };
     let to = time_param(params, "to")?.unwrap_or(now);
     let from = match time_param(params, "from")? {
         Some(f) => f,
@@ -128,6 +140,7 @@ fn window(
         end,
         to,
         sparse: points > MAX_POINTS,
+        by_api_key,
     })
 }
 
@@ -189,6 +202,7 @@ fn series(w: &Window, rows: &[UsageRow]) -> (Vec<UsagePoint>, UsagePoint) {
         ("from" = Option<String>, Query, description = "RFC 3339; default: `to` minus 24 h"),
         ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
         ("granularity" = Option<String>, Query, description = "minute | hour | day (default hour); minute only inside `[retention] usage_minute_days`"),
+        ("group_by" = Option<String>, Query, description = "api_key: add `by_api_key` (each key's totals over the hours the range touches)"),
     ),
     responses(
         (status = 200, description = "Usage series and totals over any range (sparse past 10 000 buckets)", body = UsageResponse),
@@ -196,7 +210,7 @@ fn series(w: &Window, rows: &[UsageRow]) -> (Vec<UsagePoint>, UsagePoint) {
         (status = 401, description = "No or bad credential", body = ErrorResponse),
         (status = 403, description = "A tenant admin's tenant is suspended, or not an admin", body = ErrorResponse),
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
-        (status = 422, description = "Bad from/to/granularity (minute older than its retention)", body = ErrorResponse),
+        (status = 422, description = "Bad from/to/granularity (minute older than its retention)/group_by", body = ErrorResponse),
         (status = 503, description = "Store unavailable", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -213,6 +227,28 @@ pub async fn get(
         .usage_series(&scope.tenant.id, w.granularity, w.first, w.end)
         .await?;
     let (series, totals) = series(&w, &rows);
+    let by_api_key = if w.by_api_key {
+        let keys = state
+            .store()
+            .usage_by_key(&scope.tenant.id, w.first, w.end)
+            .await?;
+        Some(
+            keys.into_iter()
+                .map(|(api_key_id, counts)| KeyUsage {
+                    api_key_id,
+                    totals: UsagePoint::from_row(
+                        &UsageRow {
+                            bucket_start: 0,
+                            counts,
+                        },
+                        false,
+                    ),
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
     Ok(Json(UsageResponse {
         tenant_id: scope.tenant.id,
         granularity: w.granularity.as_str(),
@@ -221,6 +257,7 @@ pub async fn get(
         sparse: w.sparse,
         series,
         totals,
+        by_api_key,
     }))
 }
 

@@ -277,8 +277,17 @@ impl Store {
         .bind(cutoff)
         .execute(&mut *tx)
         .await?;
+        let mut rows = res.rows_affected();
+        if level == Level::Hour {
+            // Per-key hours are kept as long as the tenant's (they have no day rows).
+            rows += sqlx::query("DELETE FROM usage_key_hour WHERE bucket_start < $1")
+                .bind(cutoff_ms.div_euclid(1000))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         tx.commit().await?;
-        Ok(Some(res.rows_affected()))
+        Ok(Some(rows))
     }
 
     /// Deletes flush idempotency records applied more than `keep_ms` ago, leaving
@@ -381,6 +390,7 @@ impl Store {
             "usage_minute",
             "usage_hour",
             "usage_day",
+            "usage_key_hour",
             "metering_flushes",
             "changes",
             "audit_log",

@@ -3,7 +3,9 @@
 
 use super::{to_i64, to_u64, Backend, Result, Store};
 use crate::time::now_ms;
-use crate::usage::{roll_up, Granularity, UsageCounts, UsageDelta, UsageRow, LATENCY_BUCKETS};
+use crate::usage::{
+    roll_up, split_key_row, Granularity, UsageCounts, UsageDelta, UsageRow, LATENCY_BUCKETS,
+};
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -118,7 +120,13 @@ impl Store {
         let mut hours = Vec::new();
         let mut days = Vec::new();
         let (mut mi, mut hi, mut di) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let mut keys: HashMap<(&str, &str, i64), UsageCounts> = HashMap::new();
         for d in deltas {
+            if let Some((tenant, key)) = split_key_row(&d.tenant_id) {
+                let h = d.bucket_start.div_euclid(3_600) * 3_600;
+                keys.entry((tenant, key, h)).or_default().merge(&d.counts);
+                continue;
+            }
             merge_into(
                 &mut minutes,
                 &mut mi,
@@ -142,8 +150,92 @@ impl Store {
         ] {
             self.upsert_usage(&mut tx, level, rows).await?;
         }
+        let keys: Vec<_> = keys.into_iter().collect();
+        for chunk in keys.chunks(KEY_ROWS_PER_STATEMENT) {
+            let mut q_sql = String::from(
+                "INSERT INTO usage_key_hour (tenant_id, api_key_id, bucket_start, requests, rate_limited, denied, upstream_errors, bytes_in, bytes_out) VALUES ",
+            );
+            let mut n = 0;
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    q_sql.push_str(", ");
+                }
+                let ps: Vec<String> = (0..9)
+                    .map(|_| {
+                        n += 1;
+                        match self.backend {
+                            Backend::Sqlite => "?".to_owned(),
+                            Backend::Postgres => format!("${n}"),
+                        }
+                    })
+                    .collect();
+                q_sql.push_str(&format!("({})", ps.join(", ")));
+            }
+            q_sql.push_str(
+                " ON CONFLICT (tenant_id, bucket_start, api_key_id) DO UPDATE SET \
+                 requests = usage_key_hour.requests + excluded.requests, \
+                 rate_limited = usage_key_hour.rate_limited + excluded.rate_limited, \
+                 denied = usage_key_hour.denied + excluded.denied, \
+                 upstream_errors = usage_key_hour.upstream_errors + excluded.upstream_errors, \
+                 bytes_in = usage_key_hour.bytes_in + excluded.bytes_in, \
+                 bytes_out = usage_key_hour.bytes_out + excluded.bytes_out",
+            );
+            let mut q = sqlx::query(&q_sql);
+            for ((tenant, key, hour), c) in chunk {
+                q = q
+                    .bind(*tenant)
+                    .bind(*key)
+                    .bind(*hour)
+                    .bind(to_i64(c.requests))
+                    .bind(to_i64(c.rate_limited))
+                    .bind(to_i64(c.denied))
+                    .bind(to_i64(c.upstream_errors))
+                    .bind(to_i64(c.bytes_in))
+                    .bind(to_i64(c.bytes_out));
+            }
+            q.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// A tenant's usage per API key over the hours `from_s <= hour < to_s` touches
+    /// (per-key usage is kept per hour), ordered by key id.
+    pub async fn usage_by_key(
+        &self,
+        tenant_id: &str,
+        from_s: i64,
+        to_s: i64,
+    ) -> Result<Vec<(String, UsageCounts)>> {
+        let rows = sqlx::query(
+            "SELECT api_key_id, CAST(SUM(requests) AS BIGINT) AS requests, \
+               CAST(SUM(rate_limited) AS BIGINT) AS rate_limited, CAST(SUM(denied) AS BIGINT) AS denied, \
+               CAST(SUM(upstream_errors) AS BIGINT) AS upstream_errors, \
+               CAST(SUM(bytes_in) AS BIGINT) AS bytes_in, CAST(SUM(bytes_out) AS BIGINT) AS bytes_out \
+             FROM usage_key_hour WHERE tenant_id = $1 AND bucket_start >= $2 AND bucket_start < $3 \
+             GROUP BY api_key_id ORDER BY api_key_id",
+        )
+        .bind(tenant_id)
+        .bind(from_s.div_euclid(3_600) * 3_600)
+        .bind(to_s)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("api_key_id")?,
+                    UsageCounts {
+                        requests: to_u64(r.try_get("requests")?),
+                        rate_limited: to_u64(r.try_get("rate_limited")?),
+                        denied: to_u64(r.try_get("denied")?),
+                        upstream_errors: to_u64(r.try_get("upstream_errors")?),
+                        bytes_in: to_u64(r.try_get("bytes_in")?),
+                        bytes_out: to_u64(r.try_get("bytes_out")?),
+                        ..Default::default()
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Adds `rows` (distinct buckets) to `level`'s rows.
@@ -417,6 +509,8 @@ fn usage_row(r: &sqlx::any::AnyRow) -> Result<UsageRow> {
 /// (see `report_flush_of_ten_thousand_rows`), and 200 × 33 parameters stays far
 /// below SQLite's (32 766) and PostgreSQL's (65 535) limits.
 const USAGE_ROWS_PER_STATEMENT: usize = 200;
+/// Per-key rows per statement (9 parameters each).
+const KEY_ROWS_PER_STATEMENT: usize = 500;
 
 /// `INSERT INTO usage_minute … VALUES (…), (…) … ON CONFLICT … DO UPDATE` adding the
 /// deltas of `rows` rows. SQLite gets anonymous `?` placeholders: with numbered ones
