@@ -194,16 +194,16 @@ async fn usage_scenario(url: Option<String>) {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("tenant_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out")
+        Some("tenant_id,api_key_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out")
     );
     let mut csv_sum = 0;
     let mut tenants = std::collections::BTreeSet::new();
     for l in lines {
         let f: Vec<&str> = l.split(',').collect();
-        assert_eq!(f.len(), 8, "{l}");
+        assert_eq!(f.len(), 9, "{l}");
         tenants.insert(f[0].to_owned());
-        if f[0] == "hist" {
-            csv_sum += f[2].parse::<u64>().unwrap();
+        if f[0] == "hist" && f[1].is_empty() {
+            csv_sum += f[3].parse::<u64>().unwrap();
         }
     }
     assert_eq!(csv_sum, total);
@@ -220,7 +220,7 @@ async fn usage_scenario(url: Option<String>) {
     let nd_sum: u64 = nd
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["tenant_id"] == "hist")
+        .filter(|v| v["tenant_id"] == "hist" && v["api_key_id"].is_null())
         .map(|v| v["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(nd_sum, total);
@@ -605,6 +605,34 @@ async fn usage_by_api_key_counts_each_keys_share() {
     let mut want = vec![(a_id, 5, 0), (b_id, 3, 0), (ro_id, 1, 1)];
     want.sort();
     assert_eq!(by_key, want);
+    // The export has each key's hour beside the tenant's.
+    let r = s
+        .http
+        .get(format!("{}/v1/usage/export?format=ndjson", s.admin))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines: Vec<Value> = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keyed: u64 = lines
+        .iter()
+        .filter(|l| l["tenant_id"] == "keyed" && l["api_key_id"] == json!(want[0].0))
+        .map(|l| l["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(keyed, want[0].1);
+    let tenant_rows: u64 = lines
+        .iter()
+        .filter(|l| l["tenant_id"] == "keyed" && l["api_key_id"].is_null())
+        .map(|l| l["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tenant_rows, 9);
     // Without group_by there is no by_api_key; another value is 422.
     let (_, v) = s.admin("GET", "/v1/tenants/keyed/usage", None).await;
     assert!(v.get("by_api_key").is_none());

@@ -264,8 +264,7 @@ pub async fn get(
 /// Rows per store read of the export.
 const EXPORT_PAGE: i64 = 1_000;
 /// Columns of the export, in CSV order.
-const EXPORT_COLUMNS: &str =
-    "tenant_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out";
+const EXPORT_COLUMNS: &str = "tenant_id,api_key_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExportFormat {
@@ -273,19 +272,29 @@ enum ExportFormat {
     Ndjson,
 }
 
+/// One row of the export: a tenant's hour (`api_key_id` None) or a key's share.
+type ExportRow = (String, Option<String>, UsageRow);
+
 /// One line of the export.
-fn export_line(format: ExportFormat, tenant_id: &str, row: &UsageRow) -> String {
+fn export_line(format: ExportFormat, (tenant_id, key, row): &ExportRow) -> String {
     let c = &row.counts;
     let start = ts(from_ms(row.bucket_start.saturating_mul(1000)));
     match format {
-        // Tenant ids are `[a-z0-9-]`: nothing to quote.
+        // Tenant ids are `[a-z0-9-]`, key ids uuids: nothing to quote.
         ExportFormat::Csv => format!(
-            "{tenant_id},{start},{},{},{},{},{},{}\n",
-            c.requests, c.rate_limited, c.denied, c.upstream_errors, c.bytes_in, c.bytes_out
+            "{tenant_id},{},{start},{},{},{},{},{},{}\n",
+            key.as_deref().unwrap_or(""),
+            c.requests,
+            c.rate_limited,
+            c.denied,
+            c.upstream_errors,
+            c.bytes_in,
+            c.bytes_out
         ),
         ExportFormat::Ndjson => {
             let mut line = serde_json::json!({
                 "tenant_id": tenant_id,
+                "api_key_id": key,
                 "bucket_start": start,
                 "requests": c.requests,
                 "rate_limited": c.rate_limited,
@@ -301,6 +310,46 @@ fn export_line(format: ExportFormat, tenant_id: &str, row: &UsageRow) -> String 
     }
 }
 
+/// Which rows the export is reading: tenants' hours, then keys' hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExportPhase {
+    Tenants,
+    Keys,
+    Done,
+}
+
+/// The next page of the export after `last` (None: the phase's first page).
+async fn export_page(
+    store: &tenantgate_core::Store,
+    phase: ExportPhase,
+    first: i64,
+    end: i64,
+    last: Option<&ExportRow>,
+) -> Result<Vec<ExportRow>, tenantgate_core::StoreError> {
+    match phase {
+        ExportPhase::Tenants => {
+            let after = last.map(|(t, _, r)| (r.bucket_start, t.clone()));
+            Ok(store
+                .usage_hours_all(first, end, after, EXPORT_PAGE)
+                .await?
+                .into_iter()
+                .map(|(t, r)| (t, None, r))
+                .collect())
+        }
+        ExportPhase::Keys => {
+            let after =
+                last.map(|(t, k, r)| (r.bucket_start, t.clone(), k.clone().unwrap_or_default()));
+            Ok(store
+                .usage_key_hours_all(first, end, after, EXPORT_PAGE)
+                .await?
+                .into_iter()
+                .map(|(t, k, r)| (t, Some(k), r))
+                .collect())
+        }
+        ExportPhase::Done => Ok(Vec::new()),
+    }
+}
+
 #[utoipa::path(
     get, path = "/v1/usage/export", operation_id = "exportUsage", tag = "usage",
     params(
@@ -309,7 +358,7 @@ fn export_line(format: ExportFormat, tenant_id: &str, row: &UsageRow) -> String 
         ("format" = Option<String>, Query, description = "csv (default) | ndjson"),
     ),
     responses(
-        (status = 200, description = "One row per tenant per hour with usage, ordered by hour then tenant, streamed. CSV has a header line `tenant_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out`; NDJSON (`format=ndjson`, `application/x-ndjson`) one object with those fields per line.", body = String, content_type = "text/csv"),
+        (status = 200, description = "Streamed: one row per tenant per hour with usage (ordered by hour then tenant, `api_key_id` empty), then one row per API key per hour (the key's share of its tenant's row; ordered by hour, tenant, key). CSV has a header line `tenant_id,api_key_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out`; NDJSON (`format=ndjson`, `application/x-ndjson`) one object with those fields per line (`api_key_id` null on tenant rows).", body = String, content_type = "text/csv"),
         (status = 400, description = "Malformed query string", body = ErrorResponse),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
         (status = 403, description = "Not the platform token", body = ErrorResponse),
@@ -348,16 +397,16 @@ pub async fn export(
     // The first page is read before answering, so a store that is down is a 503,
     // not a truncated 200.
     let store = state.store().clone();
-    let first_page = store.usage_hours_all(first, end, None, EXPORT_PAGE).await?;
+    let first_page = export_page(&store, ExportPhase::Tenants, first, end, None).await?;
     struct Cursor {
-        page: Vec<(String, UsageRow)>,
+        page: Vec<ExportRow>,
+        phase: ExportPhase,
         header: bool,
-        done: bool,
     }
     let start = Cursor {
         page: first_page,
+        phase: ExportPhase::Tenants,
         header: format == ExportFormat::Csv,
-        done: false,
     };
     let body = futures::stream::unfold(start, move |mut cur| {
         let store = store.clone();
@@ -366,33 +415,39 @@ pub async fn export(
                 cur.header = false;
                 return Some((Ok(format!("{EXPORT_COLUMNS}\n")), cur));
             }
-            if cur.done {
-                return None;
-            }
-            if cur.page.is_empty() {
-                return None;
-            }
-            let mut chunk = String::with_capacity(cur.page.len() * 96);
-            for (t, r) in &cur.page {
-                chunk.push_str(&export_line(format, t, r));
-            }
-            let full = i64::try_from(cur.page.len()).unwrap_or(0) >= EXPORT_PAGE;
-            let after = cur.page.last().map(|(t, r)| (r.bucket_start, t.clone()));
-            if full {
-                match store.usage_hours_all(first, end, after, EXPORT_PAGE).await {
-                    Ok(next) => cur.page = next,
+            loop {
+                if cur.phase == ExportPhase::Done {
+                    return None;
+                }
+                let mut chunk = String::with_capacity(cur.page.len() * 112);
+                for row in &cur.page {
+                    chunk.push_str(&export_line(format, row));
+                }
+                let full = i64::try_from(cur.page.len()).unwrap_or(0) >= EXPORT_PAGE;
+                let (next_phase, last) = if full {
+                    (cur.phase, cur.page.last())
+                } else if cur.phase == ExportPhase::Tenants {
+                    (ExportPhase::Keys, None)
+                } else {
+                    (ExportPhase::Done, None)
+                };
+                match export_page(&store, next_phase, first, end, last).await {
+                    Ok(next) => {
+                        cur.page = next;
+                        cur.phase = next_phase;
+                    }
                     Err(e) => {
                         // Mid-stream: the connection is cut, so the client sees a
                         // truncated body rather than a complete-looking one.
                         tracing::error!(error = %e, "usage export: store read failed mid-stream");
-                        cur.done = true;
+                        cur.phase = ExportPhase::Done;
                         return Some((Err(std::io::Error::other(e.to_string())), cur));
                     }
                 }
-            } else {
-                cur.page = Vec::new();
+                if !chunk.is_empty() {
+                    return Some((Ok(chunk), cur));
+                }
             }
-            Some((Ok(chunk), cur))
         }
     });
     let content_type = match format {

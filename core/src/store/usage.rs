@@ -199,6 +199,52 @@ impl Store {
         Ok(true)
     }
 
+    /// Every key's usage per hour over `[from_s, to_s)`, ordered by (hour, tenant,
+    /// key), at most `limit` rows after `after`, for the export.
+    pub async fn usage_key_hours_all(
+        &self,
+        from_s: i64,
+        to_s: i64,
+        after: Option<(i64, String, String)>,
+        limit: i64,
+    ) -> Result<Vec<(String, String, UsageRow)>> {
+        let (b, t, k) = after.unwrap_or((i64::MIN, String::new(), String::new()));
+        let rows = sqlx::query(
+            "SELECT tenant_id, api_key_id, bucket_start, requests, rate_limited, denied, upstream_errors, bytes_in, bytes_out \
+             FROM usage_key_hour WHERE bucket_start >= $1 AND bucket_start < $2 \
+             AND (bucket_start > $3 OR (bucket_start = $3 AND (tenant_id > $4 OR (tenant_id = $4 AND api_key_id > $5)))) \
+             ORDER BY bucket_start, tenant_id, api_key_id LIMIT $6",
+        )
+        .bind(from_s)
+        .bind(to_s)
+        .bind(b)
+        .bind(t.as_str())
+        .bind(k.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("tenant_id")?,
+                    r.try_get("api_key_id")?,
+                    UsageRow {
+                        bucket_start: r.try_get("bucket_start")?,
+                        counts: UsageCounts {
+                            requests: to_u64(r.try_get("requests")?),
+                            rate_limited: to_u64(r.try_get("rate_limited")?),
+                            denied: to_u64(r.try_get("denied")?),
+                            upstream_errors: to_u64(r.try_get("upstream_errors")?),
+                            bytes_in: to_u64(r.try_get("bytes_in")?),
+                            bytes_out: to_u64(r.try_get("bytes_out")?),
+                            ..Default::default()
+                        },
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// A tenant's usage per API key over the hours `from_s <= hour < to_s` touches
     /// (per-key usage is kept per hour), ordered by key id.
     pub async fn usage_by_key(
