@@ -379,18 +379,27 @@ async fn per_key_rows_are_kept_per_hour_apart_from_the_tenants() {
             delta("acme", hour - 2 * H, 5),
         ];
         assert!(s.apply_usage("n", 1, &rows).await.unwrap());
-        assert!(s.apply_usage("n", 2, &[key("k1", hour + 60, 1)]).await.unwrap());
+        assert!(s
+            .apply_usage("n", 2, &[key("k1", hour + 60, 1)])
+            .await
+            .unwrap());
         // The tenant's own rows do not include the key rows.
         let t = sum(&s.usage_minutes("acme", 0, now + D).await.unwrap());
         assert_eq!(t.requests, 15);
-        let by_key = s.usage_by_key("acme", hour - 3 * H, hour + H).await.unwrap();
+        let by_key = s
+            .usage_by_key("acme", hour - 3 * H, hour + H)
+            .await
+            .unwrap();
         let got: Vec<(&str, u64)> = by_key
             .iter()
             .map(|(k, c)| (k.as_str(), c.requests))
             .collect();
         assert_eq!(got, [("k1", 12), ("k2", 4)]);
         // A range inside an hour counts that whole hour.
-        let inside = s.usage_by_key("acme", hour + 600, hour + 1200).await.unwrap();
+        let inside = s
+            .usage_by_key("acme", hour + 600, hour + 1200)
+            .await
+            .unwrap();
         assert_eq!(inside[0].1.requests, 7);
         // Kept as long as hour rows.
         let mut r = retention();

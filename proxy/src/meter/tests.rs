@@ -120,13 +120,20 @@ fn a_keys_share_is_a_row_of_its_own_not_another_request() {
     let mut rows = q[0].1.clone();
     rows.sort_by_key(|x| x.tenant_id.clone());
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].tenant_id.as_str(), rows[0].counts.requests), ("a", 4));
+    assert_eq!(
+        (rows[0].tenant_id.as_str(), rows[0].counts.requests),
+        ("a", 4)
+    );
     assert_eq!(
         tenantgate_core::usage::split_key_row(&rows[1].tenant_id),
         Some(("a", "k1"))
     );
     assert_eq!(rows[1].counts.requests, 3);
-    assert_eq!(m.pending_requests(), 4, "queued: the tenant's requests only");
+    assert_eq!(
+        m.pending_requests(),
+        4,
+        "queued: the tenant's requests only"
+    );
 }
 
 #[test]
