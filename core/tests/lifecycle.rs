@@ -411,3 +411,136 @@ async fn per_key_rows_are_kept_per_hour_apart_from_the_tenants() {
     })
     .await;
 }
+
+/// Scale report, not a check (PostgreSQL): a store seeded with `TG_SCALE_TENANTS`
+/// (default 100) tenants × 7 days of minute rows and 400 days of hour rows, then
+/// usage reads, flush times, table sizes and one rollup + retention pass.
+/// `cargo test -p tenantgate-core --test lifecycle report_store_scale -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn report_store_scale() {
+    use std::time::Instant;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let tenants: i64 = std::env::var("TG_SCALE_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let s = Store::open(&db.url, 8).await.unwrap();
+    let now = now_ms() / 1000;
+    let minute0 = now.div_euclid(60) * 60;
+    let pct = |mut v: Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let flush_times = |s: Store, label: &'static str, seq0: i64| async move {
+        let mut times = Vec::new();
+        for i in 0..30 {
+            let rows: Vec<UsageDelta> = (0..tenants)
+                .map(|t| delta(&format!("t{t:05}"), minute0, 3))
+                .collect();
+            let t = Instant::now();
+            assert!(s.apply_usage("flush", seq0 + i, &rows).await.unwrap());
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        eprintln!(
+            "flush of {tenants} tenant-minutes ({label}): p50 {:.2} ms, p95 {:.2} ms",
+            pct(times.clone(), 0.5),
+            pct(times, 0.95)
+        );
+    };
+    flush_times(s.clone(), "empty store", 1).await;
+
+    // Seed: minute rows for 7 days, hour rows for the 400 days before (SQL, fast).
+    let t = Instant::now();
+    let cols = "requests, rate_limited, denied, upstream_errors, bytes_in, bytes_out, latency_sum_us, lat_b3";
+    sqlx::query(&format!(
+        "INSERT INTO usage_minute (tenant_id, bucket_start, {cols}) \
+         SELECT 't' || lpad(t::text, 5, '0'), m, 5, 1, 0, 0, 500, 5000, 4000, 5 \
+         FROM generate_series(0, $1 - 1) AS t, generate_series($2, $3, 60) AS m"
+    ))
+    .bind(tenants)
+    .bind(minute0 - 7 * D)
+    .bind(minute0 - 60)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let hour0 = (minute0 - 7 * D).div_euclid(H) * H;
+    sqlx::query(&format!(
+        "INSERT INTO usage_hour (tenant_id, bucket_start, {cols}) \
+         SELECT 't' || lpad(t::text, 5, '0'), h, 300, 60, 0, 0, 30000, 300000, 240000, 300 \
+         FROM generate_series(0, $1 - 1) AS t, generate_series($2, $3, 3600) AS h"
+    ))
+    .bind(tenants)
+    .bind(hour0 - 400 * D)
+    .bind(hour0 - H)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(s.pool()).await.unwrap();
+    eprintln!("seeded in {:?}", t.elapsed());
+    let sizes = |s: Store, label: &'static str| async move {
+        let mut line = format!("sizes ({label}):");
+        for t in ["usage_minute", "usage_hour", "usage_day", "metering_flushes"] {
+            let row = sqlx::query(&format!(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(pg_total_relation_size('{t}') AS BIGINT) AS b FROM {t}"
+            ))
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+            use sqlx::Row;
+            let n: i64 = row.try_get("n").unwrap();
+            let b: i64 = row.try_get("b").unwrap();
+            line.push_str(&format!(" {t} {n} rows {:.1} MB;", b as f64 / 1e6));
+        }
+        eprintln!("{line}");
+    };
+    sizes(s.clone(), "seeded, before the pass").await;
+    flush_times(s.clone(), "seeded history", 100).await;
+
+    let reads = |s: Store, label: &'static str| async move {
+        for (name, g, span) in [
+            ("day by minute", Granularity::Minute, D),
+            ("month by hour", Granularity::Hour, 30 * D),
+            ("year by day", Granularity::Day, 365 * D),
+        ] {
+            let mut times = Vec::new();
+            for i in 0..40 {
+                let tenant = format!("t{:05}", i % tenants);
+                let t = Instant::now();
+                let rows = s
+                    .usage_series(&tenant, g, now - span, now + 60)
+                    .await
+                    .unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                assert!(!rows.is_empty());
+            }
+            eprintln!(
+                "usage read {name} ({label}): p50 {:.2} ms, p95 {:.2} ms",
+                pct(times.clone(), 0.5),
+                pct(times, 0.95)
+            );
+        }
+    };
+    reads(s.clone(), "before the pass").await;
+
+    let mut r = retention();
+    r.usage_minute = Duration::from_secs(2 * D as u64);
+    let t = Instant::now();
+    let report = s.lifecycle_pass(&r, now_ms()).await.unwrap();
+    eprintln!("first pass (7 days of minutes, 400 days of hours to days; minute retention 2 days) took {:?}", t.elapsed());
+    for st in &report.steps {
+        eprintln!("  {:<20} {:>9} rows {:>8.2} s", st.step, st.rows, st.seconds);
+    }
+    let t = Instant::now();
+    let again = s.lifecycle_pass(&r, now_ms()).await.unwrap();
+    eprintln!("next pass took {:?} ({} rows)", t.elapsed(), again.steps.iter().map(|x| x.rows).sum::<u64>());
+    sqlx::query("VACUUM FULL usage_minute").execute(s.pool()).await.unwrap();
+    sqlx::query("ANALYZE").execute(s.pool()).await.unwrap();
+    sizes(s.clone(), "after the pass and VACUUM FULL usage_minute").await;
+    reads(s.clone(), "after the pass").await;
+    flush_times(s.clone(), "after the pass", 200).await;
+    s.close().await;
+    db.cleanup().await;
+}
