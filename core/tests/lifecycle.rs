@@ -305,9 +305,74 @@ async fn one_process_of_the_fleet_runs_a_pass() {
     drop(conn);
     let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
     assert!(report.elected);
-    assert_eq!(report.steps.len(), 7);
+    assert_eq!(report.steps.len(), 8, "{report:?}");
     s.close().await;
     other.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_minute_rows_live_in_daily_partitions_dropped_whole() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let s = Store::open(&db.url, 4).await.unwrap();
+    let partitions = |s: Store| async move {
+        let rows = sqlx::query(
+            "SELECT CAST(c.relname AS TEXT) AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage_minute'::regclass ORDER BY 1",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+        use sqlx::Row;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("name").unwrap())
+            .collect::<Vec<_>>()
+    };
+    let now = now_ms() / 1000;
+    let today = now.div_euclid(D) * D;
+    // An old minute, before any partition: the default partition takes it.
+    assert!(s.apply_usage("n", 1, &[delta("acme", today - 5 * D, 4)]).await.unwrap());
+    s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
+    let names = partitions(s.clone()).await;
+    for d in 0..=2 {
+        assert!(
+            names.contains(&format!("usage_minute_p{}", today + d * D)),
+            "{names:?}"
+        );
+    }
+    // Today's and tomorrow's minutes land in their partitions.
+    assert!(s
+        .apply_usage("n", 2, &[delta("acme", now, 3), delta("acme", today + D + 60, 2)])
+        .await
+        .unwrap());
+    let row = sqlx::query(
+        "SELECT CAST(tableoid::regclass AS TEXT) AS p FROM usage_minute WHERE bucket_start = $1",
+    )
+    .bind(now.div_euclid(60) * 60)
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    use sqlx::Row;
+    assert_eq!(row.try_get::<String, _>("p").unwrap(), format!("usage_minute_p{today}"));
+    // Ten days later, with a one-day minute retention: the old days are rolled up
+    // and their partitions dropped whole; totals stay.
+    let before = sum(&s.usage_series("acme", Granularity::Day, 0, now + 30 * D).await.unwrap());
+    assert_eq!(before.requests, 9);
+    let mut r = retention();
+    r.usage_minute = Duration::from_secs(D as u64);
+    let later = now_ms() + 10 * D * 1000;
+    let report = s.lifecycle_pass(&r, later).await.unwrap();
+    let step = report.steps.iter().find(|st| st.step == "minute_partitions").unwrap();
+    eprintln!("{step:?}");
+    let names = partitions(s.clone()).await;
+    assert!(!names.contains(&format!("usage_minute_p{today}")), "{names:?}");
+    assert!(names.contains(&format!("usage_minute_p{}", today + 10 * D)), "{names:?}");
+    assert!(s.usage_minutes("acme", 0, now + 30 * D).await.unwrap().is_empty());
+    let after = sum(&s.usage_series("acme", Granularity::Day, 0, now + 30 * D).await.unwrap());
+    assert_eq!(after, before);
+    s.close().await;
     db.cleanup().await;
 }
 

@@ -63,6 +63,17 @@ CREATE TABLE usage_day (
 );
 CREATE INDEX usage_day_bucket ON usage_day (bucket_start);
 
+-- usage_minute becomes partitioned by time: the lifecycle job creates one partition
+-- per UTC day ahead of time (`usage_minute_p<day start>`) and drops whole days past
+-- the retention instead of deleting their rows. What exists now, and anything
+-- outside the created days, lands in the default partition (pruned by DELETE).
+ALTER TABLE usage_minute RENAME TO usage_minute_unpartitioned;
+CREATE TABLE usage_minute (LIKE usage_minute_unpartitioned INCLUDING DEFAULTS)
+    PARTITION BY RANGE (bucket_start);
+ALTER TABLE usage_minute ADD PRIMARY KEY (tenant_id, bucket_start);
+CREATE TABLE usage_minute_default PARTITION OF usage_minute DEFAULT;
+INSERT INTO usage_minute SELECT * FROM usage_minute_unpartitioned;
+DROP TABLE usage_minute_unpartitioned;
 -- Rollups and pruning range over all tenants by time.
 CREATE INDEX usage_minute_bucket ON usage_minute (bucket_start);
 

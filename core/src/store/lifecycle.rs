@@ -24,13 +24,19 @@ pub const JOB_LOCK: i64 = 0x7467_6c69_6665_6379;
 const ROLLUP_GRACE_S: i64 = 120;
 /// Rollup steps one pass runs at most; the next pass goes on.
 const MAX_STEPS_PER_PASS: usize = 2_000;
+/// PostgreSQL: name prefix of `usage_minute`'s daily partitions (then the day's
+/// start, unix seconds).
+pub const MINUTE_PARTITION_PREFIX: &str = "usage_minute_p";
+/// Days of partitions created ahead of today.
+const PARTITIONS_AHEAD: i64 = 2;
 /// Settings key: the highest change id pruned from the feed.
 pub(super) const CHANGES_PRUNED_KEY: &str = "changes_pruned_through";
 
 /// What one step of a pass did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
-    /// `rollup_hour`, `rollup_day`, `prune_usage_minute`, `prune_usage_hour`,
+    /// `rollup_hour`, `rollup_day`, `minute_partitions` (PostgreSQL: rows in the
+    /// daily partitions dropped, estimated), `prune_usage_minute`, `prune_usage_hour`,
     /// `prune_flush_records`, `prune_changes`, `prune_audit`.
     pub step: &'static str,
     /// Rows written (rollups) or deleted (pruning).
@@ -157,6 +163,12 @@ impl Store {
                 });
             }};
         }
+        if self.backend == Backend::Postgres {
+            prune!(
+                "minute_partitions",
+                self.manage_minute_partitions(now_s, now_ms - millis(r.usage_minute))
+            );
+        }
         prune!(
             "prune_usage_minute",
             self.prune_usage(Level::Minute, now_ms - millis(r.usage_minute))
@@ -253,6 +265,60 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Step::Done(rows, end >= target))
+    }
+
+    /// PostgreSQL: creates `usage_minute`'s daily partitions for today and the next
+    /// [`PARTITIONS_AHEAD`] days, and drops the days that are rolled up and older
+    /// than `cutoff_ms`. Returns the (estimated) rows dropped.
+    async fn manage_minute_partitions(&self, now_s: i64, cutoff_ms: i64) -> Result<Option<u64>> {
+        let Some(mut tx) = self.job_tx().await? else {
+            return Ok(None);
+        };
+        let existing: Vec<(i64, f64)> = sqlx::query(
+            "SELECT CAST(c.relname AS TEXT) AS name, CAST(c.reltuples AS DOUBLE PRECISION) AS rows \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage_minute'::regclass",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.try_get("name").ok()?;
+            let day = name.strip_prefix(MINUTE_PARTITION_PREFIX)?.parse().ok()?;
+            Some((day, r.try_get::<f64, _>("rows").ok()?.max(0.0)))
+        })
+        .collect();
+        let today = floor(now_s, 86_400);
+        for d in 0..=PARTITIONS_AHEAD {
+            let day = today + d * 86_400;
+            if existing.iter().any(|(e, _)| *e == day) {
+                continue;
+            }
+            // Its own statement on the pool: when the default partition already
+            // holds rows of that day (a store from before partitioning), creating
+            // it fails, and that day stays in the default partition.
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {MINUTE_PARTITION_PREFIX}{day} PARTITION OF usage_minute \
+                 FOR VALUES FROM ({day}) TO ({end})",
+                end = day + 86_400
+            );
+            if let Err(e) = sqlx::query(&sql).execute(&self.pool).await {
+                tracing::info!(day, error = %e, "usage_minute partition not created; that day stays in the default partition");
+            }
+        }
+        let marks = read_marks(&mut tx).await?;
+        let cutoff = marks.hour.min(cutoff_ms.div_euclid(1000));
+        let mut dropped = 0.0;
+        for (day, rows) in existing {
+            if day + 86_400 <= cutoff {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {MINUTE_PARTITION_PREFIX}{day}"))
+                    .execute(&mut *tx)
+                    .await?;
+                dropped += rows;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(dropped as u64))
     }
 
     /// Deletes `level` rows that are rolled up and older than `cutoff_ms`.
