@@ -311,9 +311,11 @@ impl Store {
         let mut dropped = 0.0;
         for (day, rows) in existing {
             if day + 86_400 <= cutoff {
-                sqlx::query(&format!("DROP TABLE IF EXISTS {MINUTE_PARTITION_PREFIX}{day}"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&format!(
+                    "DROP TABLE IF EXISTS {MINUTE_PARTITION_PREFIX}{day}"
+                ))
+                .execute(&mut *tx)
+                .await?;
                 dropped += rows;
             }
         }
