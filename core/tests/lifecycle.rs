@@ -332,6 +332,16 @@ async fn postgres_minute_rows_live_in_daily_partitions_dropped_whole() {
     };
     let now = now_ms() / 1000;
     let today = now.div_euclid(D) * D;
+    // The migration created today's and the next two days' partitions.
+    let names = partitions(s.clone()).await;
+    assert!(
+        names.contains(&format!("usage_minute_p{}", today + 2 * D)),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"usage_minute_default".to_owned()),
+        "{names:?}"
+    );
     // An old minute, before any partition: the default partition takes it.
     assert!(s
         .apply_usage("n", 1, &[delta("acme", today - 5 * D, 4)])

@@ -63,14 +63,34 @@ CREATE TABLE usage_day (
 );
 CREATE INDEX usage_day_bucket ON usage_day (bucket_start);
 
--- usage_minute becomes partitioned by time: the lifecycle job creates one partition
--- per UTC day ahead of time (`usage_minute_p<day start>`) and drops whole days past
--- the retention instead of deleting their rows. What exists now, and anything
--- outside the created days, lands in the default partition (pruned by DELETE).
+-- usage_minute becomes partitioned by time: one partition per UTC day
+-- (`usage_minute_p<day start, unix seconds>`), created here for the days the table
+-- holds (the last 14 at most) up to two days ahead, then ahead of time by the
+-- lifecycle job, which drops whole days past the retention instead of deleting
+-- their rows. Older rows, and a row of a day without a partition (a very late
+-- flush), land in the default partition, which the retention prunes by DELETE. The
+-- days are created before the default partition, so no creation has to scan it.
 ALTER TABLE usage_minute RENAME TO usage_minute_unpartitioned;
+ALTER TABLE usage_minute_unpartitioned RENAME CONSTRAINT usage_minute_pkey TO usage_minute_unpartitioned_pkey;
 CREATE TABLE usage_minute (LIKE usage_minute_unpartitioned INCLUDING DEFAULTS)
     PARTITION BY RANGE (bucket_start);
 ALTER TABLE usage_minute ADD PRIMARY KEY (tenant_id, bucket_start);
+DO $$
+DECLARE
+    today BIGINT := (CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) / 86400) * 86400;
+    d BIGINT;
+BEGIN
+    -- At most the last 14 days (older rows go to the default partition, past the
+    -- default minute retention anyway): one transaction holds a lock per partition.
+    SELECT GREATEST(COALESCE(MIN((bucket_start / 86400) * 86400), today), today - 14 * 86400) INTO d
+        FROM usage_minute_unpartitioned;
+    WHILE d <= today + 2 * 86400 LOOP
+        EXECUTE format(
+            'CREATE TABLE usage_minute_p%s PARTITION OF usage_minute FOR VALUES FROM (%s) TO (%s)',
+            d, d, d + 86400);
+        d := d + 86400;
+    END LOOP;
+END $$;
 CREATE TABLE usage_minute_default PARTITION OF usage_minute DEFAULT;
 INSERT INTO usage_minute SELECT * FROM usage_minute_unpartitioned;
 DROP TABLE usage_minute_unpartitioned;

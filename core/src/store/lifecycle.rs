@@ -209,7 +209,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Step::Done(0, true));
         }
-        let from = if mark == i64::MIN { i64::MIN } else { mark };
+        let from = mark;
         // The next source bucket with data, so empty stretches cost one step.
         let next: Option<i64> = sqlx::query(&format!(
             "SELECT MIN(bucket_start) AS b FROM {} WHERE bucket_start >= $1 AND bucket_start < $2",
@@ -294,9 +294,9 @@ impl Store {
             if existing.iter().any(|(e, _)| *e == day) {
                 continue;
             }
-            // Its own statement on the pool: when the default partition already
-            // holds rows of that day (a store from before partitioning), creating
-            // it fails, and that day stays in the default partition.
+            // Its own statement on the pool: should the default partition already
+            // hold rows of that day (the job was down for days), creating it fails
+            // and that day stays in the default partition.
             let sql = format!(
                 "CREATE TABLE IF NOT EXISTS {MINUTE_PARTITION_PREFIX}{day} PARTITION OF usage_minute \
                  FOR VALUES FROM ({day}) TO ({end})",
