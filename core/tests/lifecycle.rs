@@ -520,7 +520,7 @@ async fn per_key_rows_are_kept_per_hour_apart_from_the_tenants() {
 /// Scale report, not a check (PostgreSQL): a store seeded with `TG_SCALE_TENANTS`
 /// (default 100) tenants × 7 days of minute rows and 400 days of hour rows, then
 /// usage reads, flush times, table sizes and one rollup + retention pass.
-/// `cargo test -p tenantgate-core --test lifecycle report_store_scale -- --ignored --nocapture`
+/// `cargo test --workspace --test lifecycle report_store_scale -- --ignored --nocapture`
 #[tokio::test]
 #[ignore]
 async fn report_store_scale() {
