@@ -272,8 +272,20 @@ async fn login(s: &Stack, tenant: &str) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_admin_change_is_audited_without_secrets() {
-    let s = stack().start().await;
+async fn every_admin_change_is_audited_without_secrets_on_sqlite() {
+    audit_scenario(stack().start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_change_is_audited_without_secrets_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    audit_scenario(stack().store_url(&db.url).start().await).await;
+    db.cleanup().await;
+}
+
+async fn audit_scenario(s: Stack) {
     s.tenant("aud", "pro").await;
     s.tenant("else", "free").await;
     let (key, key_id) = s.key("aud", "developer").await;
@@ -558,8 +570,20 @@ async fn a_proxy_back_after_the_feed_was_pruned_reloads_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_by_api_key_counts_each_keys_share() {
-    let s = stack().start().await;
+async fn usage_by_api_key_counts_each_keys_share_on_sqlite() {
+    by_key_scenario(stack().start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_by_api_key_counts_each_keys_share_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    by_key_scenario(stack().store_url(&db.url).start().await).await;
+    db.cleanup().await;
+}
+
+async fn by_key_scenario(s: Stack) {
     s.tenant("keyed", "pro").await;
     let (a, a_id) = s.key("keyed", "developer").await;
     let (b, b_id) = s.key("keyed", "developer").await;
