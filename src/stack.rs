@@ -112,6 +112,11 @@ impl Stack {
         let listen = self.settings.admin.listen;
         let listener = self.bind(listen, "admin.listen")?;
         tracing::info!(listen = %listen, "admin API listening");
+        // Rollups and retention: every admin process offers, one per pass works.
+        self.spawn(tenantgate_admin::lifecycle::run(
+            state.clone(),
+            self.shutdown.subscribe(),
+        ));
         let stop = self.stopped();
         self.spawn(async move {
             if let Err(e) = tenantgate_admin::serve(listener, state, stop).await {

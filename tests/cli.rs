@@ -68,6 +68,22 @@ fn bad_configs_exit_2_naming_the_key_in_one_line() {
             "[proxy]\nmax_connections = 99999999999\n",
             "proxy.max_connections",
         ),
+        (
+            "[retention]\nusage_minute_days = 0\n",
+            "retention.usage_minute_days",
+        ),
+        (
+            "[retention]\nchanges_hours = -1\n",
+            "retention.changes_hours",
+        ),
+        (
+            "[retention]\naudit_days = \"forever\"\n",
+            "retention.audit_days",
+        ),
+        (
+            "[retention]\nusage_minute_days = 30\nusage_hour_days = 7\n",
+            "retention.usage_hour_days",
+        ),
     ];
     for (text, key) in cases {
         let p = write("bad.toml", text);

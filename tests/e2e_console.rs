@@ -668,8 +668,10 @@ async fn console_steps(b: Browser, s: Arc<Stack>) {
     b.wait_text("#users-table tr:not(:has(.muted)) .badge", "disabled")
         .await;
     b.step("user-disabled").await;
+    // The audit log shows what this admin just did (users created, disabled).
     b.click("a[data-tab=audit]").await;
-    b.wait_text("#audit", "not available on this server").await;
+    b.wait_text("#audit-table", "user.create").await;
+    b.wait_text("#audit-table", "user.update").await;
 
     // --- a session the API no longer accepts goes back to sign-in, with a reason
     b.js(

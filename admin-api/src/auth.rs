@@ -114,6 +114,9 @@ impl FromRequestParts<AdminState> for Caller {
                 user_id: claims.sub,
             }
         };
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set(&caller);
+        }
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

@@ -7,10 +7,12 @@
 //! tests drive [`app`] in-process.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
 pub mod json;
+pub mod lifecycle;
 pub mod login_guard;
 pub mod metrics;
 pub mod middleware;
@@ -69,6 +71,8 @@ pub struct AdminOptions {
     pub reserved_issuers: Vec<String>,
     /// `[jwt] allow_insecure_jwks`: bound issuers may use plain `http://` JWKS URLs.
     pub allow_insecure_jwks: bool,
+    /// `[retention]`: the usage API's minute window and the lifecycle job.
+    pub retention: tenantgate_core::config::RetentionSettings,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -104,6 +108,7 @@ impl AdminOptions {
                 .chain(cfg.jwt.issuers.iter().map(|i| i.issuer.clone()))
                 .collect(),
             allow_insecure_jwks: cfg.jwt.allow_insecure_jwks,
+            retention: cfg.retention.clone(),
         }
     }
 }
@@ -182,7 +187,7 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, auth_login, domains, issuers, meta, policies, rate_limit,
+        api_keys, assertion_keys, audit, auth_login, domains, issuers, meta, policies, rate_limit,
         tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -194,6 +199,7 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(policies::router())
         .merge(rate_limit::router())
         .merge(usage::router())
+        .merge(audit::router())
         .merge(auth_login::router())
         .merge(assertion_keys::router())
         .merge(meta::router())

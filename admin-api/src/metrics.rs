@@ -1,12 +1,19 @@
 //! Prometheus metrics of the admin API, in a registry owned by the state.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "tenantgate_admin_requests_total";
 pub const REQUEST_DURATION: &str = "tenantgate_admin_request_duration_seconds";
 pub const LOGIN_FAILURES_TOTAL: &str = "tenantgate_admin_login_failures_total";
+pub const LIFECYCLE_PASSES_TOTAL: &str = "tenantgate_lifecycle_passes_total";
+pub const LIFECYCLE_ROWS_TOTAL: &str = "tenantgate_lifecycle_rows_total";
+pub const LIFECYCLE_STEP_SECONDS: &str = "tenantgate_lifecycle_step_duration_seconds";
+pub const LIFECYCLE_PASS_SECONDS: &str = "tenantgate_lifecycle_pass_duration_seconds";
+pub const LIFECYCLE_LAST_SUCCESS: &str = "tenantgate_lifecycle_last_success_timestamp_seconds";
+pub const LIFECYCLE_ROLLUP_LAG: &str = "tenantgate_lifecycle_rollup_lag_seconds";
 
 /// Why a login failed, as the `reason` label of [`LOGIN_FAILURES_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +42,22 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     login_failures: IntCounterVec,
+    lifecycle: LifecycleMetrics,
+}
+
+/// The rollup and retention job's progress (see `crate::lifecycle`).
+#[derive(Debug, Clone)]
+pub struct LifecycleMetrics {
+    /// `outcome`: ran | not_elected | failed.
+    pub passes: IntCounterVec,
+    /// Rows written (rollups) or deleted (pruning) per `step`.
+    pub rows: IntCounterVec,
+    /// Duration of each `step` in the last pass this process ran.
+    pub step_seconds: GaugeVec,
+    pub pass_seconds: Gauge,
+    pub last_success: Gauge,
+    /// Now minus the rollup watermark per `level` (hour | day).
+    pub rollup_lag: GaugeVec,
 }
 
 impl Metrics {
@@ -60,6 +83,53 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(login_failures.clone()))?;
+        let lifecycle = LifecycleMetrics {
+            passes: IntCounterVec::new(
+                Opts::new(
+                    LIFECYCLE_PASSES_TOTAL,
+                    "Rollup and retention passes by outcome (ran, not_elected, failed)",
+                ),
+                &["outcome"],
+            )?,
+            rows: IntCounterVec::new(
+                Opts::new(
+                    LIFECYCLE_ROWS_TOTAL,
+                    "Rows written by rollups or deleted by retention, per step",
+                ),
+                &["step"],
+            )?,
+            step_seconds: GaugeVec::new(
+                Opts::new(
+                    LIFECYCLE_STEP_SECONDS,
+                    "Duration of each step of the last pass this process ran",
+                ),
+                &["step"],
+            )?,
+            pass_seconds: Gauge::new(
+                LIFECYCLE_PASS_SECONDS,
+                "Duration of the last pass this process ran",
+            )?,
+            last_success: Gauge::new(
+                LIFECYCLE_LAST_SUCCESS,
+                "Unix time of the last pass this process completed",
+            )?,
+            rollup_lag: GaugeVec::new(
+                Opts::new(
+                    LIFECYCLE_ROLLUP_LAG,
+                    "How far each rollup level's watermark is behind now, seconds",
+                ),
+                &["level"],
+            )?,
+        };
+        registry.register(Box::new(lifecycle.passes.clone()))?;
+        registry.register(Box::new(lifecycle.rows.clone()))?;
+        registry.register(Box::new(lifecycle.step_seconds.clone()))?;
+        registry.register(Box::new(lifecycle.pass_seconds.clone()))?;
+        registry.register(Box::new(lifecycle.last_success.clone()))?;
+        registry.register(Box::new(lifecycle.rollup_lag.clone()))?;
+        for o in ["ran", "not_elected", "failed"] {
+            lifecycle.passes.with_label_values(&[o]);
+        }
         // Every reason shows from the start (at 0), so alerts can rate() them.
         for r in [
             LoginFailure::BadCredentials,
@@ -73,7 +143,12 @@ impl Metrics {
             requests,
             latency,
             login_failures,
+            lifecycle,
         })
+    }
+
+    pub fn lifecycle(&self) -> &LifecycleMetrics {
+        &self.lifecycle
     }
 
     /// Counts one failed login.

@@ -1,6 +1,8 @@
 //! The one middleware around every route: request id, error rendering (ours and
-//! axum's own rejections), `WWW-Authenticate` on 401, metrics, a tracing span.
+//! axum's own rejections), `WWW-Authenticate` on 401, metrics, a tracing span, and
+//! the audit entry of every successful admin change.
 
+use crate::audit;
 use crate::error::{info_for_status, render_body, ErrorInfo};
 use crate::AdminState;
 use axum::extract::{MatchedPath, Request, State};
@@ -32,7 +34,7 @@ pub fn valid_request_id(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-pub async fn around(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+pub async fn around(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let rid = request_id(req.headers());
     let method = req.method().clone();
@@ -41,9 +43,30 @@ pub async fn around(State(state): State<AdminState>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let audited = audit::is_change(&method, &route).then(|| {
+        let slot = audit::AuditSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        (slot, req.uri().path().to_owned())
+    });
     let span =
         tracing::info_span!("admin_request", request_id = %rid, method = %method, route = %route);
-    let res = next.run(req).instrument(span.clone()).await;
+    let mut res = next.run(req).instrument(span.clone()).await;
+    if let Some((slot, path)) = audited {
+        let created = res.extensions_mut().remove::<audit::AuditTenant>();
+        if res.status().is_success() {
+            audit::record(
+                &state,
+                &slot,
+                &method,
+                &route,
+                &path,
+                created.map(|t| t.0),
+                &rid,
+            )
+            .instrument(span.clone())
+            .await;
+        }
+    }
     let mut res = if res.status().is_client_error() || res.status().is_server_error() {
         render_error(res, &rid).await
     } else {

@@ -79,6 +79,25 @@ pub struct UsageDelta {
     pub counts: UsageCounts,
 }
 
+/// Separates tenant and API key in the `tenant_id` of a per-key metering row
+/// (neither may contain it): such rows count a key's share of its tenant's usage
+/// and are stored per hour apart from the tenant's own rows.
+pub const KEY_ROW_SEPARATOR: char = '\u{1f}';
+
+/// The `tenant_id` of a per-key metering row.
+pub fn key_row_id(tenant_id: &str, api_key_id: &str) -> String {
+    let mut s = String::with_capacity(tenant_id.len() + 1 + api_key_id.len());
+    s.push_str(tenant_id);
+    s.push(KEY_ROW_SEPARATOR);
+    s.push_str(api_key_id);
+    s
+}
+
+/// `(tenant, key)` of a per-key metering row's id; None for a tenant's own row.
+pub fn split_key_row(id: &str) -> Option<(&str, &str)> {
+    id.split_once(KEY_ROW_SEPARATOR)
+}
+
 /// One stored bucket of a tenant (or an aggregate of several).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageRow {
@@ -222,6 +241,13 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].counts.requests, 2);
         assert_eq!(h[1].bucket_start, 3_600);
+    }
+
+    #[test]
+    fn key_rows() {
+        let id = key_row_id("acme", "k-1");
+        assert_eq!(split_key_row(&id), Some(("acme", "k-1")));
+        assert_eq!(split_key_row("acme"), None);
     }
 
     #[test]

@@ -149,7 +149,8 @@ impl Gate {
             .auth
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
-        let principal = who.principal();
+        // Kept from here, so a refused request is still metered to its key.
+        let principal = ctx.who.insert(who).principal();
         // A tenant's own domain admits only that tenant's credentials.
         let req = session.req_header();
         let host = req
@@ -209,7 +210,6 @@ impl Gate {
                 )
                 .map_err(|_| Reject::Unavailable)?;
         }
-        ctx.who = Some(who);
         Ok(())
     }
 
@@ -471,18 +471,20 @@ impl ProxyHttp for Gate {
         let view = ctx.view.as_deref();
         let tenant = view.map(|v| v.tenant_id.as_str());
         if let Some(tenant) = tenant {
-            self.meter.record(
-                tenant,
-                &Sample {
-                    at_unix_s: ctx.start_unix_ms.div_euclid(1000),
-                    rate_limited: matches!(ctx.reject, Some(Reject::RateLimited(_))),
-                    denied: ctx.reject.as_ref().is_some_and(Reject::is_denied),
-                    upstream_error: ctx.upstream_error,
-                    bytes_in: session.body_bytes_read() as u64,
-                    bytes_out: session.body_bytes_sent() as u64,
-                    latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                },
-            );
+            let sample = Sample {
+                at_unix_s: ctx.start_unix_ms.div_euclid(1000),
+                rate_limited: matches!(ctx.reject, Some(Reject::RateLimited(_))),
+                denied: ctx.reject.as_ref().is_some_and(Reject::is_denied),
+                upstream_error: ctx.upstream_error,
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+                latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            };
+            self.meter.record(tenant, &sample);
+            // The key's share, for usage `group_by=api_key`.
+            if let Some(key_id) = ctx.who.as_ref().and_then(|w| w.principal().api_key_id()) {
+                self.meter.record_key(tenant, key_id, &sample);
+            }
         }
         self.metrics.observe(
             code,

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod assertion_keys;
+pub mod audit;
 pub mod auth_login;
 pub mod domains;
 pub mod issuers;

@@ -119,7 +119,14 @@ pub async fn create(
     State(state): State<AdminState>,
     caller: Caller,
     body: Bytes,
-) -> Result<(StatusCode, Json<TenantResponse>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Extension<crate::audit::AuditTenant>,
+        Json<TenantResponse>,
+    ),
+    ApiError,
+> {
     caller.require_platform()?;
     let req: CreateTenantRequest = json::parse(&body)?;
     if let Some(id) = &req.id {
@@ -176,7 +183,8 @@ pub async fn create(
         status: tenantgate_core::domain::UserStatus::Active,
         created_at: ts(tenant.created_at),
     });
-    Ok((StatusCode::CREATED, Json(out)))
+    let audited = crate::audit::AuditTenant(out.id.clone());
+    Ok((StatusCode::CREATED, axum::Extension(audited), Json(out)))
 }
 
 #[utoipa::path(

@@ -21,6 +21,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub security: SecurityConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +415,37 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: "auto".into(),
+        }
+    }
+}
+
+/// `[retention]`: how long each append-only table keeps its rows. Values may be
+/// fractional (tests use seconds' worth of days).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Minute usage rows older than this are deleted once rolled up.
+    pub usage_minute_days: f64,
+    /// Hour usage rows older than this are deleted once rolled up; day rows stay.
+    pub usage_hour_days: f64,
+    /// Idempotency records of applied metering flushes.
+    pub flush_records_hours: f64,
+    /// The change feed; a proxy further behind reloads everything.
+    pub changes_hours: f64,
+    pub audit_days: f64,
+    /// How often the elected process runs a rollup and retention pass.
+    pub run_interval_seconds: f64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            usage_minute_days: 7.0,
+            usage_hour_days: 400.0,
+            flush_records_hours: 24.0,
+            changes_hours: 24.0,
+            audit_days: 400.0,
+            run_interval_seconds: 60.0,
         }
     }
 }

@@ -34,6 +34,7 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     pub security: SecuritySettings,
     pub log: LogSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +315,7 @@ impl TryFrom<&Config> for Settings {
                 api_key_pepper: c.security.api_key_pepper.clone(),
             },
             log: log(&c.log)?,
+            retention: retention(&c.retention)?,
         })
     }
 }
@@ -762,4 +764,72 @@ pub fn valid_host_port(s: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `[retention]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionSettings {
+    pub usage_minute: Duration,
+    pub usage_hour: Duration,
+    pub flush_records: Duration,
+    pub changes: Duration,
+    pub audit: Duration,
+    /// Between two rollup and retention passes.
+    pub run_interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        // The file defaults are valid by construction.
+        retention(&file::RetentionConfig::default()).unwrap_or(RetentionSettings {
+            usage_minute: Duration::from_secs(7 * 86_400),
+            usage_hour: Duration::from_secs(400 * 86_400),
+            flush_records: Duration::from_secs(24 * 3_600),
+            changes: Duration::from_secs(24 * 3_600),
+            audit: Duration::from_secs(400 * 86_400),
+            run_interval: Duration::from_secs(60),
+        })
+    }
+}
+
+/// Largest retention accepted: 100 years.
+const MAX_RETENTION_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
+
+fn retention(r: &file::RetentionConfig) -> Result<RetentionSettings, Invalid> {
+    let span = |key: &str, v: f64, unit: f64| -> Result<Duration, Invalid> {
+        let secs = v * unit;
+        if !v.is_finite() || v <= 0.0 || !(1.0..=MAX_RETENTION_SECONDS).contains(&secs) {
+            return Err((
+                format!("retention.{key}"),
+                "must be a positive number of at least one second and at most 100 years".to_owned(),
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    };
+    let usage_minute = span("usage_minute_days", r.usage_minute_days, 86_400.0)?;
+    let usage_hour = span("usage_hour_days", r.usage_hour_days, 86_400.0)?;
+    if usage_hour < usage_minute {
+        return invalid(
+            "retention.usage_hour_days",
+            "must be at least retention.usage_minute_days",
+        );
+    }
+    let run_interval = if r.run_interval_seconds.is_finite()
+        && (0.1..=86_400.0).contains(&r.run_interval_seconds)
+    {
+        Duration::from_secs_f64(r.run_interval_seconds)
+    } else {
+        return invalid(
+            "retention.run_interval_seconds",
+            "must be between 0.1 and 86400",
+        );
+    };
+    Ok(RetentionSettings {
+        usage_minute,
+        usage_hour,
+        flush_records: span("flush_records_hours", r.flush_records_hours, 3_600.0)?,
+        changes: span("changes_hours", r.changes_hours, 3_600.0)?,
+        audit: span("audit_days", r.audit_days, 86_400.0)?,
+        run_interval,
+    })
 }

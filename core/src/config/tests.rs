@@ -355,3 +355,48 @@ fn issuer_max_lifetime_must_be_positive() {
     let err = parse(&text("0")).unwrap_err();
     assert_eq!(err.key, "jwt.issuers[0].max_lifetime_seconds", "{err}");
 }
+
+#[test]
+fn retention_defaults_fractions_and_bad_values() {
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.retention.usage_minute,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(
+        c.retention.usage_hour,
+        std::time::Duration::from_secs(400 * 86_400)
+    );
+    assert_eq!(
+        c.retention.flush_records,
+        std::time::Duration::from_secs(86_400)
+    );
+    assert_eq!(c.retention.changes, std::time::Duration::from_secs(86_400));
+    assert_eq!(
+        c.retention.audit,
+        std::time::Duration::from_secs(400 * 86_400)
+    );
+    let c = parse("[retention]\nchanges_hours = 0.001\nusage_minute_days = 1").unwrap();
+    assert_eq!(c.retention.changes, std::time::Duration::from_secs_f64(3.6));
+    assert_eq!(
+        c.retention.usage_minute,
+        std::time::Duration::from_secs(86_400)
+    );
+    for (text, key) in [
+        ("usage_minute_days = 0", "retention.usage_minute_days"),
+        ("usage_hour_days = -1", "retention.usage_hour_days"),
+        (
+            "usage_minute_days = 10\nusage_hour_days = 5",
+            "retention.usage_hour_days",
+        ),
+        ("flush_records_hours = 0", "retention.flush_records_hours"),
+        ("changes_hours = nan", "retention.changes_hours"),
+        ("audit_days = 1e9", "retention.audit_days"),
+        ("audit_days = \"long\"", "retention.audit_days"),
+        ("run_interval_seconds = 0", "retention.run_interval_seconds"),
+        ("keep_forever = true", "retention"),
+    ] {
+        let err = parse(&format!("[retention]\n{text}")).unwrap_err();
+        assert!(err.key.starts_with(key), "{text}: {err}");
+    }
+}

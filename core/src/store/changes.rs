@@ -128,7 +128,9 @@ impl Store {
         let row = sqlx::query("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) AS id FROM changes")
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get("id")?)
+        let id: i64 = row.try_get("id")?;
+        // Past a pruned feed's end even when every row was pruned.
+        Ok(id.max(self.changes_pruned_through().await?))
     }
 
     /// Changes with `id > after_id`, plus any recorded at or after `since_ms` (so a

@@ -6,9 +6,11 @@
 
 mod api_keys;
 mod assertion_keys;
+mod audit;
 mod changes;
 mod domains;
 mod issuers;
+mod lifecycle;
 mod policies;
 mod rate_limits;
 mod settings;
@@ -20,10 +22,13 @@ mod usage;
 mod users;
 
 pub use assertion_keys::StoredAssertionKey;
+pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
 pub use domains::{TenantDomain, MAX_DOMAINS, MAX_DOMAINS_PER_TENANT};
+pub use lifecycle::{LifecycleReport, StepReport, JOB_LOCK as LIFECYCLE_JOB_LOCK};
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};
+pub use usage::RollupMarks;
 pub use users::{NewUser, UserPatch};
 
 use sqlx::any::AnyPoolOptions;

@@ -34,6 +34,8 @@ pub struct Follower {
     last_lag_ms: AtomicU64,
     max_lag_ms: AtomicU64,
     applied: AtomicU64,
+    /// Times the feed this proxy knew was pruned under it (it reloaded everything).
+    reloads: AtomicU64,
 }
 
 impl Follower {
@@ -47,6 +49,7 @@ impl Follower {
             last_lag_ms: AtomicU64::new(0),
             max_lag_ms: AtomicU64::new(0),
             applied: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
         }
     }
 
@@ -149,11 +152,25 @@ impl Follower {
     async fn read_feed(&self, feed: &mut Feed) {
         let started = tenantgate_core::time::now_ms();
         let since = started - FEED_OVERLAP_MS;
-        match self
-            .store
-            .changes_since(feed.last_id, since, FEED_PAGE)
-            .await
-        {
+        let read = async {
+            // Away longer than `[retention] changes_hours`: what it missed may be
+            // pruned, so it cannot know what changed. Forget everything instead.
+            let pruned = self.store.changes_pruned_through().await?;
+            if pruned > feed.last_id {
+                tracing::warn!(
+                    last_seen = feed.last_id,
+                    pruned_through = pruned,
+                    "the change feed was pruned past this proxy's position: reloading all caches"
+                );
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.invalidate_all();
+                feed.last_id = pruned;
+            }
+            self.store
+                .changes_since(feed.last_id, since, FEED_PAGE)
+                .await
+        };
+        match read.await {
             Ok(changes) => {
                 if !feed.ok {
                     tracing::info!("change feed reachable again");
@@ -191,10 +208,14 @@ impl Follower {
              tenantgate_proxy_change_lag_max_seconds {}\n\
              # HELP tenantgate_proxy_changes_applied_total Control-plane changes applied to the caches\n\
              # TYPE tenantgate_proxy_changes_applied_total counter\n\
-             tenantgate_proxy_changes_applied_total {}\n",
+             tenantgate_proxy_changes_applied_total {}\n\
+             # HELP tenantgate_proxy_change_feed_reloads_total Times the change feed was pruned past this proxy's position and it reloaded all caches\n\
+             # TYPE tenantgate_proxy_change_feed_reloads_total counter\n\
+             tenantgate_proxy_change_feed_reloads_total {}\n",
             secs(&self.last_lag_ms),
             secs(&self.max_lag_ms),
-            self.applied.load(Ordering::Relaxed)
+            self.applied.load(Ordering::Relaxed),
+            self.reloads.load(Ordering::Relaxed)
         );
     }
 }

@@ -31,7 +31,7 @@ mod tests;
 pub use flush::{final_flush, flush_loop};
 
 use queue::MemQueue;
-use record::{Shard, Slots, TenantHash, SHARDS};
+use record::{Shard, TenantHash, SHARDS};
 use spool::{scan_spool, SpoolIo};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -247,7 +247,13 @@ impl Meter {
         let in_maps: u64 = self
             .shards
             .iter()
-            .map(|s| lock(s).values().map(Slots::requests).sum::<u64>())
+            .map(|s| {
+                lock(s)
+                    .iter()
+                    .filter(|(id, _)| !id.as_bytes().contains(&0x1f))
+                    .map(|(_, slots)| slots.requests())
+                    .sum::<u64>()
+            })
             .sum();
         let queued = lock(&self.queue).requests;
         in_maps + queued + self.spool_requests.load(Ordering::Relaxed)

@@ -7,7 +7,7 @@ use crate::cache::IdKey;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
-use tenantgate_core::usage::{latency_bucket, UsageCounts, UsageDelta};
+use tenantgate_core::usage::{key_row_id, latency_bucket, split_key_row, UsageCounts, UsageDelta};
 
 /// Adds one request to a (tenant, minute)'s counters.
 #[inline]
@@ -92,6 +92,18 @@ impl Meter {
     /// Adds one request to its tenant's current minute. Never blocks on I/O.
     #[inline]
     pub fn record(&self, tenant_id: &str, s: &Sample) {
+        self.record_row(tenant_id, s);
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Also counts a request made with an API key as that key's share (a second
+    /// row, keyed `tenant ␟ key`, stored per hour; see `key_row_id`). Not a request
+    /// of its own: call it beside [`Meter::record`].
+    pub fn record_key(&self, tenant_id: &str, api_key_id: &str, s: &Sample) {
+        self.record_row(&key_row_id(tenant_id, api_key_id), s);
+    }
+
+    fn record_row(&self, tenant_id: &str, s: &Sample) {
         let minute = s.at_unix_s.div_euclid(60) * 60;
         let idx = (self.hasher.hash_one(tenant_id) as usize) % SHARDS;
         let mut shard = lock(&self.shards[idx]);
@@ -109,7 +121,6 @@ impl Meter {
                 self.seal_notify.notify_one();
             }
         }
-        self.recorded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Resolves when the recording maps grew past `max_live_rows` (the flusher should
@@ -160,7 +171,7 @@ impl Meter {
         if rows.is_empty() {
             return;
         }
-        let requests = rows.iter().map(|d| d.counts.requests).sum();
+        let requests = tenant_requests(&rows);
         let bytes = rows.iter().map(row_bytes).sum();
         let batch = Batch {
             seq: self.next_seq(),
@@ -188,4 +199,13 @@ impl Meter {
         self.dropped_batches.fetch_add(batches, Ordering::Relaxed);
         self.dropped_requests.fetch_add(requests, Ordering::Relaxed);
     }
+}
+
+/// Requests in `rows`, not counting per-key rows (a key's share of its tenant's
+/// requests, already in the tenant's rows).
+pub(super) fn tenant_requests(rows: &[UsageDelta]) -> u64 {
+    rows.iter()
+        .filter(|d| split_key_row(&d.tenant_id).is_none())
+        .map(|d| d.counts.requests)
+        .sum()
 }

@@ -302,7 +302,7 @@ impl Meter {
                 }
             };
             let rows = parsed.rows;
-            let requests: u64 = rows.iter().map(|d| d.counts.requests).sum();
+            let requests = super::record::tenant_requests(&rows);
             self.apply(store, &parsed.node_id, parsed.seq, &rows)
                 .await?;
             io.cursor = idx;

@@ -107,6 +107,36 @@ fn records_per_tenant_per_minute() {
 }
 
 #[test]
+fn a_keys_share_is_a_row_of_its_own_not_another_request() {
+    let m = Meter::new("n1".into());
+    for _ in 0..3 {
+        m.record("a", &sample(120));
+        m.record_key("a", "k1", &sample(120));
+    }
+    m.record("a", &sample(120));
+    assert_eq!(m.pending_requests(), 4);
+    m.seal_batch();
+    let q = queued(&m);
+    let mut rows = q[0].1.clone();
+    rows.sort_by_key(|x| x.tenant_id.clone());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].tenant_id.as_str(), rows[0].counts.requests),
+        ("a", 4)
+    );
+    assert_eq!(
+        tenantgate_core::usage::split_key_row(&rows[1].tenant_id),
+        Some(("a", "k1"))
+    );
+    assert_eq!(rows[1].counts.requests, 3);
+    assert_eq!(
+        m.pending_requests(),
+        4,
+        "queued: the tenant's requests only"
+    );
+}
+
+#[test]
 fn late_and_out_of_order_minutes_land_in_their_rows() {
     let m = Meter::new("n1".into());
     for t in [180, 120, 240, 130, 181, 60] {
