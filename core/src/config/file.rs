@@ -81,7 +81,8 @@ pub struct FairnessConfig {
     pub max_held_connections: usize,
     /// Refusals per second per client address answered at full speed; beyond
     /// it, refusals to that address are delayed too (floods that open a new
-    /// connection per request). 0: off.
+    /// connection per request). 0 (default): off — turn it on where client
+    /// addresses are meaningful (not behind one NAT or a load tester's loopback).
     pub ip_refusals_per_second: u32,
 }
 
@@ -93,7 +94,7 @@ impl Default for FairnessConfig {
             max_delay_ms: 1_000,
             close_after_refusals: 1_000,
             max_held_connections: 0,
-            ip_refusals_per_second: 200,
+            ip_refusals_per_second: 0,
         }
     }
 }

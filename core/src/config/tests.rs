@@ -283,7 +283,7 @@ fn fairness_is_on_by_default_and_configurable() {
     assert_eq!(d.max_delay, std::time::Duration::from_secs(1));
     assert_eq!(d.close_after_refusals, 1000);
     assert_eq!(d.max_held_connections, None);
-    assert_eq!(d.ip_refusals_per_second, 200);
+    assert_eq!(d.ip_refusals_per_second, 0);
     let c = parse(
         "[proxy.fairness]\nenabled = false\nclose_after_refusals = 0\nmax_held_connections = 5",
     )
