@@ -125,6 +125,7 @@ async fn control_plane() -> Plane {
             created_at: chrono::Utc::now(),
             expires_at: None,
             revoked_at: None,
+            extras: Default::default(),
         })
         .await
         .expect("key");
@@ -179,7 +180,7 @@ fn control(c: &mut Criterion) {
             .unwrap()
             .is_some());
         assert!(cp
-            .rate_limit(&plane.tenant, Instant::now())
+            .own_limits(&plane.tenant, Instant::now())
             .await
             .unwrap()
             .is_some());
@@ -219,7 +220,7 @@ fn control(c: &mut Criterion) {
                     .await
                     .unwrap()
                     .unwrap();
-                let l = cp.rate_limit(&t.id, now).await.unwrap().unwrap();
+                let l = cp.own_limits(&t.id, now).await.unwrap().unwrap();
                 black_box((p, l))
             })
         })

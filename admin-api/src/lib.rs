@@ -182,8 +182,8 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, auth_login, issuers, meta, policies, rate_limit, tenants, usage,
-        users,
+        api_keys, assertion_keys, auth_login, issuers, meta, plans, policies, quota, rate_limit,
+        tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
@@ -192,6 +192,8 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(issuers::router())
         .merge(policies::router())
         .merge(rate_limit::router())
+        .merge(plans::router())
+        .merge(quota::router())
         .merge(usage::router())
         .merge(auth_login::router())
         .merge(assertion_keys::router())

@@ -11,6 +11,7 @@ use crate::cache::{Breaker, CacheSettings};
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
 use crate::forwarded::Forwarding;
+use crate::limiter::quota::Quotas;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
@@ -49,6 +50,7 @@ pub struct ProxyParts {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Limiter,
+    pub quotas: Arc<Quotas>,
     pub assertions: Arc<Assertions>,
 }
 
@@ -148,11 +150,13 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
             },
         )?,
     };
+    let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
         routes: RouteTable::from_routes(built),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
+        quotas: quotas.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
@@ -171,6 +175,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         meter,
         metrics,
         limiter,
+        quotas,
         assertions,
     };
     Ok(Built {
@@ -272,6 +277,12 @@ pub fn start_background(
         shutdown.clone(),
     ));
     parts.limiter.spawn_background(rt, shutdown.clone());
+    rt.spawn(
+        parts
+            .quotas
+            .clone()
+            .flush_loop(settings.metering.flush_interval, shutdown.clone()),
+    );
     if settings.assertion.enabled {
         let kek = rt
             .block_on(tenantgate_core::sealing::load_kek(settings))
@@ -392,6 +403,11 @@ pub fn run(
         parts.meter.clone(),
         parts.store.clone(),
         FINAL_FLUSH_WITHIN,
+    ));
+    let quotas = parts.quotas.clone();
+    let _ = rt.block_on(tokio::time::timeout(
+        FINAL_FLUSH_WITHIN,
+        quotas.flush(tenantgate_core::time::now_ms()),
     ));
     Ok(())
 }

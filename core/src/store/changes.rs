@@ -18,7 +18,7 @@ pub enum ChangeKind {
     ApiKey,
     /// A role's policy was set (subject: the role).
     Policy,
-    /// The tenant's rate limit was set (subject: empty).
+    /// The tenant's own rate limit or quota was set or removed (subject: empty).
     RateLimit,
     /// A user was created, changed or deleted (subject: user id).
     User,
@@ -28,6 +28,8 @@ pub enum ChangeKind {
     AssertionKey,
     /// An issuer was bound to the tenant or unbound (subject: the issuer's id).
     Issuer,
+    /// A plan was created or changed (tenant empty, subject: the plan's name).
+    Plan,
 }
 
 impl ChangeKind {
@@ -41,6 +43,7 @@ impl ChangeKind {
             ChangeKind::SigningKey => "signing_key",
             ChangeKind::AssertionKey => "assertion_key",
             ChangeKind::Issuer => "issuer",
+            ChangeKind::Plan => "plan",
         }
     }
 
@@ -54,6 +57,7 @@ impl ChangeKind {
             "signing_key" => ChangeKind::SigningKey,
             "assertion_key" => ChangeKind::AssertionKey,
             "issuer" => ChangeKind::Issuer,
+            "plan" => ChangeKind::Plan,
             _ => return None,
         })
     }

@@ -8,6 +8,7 @@ mod api_keys;
 mod assertion_keys;
 mod changes;
 mod issuers;
+mod plans;
 mod policies;
 mod rate_limits;
 mod settings;
