@@ -235,7 +235,8 @@ async fn quota_per_day_is_exact_and_survives_a_restart() {
 
     // A restart keeps the count.
     let dir = s.dir.clone();
-    assert!(s.sigterm().success());
+    let status = s.sigterm();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
     drop(s);
     let s = stack().dir(dir).start().await;
     let (statuses, _, v) = burst(&s, &key, 1).await;

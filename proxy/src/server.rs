@@ -404,10 +404,17 @@ pub fn run(
         parts.store.clone(),
         FINAL_FLUSH_WITHIN,
     ));
+    // What was counted against quotas since the last flush (a restart starts there).
     let quotas = parts.quotas.clone();
-    let _ = rt.block_on(tokio::time::timeout(
-        FINAL_FLUSH_WITHIN,
-        quotas.flush(tenantgate_core::time::now_ms()),
-    ));
+    rt.block_on(async move {
+        let flushed = tokio::time::timeout(
+            FINAL_FLUSH_WITHIN,
+            quotas.flush(tenantgate_core::time::now_ms()),
+        )
+        .await;
+        if flushed.is_err() {
+            tracing::warn!("quota counts could not be flushed before exit");
+        }
+    });
     Ok(())
 }
