@@ -236,7 +236,11 @@ async fn quota_per_day_is_exact_and_survives_a_restart() {
     // A restart keeps the count.
     let dir = s.dir.clone();
     let status = s.sigterm();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        s.log()
+    );
     drop(s);
     let s = stack().dir(dir).start().await;
     let (statuses, _, v) = burst(&s, &key, 1).await;

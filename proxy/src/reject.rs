@@ -21,9 +21,10 @@ pub enum Reject {
     UnknownTenant,
     NoRoute,
     /// A rate limit in force (the tenant's or the key's) is exhausted.
-    RateLimited(Limits),
+    /// (Boxed: the limits are large and a rejection is rare next to the `Ok` path.)
+    RateLimited(Box<Limits>),
     /// The tenant's quota for the current period is spent.
-    QuotaExceeded(Limits),
+    QuotaExceeded(Box<Limits>),
     /// The client address is not in the key's or the tenant's allow-list.
     IpNotAllowed,
     UpstreamUnavailable,
@@ -165,9 +166,13 @@ mod tests {
             (Reject::TenantSuspended, 403, "tenant_suspended"),
             (Reject::UnknownTenant, 403, "unknown_tenant"),
             (Reject::NoRoute, 404, "no_route"),
-            (Reject::RateLimited(Limits::tenant(d)), 429, "rate_limited"),
             (
-                Reject::QuotaExceeded(Limits::tenant(d)),
+                Reject::RateLimited(Box::new(Limits::tenant(d))),
+                429,
+                "rate_limited",
+            ),
+            (
+                Reject::QuotaExceeded(Box::new(Limits::tenant(d))),
                 429,
                 "quota_exceeded",
             ),
@@ -192,7 +197,7 @@ mod tests {
             retry_after_secs: 0,
             window_secs: 60,
         };
-        let h = Reject::RateLimited(Limits::tenant(d)).headers();
+        let h = Reject::RateLimited(Box::new(Limits::tenant(d))).headers();
         assert!(h.iter().any(|(n, v)| *n == "retry-after" && v == "1"));
         assert!(Reject::NoCredential
             .headers()

@@ -222,10 +222,10 @@ impl Gate {
         }
         ctx.limits = Some(limits);
         if !limits.tenant.allowed || limits.key.is_some_and(|d| !d.allowed) {
-            return Err(Reject::RateLimited(limits));
+            return Err(Reject::RateLimited(Box::new(limits)));
         }
         if limits.quota.is_some_and(|d| !d.allowed) {
-            return Err(Reject::QuotaExceeded(limits));
+            return Err(Reject::QuotaExceeded(Box::new(limits)));
         }
         if self.assertions.enabled() && route.assertion {
             let req = session.req_header();
