@@ -791,7 +791,9 @@ async fn quota_shared_by(n: usize) {
         return;
     };
     let db = tenantgate_core::testing::TestDb::sqlite();
-    let store = tenantgate_core::store::Store::open(&db.url, 2).await.unwrap();
+    let store = tenantgate_core::store::Store::open(&db.url, 2)
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let limiters = fleet(&url, n, FailMode::Closed, &relaxed(&keys.prefix)).await;
     let quota = Quota {
