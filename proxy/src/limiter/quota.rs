@@ -15,7 +15,7 @@ use super::{Decision, LimitError, Limiter};
 use crate::cache::IdKey;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tenantgate_core::config::FailMode;
 use tenantgate_core::domain::Quota;
 use tenantgate_core::store::Store;
@@ -40,6 +40,9 @@ struct Count {
     /// Redis: leased units not yet spent, and the shared counter when last seen.
     leased: u64,
     shared_used: u64,
+    /// One Redis call per tenant at a time; requests queued behind it.
+    fetch: Arc<tokio::sync::Mutex<()>>,
+    waiting: u64,
 }
 
 impl Count {
@@ -54,6 +57,8 @@ impl Count {
             pending: 0,
             leased: 0,
             shared_used: 0,
+            fetch: Arc::new(tokio::sync::Mutex::new(())),
+            waiting: 0,
         }
     }
 
@@ -87,6 +92,24 @@ pub struct Quotas {
     hasher: foldhash::fast::RandomState,
     /// Admissions of ended periods still to be added to the store.
     carry: Mutex<Vec<(IdKey, i64, u64)>>,
+}
+
+/// A request queued for a tenant's lease; leaves the queue when dropped (also when
+/// its request is cancelled).
+struct Waiting<'a> {
+    quotas: &'a Quotas,
+    tenant: &'a str,
+    q: &'a Quota,
+    now_ms: i64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.quotas
+            .with_count(self.tenant, self.q, self.now_ms, |c| {
+                c.waiting = c.waiting.saturating_sub(1)
+            });
+    }
 }
 
 /// The lease one Redis call asks for.
@@ -158,28 +181,56 @@ impl Quotas {
     ) -> Result<Decision, LimitError> {
         if let Some((fail_mode, proxies)) = self.limiter.redis_shape() {
             // A leased unit: no Redis call.
-            let fast = self.with_count(tenant, q, now_ms, |c| {
+            let spend = |c: &mut Count| {
                 (c.leased > 0).then(|| {
                     c.leased -= 1;
                     c.pending += 1;
                     let used = c.shared_used.saturating_sub(c.leased);
                     c.decision(true, used, now_ms)
                 })
+            };
+            let fetch = self.with_count(tenant, q, now_ms, |c| match spend(c) {
+                Some(d) => Ok(d),
+                None => {
+                    c.waiting += 1;
+                    Err(c.fetch.clone())
+                }
             });
-            if let Some(d) = fast {
-                return Ok(d);
-            }
-            let start = q.period.bounds(now_ms);
-            let ttl = u64::try_from(start.1 - now_ms).unwrap_or(0) + 3_600_000;
-            let want = lease_size(q.max_requests, proxies);
-            match self
+            let fetch = match fetch {
+                Ok(d) => return Ok(d),
+                Err(f) => f,
+            };
+            // Single flight per tenant: whoever queued behind the call spends what
+            // it brought (it asks for one unit per queued request at least).
+            let waiting = Waiting {
+                quotas: self,
+                tenant,
+                q,
+                now_ms,
+            };
+            let _flight = fetch.lock().await;
+            let queued = self.with_count(tenant, q, now_ms, |c| match spend(c) {
+                Some(d) => Ok(d),
+                None => Err(c.waiting),
+            });
+            drop(waiting);
+            let queued = match queued {
+                Ok(d) => return Ok(d),
+                Err(n) => n,
+            };
+            let (start, end) = q.period.bounds(now_ms);
+            let ttl = u64::try_from(end - now_ms).unwrap_or(0) + 3_600_000;
+            let want = lease_size(q.max_requests, proxies)
+                .max(queued)
+                .min(MAX_LEASE);
+            let res = self
                 .limiter
-                .quota_take(tenant, start.0, q.max_requests, want, ttl)
-                .await
-            {
+                .quota_take(tenant, start, q.max_requests, want, ttl)
+                .await;
+            match res {
                 Some(Ok((granted, used))) => {
                     return Ok(self.with_count(tenant, q, now_ms, |c| {
-                        c.shared_used = used;
+                        c.shared_used = c.shared_used.max(used);
                         if granted > 0 {
                             c.leased += granted - 1;
                             c.pending += 1;
@@ -290,7 +341,6 @@ impl Quotas {
 mod tests {
     use super::*;
     use crate::limiter::{LocalLimiter, ManualClock};
-    use std::sync::Arc;
     use tenantgate_core::domain::QuotaPeriod;
 
     #[test]
