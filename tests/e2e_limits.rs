@@ -136,6 +136,15 @@ async fn key_limit_applies_beside_the_tenants_local() {
 }
 
 #[tokio::test]
+async fn key_limit_applies_beside_the_tenants_postgres() {
+    let Some(db) = tenantgate_core::testing::TestDb::postgres().await else {
+        return;
+    };
+    key_limit_applies_beside_the_tenants(stack().store_url(&db.url).start().await).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
 async fn key_limit_applies_beside_the_tenants_redis() {
     let Some(redis) = tenantgate_core::testing::test_redis() else {
         return;

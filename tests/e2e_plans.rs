@@ -168,7 +168,19 @@ async fn builtin_plans_and_tiers_naming_plans() {
 
 #[tokio::test]
 async fn tenants_follow_their_plan_until_they_set_their_own() {
-    let s = stack().start().await;
+    tenants_follow_their_plan(stack().start().await).await;
+}
+
+#[tokio::test]
+async fn tenants_follow_their_plan_on_postgres() {
+    let Some(db) = tenantgate_core::testing::TestDb::postgres().await else {
+        return;
+    };
+    tenants_follow_their_plan(stack().store_url(&db.url).start().await).await;
+    db.cleanup().await;
+}
+
+async fn tenants_follow_their_plan(s: Stack) {
     let a = s.tenant("follow-a", "free").await;
     let b = s.tenant("follow-b", "free").await;
     let (ka, _) = s.key(&a, "developer").await;
