@@ -1,6 +1,6 @@
 //! The control plane as the hot path sees it: per (tenant, role), a flat
-//! [`TenantView`] built from three caches (tenants, policies, rate limits) and
-//! kept while none of them changed. The change follower ([`follow`]) applies the
+//! [`TenantView`] built from four caches (tenants, policies, the tenants' own
+//! limits, plans) and kept while none of them changed. The change follower ([`follow`]) applies the
 //! store's change events to these caches and to the credential caches.
 
 pub mod follow;
@@ -20,9 +20,10 @@ use tenantgate_core::domain::{
 use tenantgate_core::store::{Change, ChangeKind, Store};
 
 /// What a request needs once it knows its tenant and role: the tenant, the role's
-/// policy and the tenant's rate limit, resolved together so a request makes one
-/// lookup instead of three, and laid out flat (id inline, policy compiled, limit
-/// resolved) so that lookup is all it reads. Built from the three caches; valid
+/// policy and the tenant's limits (its own, else its plan's), resolved together so
+/// a request makes one lookup instead of four, and laid out flat (id inline,
+/// policy compiled, limits resolved, allow-list parsed) so that lookup is all it
+/// reads. Built from the caches; valid
 /// while none of them changed (a shared change counter) and until the first of its
 /// parts turns stale.
 #[derive(Debug)]
