@@ -183,17 +183,18 @@ impl Limits {
             HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
                 .unwrap_or_else(|_| HeaderValue::from_static(""))
         };
-        let mut state = String::with_capacity(32);
+        // Per request (the numbers change every time): built by hand, no `fmt`.
+        let mut state = Vec::with_capacity(48);
         for (i, (name, d)) in self.items().enumerate() {
-            use std::fmt::Write;
-            let sep = if i > 0 { ", " } else { "" };
-            let _ = write!(
-                state,
-                "{sep}\"{}\";r={};t={}",
-                name.as_str(),
-                d.remaining,
-                d.reset_secs
-            );
+            if i > 0 {
+                state.extend_from_slice(b", ");
+            }
+            state.push(b'"');
+            state.extend_from_slice(name.as_str().as_bytes());
+            state.extend_from_slice(b"\";r=");
+            push_u64(&mut state, d.remaining);
+            state.extend_from_slice(b";t=");
+            push_u64(&mut state, d.reset_secs);
         }
         [
             (RATELIMIT_LIMIT.clone(), limit),
@@ -207,6 +208,21 @@ impl Limits {
             ),
         ]
     }
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// How many (name, limit, window) renderings each thread keeps.
@@ -520,6 +536,15 @@ mod tests {
         assert!(!l.allowed());
         assert_eq!(l.tightest(), &denied);
         assert_eq!(l.retry_after_secs(), 7);
+    }
+
+    #[test]
+    fn numbers_are_rendered_in_decimal() {
+        for n in [0u64, 7, 10, 99, 1_000_001, u64::MAX] {
+            let mut v = Vec::new();
+            push_u64(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
     }
 
     #[test]
