@@ -13,6 +13,7 @@ use crate::control::follow::Follower;
 use crate::control::ControlPlane;
 use crate::fairness::Fairness;
 use crate::forwarded::Forwarding;
+use crate::limiter::quota::Quotas;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
@@ -51,6 +52,7 @@ pub struct ProxyParts {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Limiter,
+    pub quotas: Arc<Quotas>,
     pub assertions: Arc<Assertions>,
     pub fairness: Arc<Fairness>,
     pub domains: Arc<Domains>,
@@ -159,11 +161,13 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         .max_connections
         .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
     let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
+    let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
         routes: RouteTable::from_routes(built),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
+        quotas: quotas.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
@@ -184,6 +188,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         meter,
         metrics,
         limiter,
+        quotas,
         assertions,
         fairness,
         domains,
@@ -290,6 +295,12 @@ pub fn start_background(
         shutdown.clone(),
     ));
     parts.limiter.spawn_background(rt, shutdown.clone());
+    rt.spawn(
+        parts
+            .quotas
+            .clone()
+            .flush_loop(settings.metering.flush_interval, shutdown.clone()),
+    );
     if settings.assertion.enabled {
         let kek = rt
             .block_on(tenantgate_core::sealing::load_kek(settings))
@@ -409,5 +420,17 @@ pub fn run(
         parts.store.clone(),
         FINAL_FLUSH_WITHIN,
     ));
+    // What was counted against quotas since the last flush (a restart starts there).
+    let quotas = parts.quotas.clone();
+    rt.block_on(async move {
+        let flushed = tokio::time::timeout(
+            FINAL_FLUSH_WITHIN,
+            quotas.flush(tenantgate_core::time::now_ms()),
+        )
+        .await;
+        if flushed.is_err() {
+            tracing::warn!("quota counts could not be flushed before exit");
+        }
+    });
     Ok(())
 }

@@ -18,7 +18,7 @@ pub enum ChangeKind {
     ApiKey,
     /// A role's policy was set (subject: the role).
     Policy,
-    /// The tenant's rate limit was set (subject: empty).
+    /// The tenant's own rate limit or quota was set or removed (subject: empty).
     RateLimit,
     /// A user was created, changed or deleted (subject: user id).
     User,
@@ -30,6 +30,8 @@ pub enum ChangeKind {
     Issuer,
     /// A domain was given to the tenant or taken away (subject: the domain).
     Domain,
+    /// A plan was created or changed (tenant empty, subject: the plan's name).
+    Plan,
 }
 
 impl ChangeKind {
@@ -44,6 +46,7 @@ impl ChangeKind {
             ChangeKind::AssertionKey => "assertion_key",
             ChangeKind::Issuer => "issuer",
             ChangeKind::Domain => "domain",
+            ChangeKind::Plan => "plan",
         }
     }
 
@@ -58,6 +61,7 @@ impl ChangeKind {
             "assertion_key" => ChangeKind::AssertionKey,
             "issuer" => ChangeKind::Issuer,
             "domain" => ChangeKind::Domain,
+            "plan" => ChangeKind::Plan,
             _ => return None,
         })
     }

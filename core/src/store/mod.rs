@@ -11,6 +11,7 @@ mod changes;
 mod domains;
 mod issuers;
 mod lifecycle;
+mod plans;
 mod policies;
 mod rate_limits;
 mod settings;

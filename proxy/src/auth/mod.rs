@@ -12,7 +12,7 @@ pub mod key_index;
 mod principal;
 pub mod users;
 
-pub use api_key::{ApiKeyCredential, ApiKeys, CachedKey};
+pub use api_key::{ip_allowed, parse_cidr, ApiKeyCredential, ApiKeys, CachedKey, KeyRules};
 pub use extract::{presented, Presented};
 pub use principal::{AuthMethod, InvalidIdentity, Principal, PRINCIPAL_INLINE};
 
@@ -45,6 +45,14 @@ impl Authenticated {
         match self {
             Authenticated::ApiKey(k) => &k.principal,
             Authenticated::Jwt(id) => &id.principal,
+        }
+    }
+
+    /// An API key's own limit, scopes and allow-list, if it has any.
+    pub fn key_rules(&self) -> Option<&KeyRules> {
+        match self {
+            Authenticated::ApiKey(k) => k.rules.as_deref(),
+            Authenticated::Jwt(_) => None,
         }
     }
 }
