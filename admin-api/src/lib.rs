@@ -182,14 +182,15 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, auth_login, issuers, meta, policies, rate_limit, tenants, usage,
-        users,
+        api_keys, assertion_keys, auth_login, client_certs, issuers, meta, policies, rate_limit,
+        tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(users::router())
         .merge(issuers::router())
+        .merge(client_certs::router())
         .merge(policies::router())
         .merge(rate_limit::router())
         .merge(usage::router())

@@ -5,6 +5,7 @@
 pub mod assertion;
 pub mod config;
 pub mod domain;
+pub mod pem;
 pub mod issuers;
 pub mod jwt;
 pub mod sealing;

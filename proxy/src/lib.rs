@@ -23,3 +23,4 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod small;
+pub mod tls;

@@ -34,6 +34,7 @@ use pingora::protocols::{
 };
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::server::ShutdownWatch;
+use crate::tls::TlsAcceptor;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -358,19 +359,29 @@ impl Drop for Open {
 /// stream is kept, so an idle connection holds no request state, no session
 /// buffers and no proxy future (Pingora's own loop keeps all of that alive while
 /// it waits for the next request).
+///
+/// With a [`TlsAcceptor`], the listener terminates TLS first (within the header
+/// deadline): HTTP/1.1 over TLS runs the same loop, HTTP/2 (ALPN `h2`) goes to
+/// Pingora's HTTP/2 server.
 pub struct GateListener<A> {
     inner: Arc<A>,
     limits: ListenerLimits,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl<A> GateListener<A> {
     pub fn new(inner: A, limits: ListenerLimits) -> Self {
-        GateListener {
-            inner: Arc::new(inner),
-            limits,
-        }
+        Self::shared(Arc::new(inner), limits, None)
+    }
+
+    /// A listener over an application shared with another listener.
+    pub fn shared(inner: Arc<A>, limits: ListenerLimits, tls: Option<Arc<TlsAcceptor>>) -> Self {
+        GateListener { inner, limits, tls }
     }
 }
+
+/// TLS handshakes that failed or did not finish within the header deadline.
+pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Waits, holding nothing but the stream, until the client sends the next request
 /// (the stream back), or closes, stays idle past `idle`, or the server shuts down.
@@ -405,15 +416,35 @@ where
             tracing::debug!(open, "connection refused: proxy.max_connections reached");
             return None;
         }
+        let stream = match &self.tls {
+            Some(tls) => {
+                let handshake = tokio::time::timeout(self.limits.header_timeout, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(conn)) => Box::new(conn) as Stream,
+                    Ok(Err(e)) => {
+                        TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("TLS handshake not complete within proxy.header_timeout_ms");
+                        return None;
+                    }
+                }
+            }
+            None => stream,
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2: Pingora's own server (its streams are not HTTP/1 header
+            // sections, so no header deadline wrapper).
+            return self.inner.process_new(stream, shutdown).await;
+        }
         let mut stream: Stream = if deadline_of(&stream).is_some() {
             stream
         } else {
             Box::new(HeaderDeadline::new(stream, self.limits.header_timeout))
         };
-        if stream.selected_alpn_proto().is_some() {
-            // Negotiated by TLS (HTTP/2 or HTTP/1.1 by ALPN): Pingora's own handling.
-            return self.inner.process_new(stream, shutdown).await;
-        }
         let keepalive = self.limits.keepalive_timeout.as_secs().max(1);
         let mut carried: Option<HttpPersistentSettings> = None;
         loop {
@@ -462,6 +493,11 @@ pub fn render(out: &mut String) {
         out,
         "# HELP tenantgate_proxy_malformed_requests_total Header sections the HTTP parser refused (answered 400 bad_request).\n# TYPE tenantgate_proxy_malformed_requests_total counter\ntenantgate_proxy_malformed_requests_total {}",
         PARSE_ERRORS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tenantgate_proxy_tls_handshake_failures_total TLS handshakes that failed or did not complete within proxy.header_timeout_ms.\n# TYPE tenantgate_proxy_tls_handshake_failures_total counter\ntenantgate_proxy_tls_handshake_failures_total {}",
+        TLS_FAILED.load(Ordering::Relaxed)
     );
 }
 

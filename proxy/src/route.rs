@@ -26,6 +26,58 @@ pub struct Route {
     /// The address when the upstream is one backend: it is used whatever its
     /// health (there is nothing else to try), so no selection runs per request.
     pub single: Option<SocketAddr>,
+    /// `https://` upstreams: SNI per backend and the CAs to verify them with.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards a route's upstreams.
+pub struct UpstreamTls {
+    /// The host name (SNI, and the name verified) of each backend address.
+    sni: Vec<(SocketAddr, String)>,
+    /// The route's `ca_file`; `None`: the system roots.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+}
+
+impl UpstreamTls {
+    /// For `host:port` strings (as configured) and the route's CA file.
+    pub fn new(addrs: &[String], ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+        let mut sni = Vec::new();
+        for a in addrs {
+            let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+                .map_err(|e| format!("{a}: {e}"))?;
+            for r in resolved {
+                sni.push((SocketAddr::Inet(r), host.to_owned()));
+            }
+        }
+        let ca = match ca_file {
+            Some(path) => {
+                // Checked to parse (Pingora's parser panics on a bad certificate).
+                let certs = tenantgate_core::pem::read_ca_certs(path)?;
+                let wrapped: Vec<_> = certs
+                    .into_iter()
+                    .map(|c| {
+                        pingora::utils::tls::WrappedX509::new(c.as_ref().to_vec(), |raw| {
+                            pingora::utils::tls::parse_x509(raw)
+                        })
+                    })
+                    .collect();
+                Some(Arc::from(wrapped.into_boxed_slice()))
+            }
+            None => None,
+        };
+        Ok(UpstreamTls { sni, ca })
+    }
+
+    /// The SNI for a backend address (the first configured host when unknown).
+    pub fn sni_for(&self, addr: &SocketAddr) -> &str {
+        self.sni
+            .iter()
+            .find(|(a, _)| a == addr)
+            .or_else(|| self.sni.first())
+            .map_or("", |(_, h)| h.as_str())
+    }
 }
 
 impl std::fmt::Debug for Route {
@@ -41,6 +93,10 @@ impl std::fmt::Debug for Route {
 
 impl Route {
     pub fn new(rc: &RouteSettings, upstream: Arc<Upstream>) -> Self {
+        Self::with_tls(rc, upstream, None)
+    }
+
+    pub fn with_tls(rc: &RouteSettings, upstream: Arc<Upstream>, tls: Option<UpstreamTls>) -> Self {
         let backends = upstream.backends().get_backend();
         let single = match backends.len() {
             1 => backends.iter().next().map(|b| b.addr.clone()),
@@ -56,6 +112,7 @@ impl Route {
             addrs: rc.upstreams.clone(),
             upstream,
             single,
+            tls,
         }
     }
 
@@ -253,6 +310,8 @@ mod tests {
             audience: prefix.into(),
             bind_request: None,
             assertion: true,
+            tls: false,
+            ca_file: None,
         }
     }
 

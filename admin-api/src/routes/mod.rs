@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod assertion_keys;
 pub mod auth_login;
+pub mod client_certs;
 pub mod issuers;
 pub mod meta;
 pub mod policies;

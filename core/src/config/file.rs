@@ -58,6 +58,34 @@ pub struct ProxyConfig {
     /// Client connections beyond this are closed at accept; default (0): derived
     /// from the open-file limit.
     pub max_connections: usize,
+    /// `[proxy.tls]`: a TLS listener beside the plaintext one.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[proxy.tls]`: the TLS (HTTP/1.1 and HTTP/2 by ALPN) listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CAs of client certificates (PEM): when set, clients are asked for one.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub sni: Vec<SniConfig>,
+}
+
+/// `[[proxy.tls.sni]]`: a certificate for some server names (`*.example.com`
+/// matches one label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniConfig {
+    pub server_names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +107,7 @@ impl Default for ProxyConfig {
             header_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
             max_connections: 0,
+            tls: None,
         }
     }
 }
@@ -317,6 +346,10 @@ pub struct RouteConfig {
     /// `false`: no assertion on this route (an upstream that does not want it).
     #[serde(default = "yes")]
     pub assertion: bool,
+    /// CAs (PEM) an `https://` upstream's certificate is verified against;
+    /// default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {

@@ -28,6 +28,8 @@ pub enum ChangeKind {
     AssertionKey,
     /// An issuer was bound to the tenant or unbound (subject: the issuer's id).
     Issuer,
+    /// A client certificate was registered or deleted (subject: its fingerprint).
+    ClientCert,
 }
 
 impl ChangeKind {
@@ -41,6 +43,7 @@ impl ChangeKind {
             ChangeKind::SigningKey => "signing_key",
             ChangeKind::AssertionKey => "assertion_key",
             ChangeKind::Issuer => "issuer",
+            ChangeKind::ClientCert => "client_cert",
         }
     }
 
@@ -54,6 +57,7 @@ impl ChangeKind {
             "signing_key" => ChangeKind::SigningKey,
             "assertion_key" => ChangeKind::AssertionKey,
             "issuer" => ChangeKind::Issuer,
+            "client_cert" => ChangeKind::ClientCert,
             _ => return None,
         })
     }

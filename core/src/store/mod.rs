@@ -7,6 +7,7 @@
 mod api_keys;
 mod assertion_keys;
 mod changes;
+mod client_certs;
 mod issuers;
 mod policies;
 mod rate_limits;
@@ -20,6 +21,7 @@ mod users;
 
 pub use assertion_keys::StoredAssertionKey;
 pub use changes::{Change, ChangeKind, CHANGE_CHANNEL};
+pub use client_certs::ClientCert;
 pub use signing_keys::StoredSigningKey;
 pub use tenants::{NewTenant, TenantPatch};
 pub use users::{NewUser, UserPatch};

@@ -178,7 +178,8 @@ impl ControlPlane {
             | ChangeKind::User
             | ChangeKind::SigningKey
             | ChangeKind::AssertionKey
-            | ChangeKind::Issuer => {}
+            | ChangeKind::Issuer
+            | ChangeKind::ClientCert => {}
         }
     }
 
