@@ -41,6 +41,23 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("{}: holds no PEM private key: {e}", path.display()))
 }
 
+/// A certificate chain file and its key file: both readable, and the key the
+/// one of the chain's leaf. The error names the file at fault and is `Err((true,
+/// _))` when it is the key file.
+pub fn check_cert_and_key(cert: &Path, key: &Path) -> Result<(), (bool, String)> {
+    let certs = read_certs(cert).map_err(|e| (false, e))?;
+    let der = read_key(key).map_err(|e| (true, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, der, &provider)
+        .map(drop)
+        .map_err(|e| {
+            (
+                true,
+                format!("{}: does not fit {}: {e}", key.display(), cert.display()),
+            )
+        })
+}
+
 /// SHA-256 of a certificate's DER bytes, lower-case hex (how client certificates
 /// are registered and looked up).
 pub fn fingerprint_sha256(der: &[u8]) -> String {

@@ -30,12 +30,29 @@ pub struct Route {
     pub tls: Option<UpstreamTls>,
 }
 
+/// A non-zero key for a set of CA certificates (zero: the system roots).
+fn ca_pool_key(certs: &[rustls::pki_types::CertificateDer<'_>]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in certs {
+        h.update(c.as_ref());
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first).max(1)
+}
+
 /// TLS towards a route's upstreams.
 pub struct UpstreamTls {
     /// The host name (SNI, and the name verified) of each backend address.
     sni: Vec<(SocketAddr, String)>,
     /// The route's `ca_file`; `None`: the system roots.
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Pingora's connection pool does not tell peers apart by their CAs: upstream
+    /// connections are pooled by this too (a hash of the CA certificates), so a
+    /// connection verified with one route's CAs never serves another's.
+    pub pool_key: u64,
 }
 
 impl UpstreamTls {
@@ -51,10 +68,12 @@ impl UpstreamTls {
                 sni.push((SocketAddr::Inet(r), host.to_owned()));
             }
         }
+        let mut pool_key = 0;
         let ca = match ca_file {
             Some(path) => {
                 // Checked to parse (Pingora's parser panics on a bad certificate).
                 let certs = tenantgate_core::pem::read_ca_certs(path)?;
+                pool_key = ca_pool_key(&certs);
                 let wrapped: Vec<_> = certs
                     .into_iter()
                     .map(|c| {
@@ -67,7 +86,7 @@ impl UpstreamTls {
             }
             None => None,
         };
-        Ok(UpstreamTls { sni, ca })
+        Ok(UpstreamTls { sni, ca, pool_key })
     }
 
     /// The SNI for a backend address (the first configured host when unknown).

@@ -310,6 +310,7 @@ impl ProxyHttp for Gate {
                 let sni = tls.sni_for(&addr).to_owned();
                 let mut peer = HttpPeer::new(addr, true, sni);
                 peer.options.ca = tls.ca.clone();
+                peer.group_key = tls.pool_key;
                 peer
             }
             None => HttpPeer::new(addr, false, String::new()),

@@ -448,9 +448,10 @@ fn check_cert_and_key(
     cert_key: &str,
     key_key: &str,
 ) -> Result<(), Invalid> {
-    crate::pem::read_certs(cert).map_err(|e| (cert_key.to_owned(), e))?;
-    crate::pem::read_key(key).map_err(|e| (key_key.to_owned(), e))?;
-    Ok(())
+    crate::pem::check_cert_and_key(cert, key).map_err(|(is_key, e)| {
+        let name = if is_key { key_key } else { cert_key };
+        (name.to_owned(), e)
+    })
 }
 
 /// A DNS name (`api.example.com`) or a wildcard of one label (`*.example.com`).
