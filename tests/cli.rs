@@ -170,13 +170,22 @@ fn tls_key_files_that_are_missing_or_do_not_fit_fail_naming_the_key() {
     let (code, _, err) = tg(&["check-config", &ok], &[]);
     assert_eq!(code, 0, "{err}");
     for (text, key) in [
-        (tls(&cert_file, "/nonexistent/server.key", ""), "proxy.tls.key_file"),
+        (
+            tls(&cert_file, "/nonexistent/server.key", ""),
+            "proxy.tls.key_file",
+        ),
         (tls(&cert_file, &other_key, ""), "proxy.tls.key_file"),
         (tls(&key_file, &key_file, ""), "proxy.tls.cert_file"),
-        (tls(&cert_file, &key_file, &sni("/nonexistent/k")), "proxy.tls.sni[0].key_file"),
+        (
+            tls(&cert_file, &key_file, &sni("/nonexistent/k")),
+            "proxy.tls.sni[0].key_file",
+        ),
     ] {
         let p = write("bad.toml", &text);
-        for args in [vec!["check-config", p.as_str()], vec!["proxy", "--config", p.as_str()]] {
+        for args in [
+            vec!["check-config", p.as_str()],
+            vec!["proxy", "--config", p.as_str()],
+        ] {
             let (code, _, err) = tg(&args, &[]);
             assert_eq!(code, 2, "{args:?} {text}: {err}");
             assert!(err.contains(key), "{text}: {err}");

@@ -38,11 +38,12 @@ impl Ca {
 
     /// `(cert PEM, key PEM, cert DER)` for `names`, for servers or clients.
     fn issue(&self, names: &[&str], client: bool) -> (String, String, Vec<u8>) {
-        let mut p =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
         p.extended_key_usages = vec![if client {
             ExtendedKeyUsagePurpose::ClientAuth
         } else {
@@ -95,8 +96,11 @@ async fn edge(routes: Option<&str>, demo_extra: &str) -> Edge {
     write(&dir, "clients.pem", &clients.pem);
     let tls_port = free_port();
     let d = dir.display();
-    let mut b = stack().dir(dir.clone()).demo_extra(demo_extra).extra(&format!(
-        r#"
+    let mut b = stack()
+        .dir(dir.clone())
+        .demo_extra(demo_extra)
+        .extra(&format!(
+            r#"
 [proxy.tls]
 listen = "127.0.0.1:{tls_port}"
 cert_file = "{d}/server.pem"
@@ -107,7 +111,7 @@ server_names = ["*.acme.example"]
 cert_file = "{d}/acme.pem"
 key_file = "{d}/acme.key"
 "#
-    ));
+        ));
     if let Some(r) = routes {
         b = b.routes(r);
     }
@@ -165,7 +169,13 @@ impl Edge {
         c: &reqwest::Client,
         url: &str,
         headers: &[(&str, &str)],
-    ) -> (u16, reqwest::header::HeaderMap, Value, reqwest::Version, Vec<u8>) {
+    ) -> (
+        u16,
+        reqwest::header::HeaderMap,
+        Value,
+        reqwest::Version,
+        Vec<u8>,
+    ) {
         let mut req = c.get(url);
         for (n, v) in headers {
             req = req.header(*n, *v);
@@ -258,9 +268,8 @@ async fn the_contract_holds_over_tls_for_http1_and_http2() {
         assert_eq!(r.status().as_u16(), 201, "{proto:?}");
     }
     // Limits: a tenant whose bucket is empty gets 429 with Retry-After on both.
-    let (st, v) = e
-        .s
-        .admin(
+    let (st, v) =
+        e.s.admin(
             "PUT",
             "/v1/tenants/acme/rate-limit",
             Some(json!({"max_requests": 2, "window_seconds": 3600})),
@@ -323,7 +332,11 @@ async fn sni_chooses_the_certificate_with_wildcards() {
         .max_tls_version(reqwest::tls::Version::TLS_1_2)
         .build()
         .unwrap();
-    let r = c12.get(format!("{}/nowhere", e.base())).send().await.unwrap();
+    let r = c12
+        .get(format!("{}/nowhere", e.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
 
@@ -359,9 +372,11 @@ async fn sighup_reloads_certificates_keeping_open_connections() {
     hup(&e.s);
     let fresh = || async { e.get(&e.client(Proto::H1), &url, &[]).await.4 };
     assert!(
-        eventually(Duration::from_secs(5), || async { fresh().await == new_der })
-            .await
-            .is_some(),
+        eventually(Duration::from_secs(5), || async {
+            fresh().await == new_der
+        })
+        .await
+        .is_some(),
         "new handshakes see the new certificate; log:\n{}",
         e.s.log()
     );
@@ -372,20 +387,23 @@ async fn sighup_reloads_certificates_keeping_open_connections() {
         assert_eq!(cert, e.default_der, "still the connection made before");
     }
     // A broken file: the last good certificate stays, one error line names it.
-    write(&e.dir, "server.pem", "-----BEGIN CERTIFICATE-----\nbroken\n");
+    write(
+        &e.dir,
+        "server.pem",
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    );
     hup(&e.s);
     let named = eventually(Duration::from_secs(5), || async {
         e.s.log().contains("server.pem")
     })
     .await;
     assert!(named.is_some(), "log:\n{}", e.s.log());
-    let errors: Vec<_> = e
-        .s
-        .log()
-        .lines()
-        .filter(|l| l.contains("server.pem"))
-        .map(str::to_owned)
-        .collect();
+    let errors: Vec<_> =
+        e.s.log()
+            .lines()
+            .filter(|l| l.contains("server.pem"))
+            .map(str::to_owned)
+            .collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("ERROR"), "{errors:?}");
     assert_eq!(fresh().await, new_der);
@@ -516,9 +534,8 @@ async fn client_certificates_are_credentials() {
     let path = format!("/v1/tenants/{acme}/client-certs");
 
     // Bad input: malformed PEM 422, unknown role 422.
-    let (st, v) = e
-        .s
-        .admin(
+    let (st, v) =
+        e.s.admin(
             "POST",
             &path,
             Some(json!({"name": "robot", "role": "developer", "certificate": "not a pem"})),
@@ -526,9 +543,8 @@ async fn client_certificates_are_credentials() {
         .await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(v["error"]["code"], "validation_error", "{v}");
-    let (st, _) = e
-        .s
-        .admin(
+    let (st, _) =
+        e.s.admin(
             "POST",
             &path,
             Some(json!({"name": "robot", "role": "no-such-role", "certificate": cert})),
@@ -536,9 +552,8 @@ async fn client_certificates_are_credentials() {
         .await;
     assert_eq!(st, 422);
 
-    let (st, created) = e
-        .s
-        .admin(
+    let (st, created) =
+        e.s.admin(
             "POST",
             &path,
             Some(json!({"name": "robot", "role": "developer", "certificate": cert})),
@@ -552,9 +567,8 @@ async fn client_certificates_are_credentials() {
     assert_eq!(created["role"], "developer");
     let id = created["id"].as_str().unwrap().to_owned();
     // One tenant per certificate.
-    let (st, v) = e
-        .s
-        .admin(
+    let (st, v) =
+        e.s.admin(
             "POST",
             "/v1/tenants/globex/client-certs",
             Some(json!({"name": "dup", "role": "developer", "certificate": cert})),
@@ -565,9 +579,12 @@ async fn client_certificates_are_credentials() {
     assert_eq!((st, list.as_array().unwrap().len()), (200, 1));
     let (st, one) = e.s.admin("GET", &format!("{path}/{id}"), None).await;
     assert_eq!((st, one["id"].as_str()), (200, Some(id.as_str())));
-    let (st, _) = e
-        .s
-        .admin("GET", &format!("/v1/tenants/globex/client-certs/{id}"), None)
+    let (st, _) =
+        e.s.admin(
+            "GET",
+            &format!("/v1/tenants/globex/client-certs/{id}"),
+            None,
+        )
         .await;
     assert_eq!(st, 404, "another tenant's certificate is not found");
 
@@ -584,7 +601,10 @@ async fn client_certificates_are_credentials() {
         // An unregistered certificate and no other credential: 401 unauthorized.
         let stranger = e.client_with(proto, Some(identity(&other_cert, &other_key)));
         let (st, _, v, _, _) = e.get(&stranger, &url, &[]).await;
-        assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
+        );
         // Another credential still works on such a connection.
         let (k, _) = e.s.key("globex", "developer").await;
         let (st, _, v, _, _) = e.get(&stranger, &url, &[("x-api-key", &k)]).await;
@@ -600,7 +620,10 @@ async fn client_certificates_are_credentials() {
         e.get(&robot, &url, &[]).await.0 == 401
     })
     .await;
-    assert!(took.is_some(), "a deleted certificate is refused within 1 s");
+    assert!(
+        took.is_some(),
+        "a deleted certificate is refused within 1 s"
+    );
     let (st, _) = e.s.admin("DELETE", &format!("{path}/{id}"), None).await;
     assert_eq!(st, 404);
 }

@@ -5,9 +5,9 @@
 pub mod assertion;
 pub mod config;
 pub mod domain;
-pub mod pem;
 pub mod issuers;
 pub mod jwt;
+pub mod pem;
 pub mod sealing;
 pub mod secrets;
 pub mod store;

@@ -25,6 +25,7 @@
 //! (`bad_request`, a fresh request id, `Connection: close`); Pingora closes the
 //! connection after it either way.
 
+use crate::tls::TlsAcceptor;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -34,7 +35,6 @@ use pingora::protocols::{
 };
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::server::ShutdownWatch;
-use crate::tls::TlsAcceptor;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -383,6 +383,24 @@ impl<A> GateListener<A> {
 /// TLS handshakes that failed or did not finish within the header deadline.
 pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);
 
+/// The TLS handshake, within `timeout` (the header deadline); `None` when it
+/// fails or takes longer.
+async fn tls_handshake(tls: &TlsAcceptor, stream: Stream, timeout: Duration) -> Option<Stream> {
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(conn)) => Some(Box::new(conn)),
+        Ok(Err(e)) => {
+            TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake not complete within proxy.header_timeout_ms");
+            None
+        }
+    }
+}
+
 /// Waits, holding nothing but the stream, until the client sends the next request
 /// (the stream back), or closes, stays idle past `idle`, or the server shuts down.
 async fn next_request(stream: Stream, idle: Duration, shutdown: &ShutdownWatch) -> Option<Stream> {
@@ -417,22 +435,9 @@ where
             return None;
         }
         let stream = match &self.tls {
-            Some(tls) => {
-                let handshake = tokio::time::timeout(self.limits.header_timeout, tls.accept(stream));
-                match handshake.await {
-                    Ok(Ok(conn)) => Box::new(conn) as Stream,
-                    Ok(Err(e)) => {
-                        TLS_FAILED.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return None;
-                    }
-                    Err(_) => {
-                        TLS_FAILED.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("TLS handshake not complete within proxy.header_timeout_ms");
-                        return None;
-                    }
-                }
-            }
+            // Boxed: the handshake's state lives only while it runs, not in this
+            // future, which every idle connection keeps.
+            Some(tls) => Box::pin(tls_handshake(tls, stream, self.limits.header_timeout)).await?,
             None => stream,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

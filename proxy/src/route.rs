@@ -3,6 +3,7 @@
 //! encoded slashes) are refused before matching, so a public prefix can never be
 //! used to reach a protected one.
 
+use crate::tls::UpstreamTls;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -27,76 +28,7 @@ pub struct Route {
     /// health (there is nothing else to try), so no selection runs per request.
     pub single: Option<SocketAddr>,
     /// `https://` upstreams: SNI per backend and the CAs to verify them with.
-    pub tls: Option<UpstreamTls>,
-}
-
-/// A non-zero key for a set of CA certificates (zero: the system roots).
-fn ca_pool_key(certs: &[rustls::pki_types::CertificateDer<'_>]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for c in certs {
-        h.update(c.as_ref());
-    }
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first).max(1)
-}
-
-/// TLS towards a route's upstreams.
-pub struct UpstreamTls {
-    /// The host name (SNI, and the name verified) of each backend address.
-    sni: Vec<(SocketAddr, String)>,
-    /// The route's `ca_file`; `None`: the system roots.
-    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
-    /// Pingora's connection pool does not tell peers apart by their CAs: upstream
-    /// connections are pooled by this too (a hash of the CA certificates), so a
-    /// connection verified with one route's CAs never serves another's.
-    pub pool_key: u64,
-}
-
-impl UpstreamTls {
-    /// For `host:port` strings (as configured) and the route's CA file.
-    pub fn new(addrs: &[String], ca_file: Option<&std::path::Path>) -> Result<Self, String> {
-        let mut sni = Vec::new();
-        for a in addrs {
-            let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let resolved = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
-                .map_err(|e| format!("{a}: {e}"))?;
-            for r in resolved {
-                sni.push((SocketAddr::Inet(r), host.to_owned()));
-            }
-        }
-        let mut pool_key = 0;
-        let ca = match ca_file {
-            Some(path) => {
-                // Checked to parse (Pingora's parser panics on a bad certificate).
-                let certs = tenantgate_core::pem::read_ca_certs(path)?;
-                pool_key = ca_pool_key(&certs);
-                let wrapped: Vec<_> = certs
-                    .into_iter()
-                    .map(|c| {
-                        pingora::utils::tls::WrappedX509::new(c.as_ref().to_vec(), |raw| {
-                            pingora::utils::tls::parse_x509(raw)
-                        })
-                    })
-                    .collect();
-                Some(Arc::from(wrapped.into_boxed_slice()))
-            }
-            None => None,
-        };
-        Ok(UpstreamTls { sni, ca, pool_key })
-    }
-
-    /// The SNI for a backend address (the first configured host when unknown).
-    pub fn sni_for(&self, addr: &SocketAddr) -> &str {
-        self.sni
-            .iter()
-            .find(|(a, _)| a == addr)
-            .or_else(|| self.sni.first())
-            .map_or("", |(_, h)| h.as_str())
-    }
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -115,7 +47,11 @@ impl Route {
         Self::with_tls(rc, upstream, None)
     }
 
-    pub fn with_tls(rc: &RouteSettings, upstream: Arc<Upstream>, tls: Option<UpstreamTls>) -> Self {
+    pub fn with_tls(
+        rc: &RouteSettings,
+        upstream: Arc<Upstream>,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
         let backends = upstream.backends().get_backend();
         let single = match backends.len() {
             1 => backends.iter().next().map(|b| b.addr.clone()),

@@ -15,9 +15,9 @@ use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions}
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
-use crate::route::{Route, RouteTable, Upstream, UpstreamTls};
+use crate::route::{Route, RouteTable, Upstream};
 use crate::service::{Gate, GateOptions};
-use crate::tls::TlsAcceptor;
+use crate::tls::{TlsAcceptor, UpstreamTls};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -72,10 +72,14 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         lb.health_check_frequency = Some(Duration::from_secs(2));
         let svc = background_service(&format!("health check {}", rc.prefix), lb);
         let tls = if rc.tls {
-            Some(
-                UpstreamTls::new(&rc.upstreams, rc.ca_file.as_deref())
-                    .map_err(|e| format!("routes[{i}].upstream: {e}"))?,
-            )
+            Some(Arc::new(
+                UpstreamTls::new(
+                    &rc.upstreams,
+                    rc.ca_file.as_deref(),
+                    settings.proxy.upstream_connect_timeout,
+                )
+                .map_err(|e| format!("routes[{i}].upstream: {e}"))?,
+            ))
         } else {
             None
         };

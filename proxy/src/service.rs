@@ -306,11 +306,12 @@ impl ProxyHttp for Gate {
         let mut peer = match &route.tls {
             // Verified against the route's CA file or the system roots, for the
             // backend's host name.
+            // Plain HTTP for Pingora over a connection the route's connector made
+            // with TLS (see `crate::tls::upstream`).
             Some(tls) => {
-                let sni = tls.sni_for(&addr).to_owned();
-                let mut peer = HttpPeer::new(addr, true, sni);
-                peer.options.ca = tls.ca.clone();
+                let mut peer = HttpPeer::new(addr, false, String::new());
                 peer.group_key = tls.pool_key;
+                peer.options.custom_l4 = Some(tls.clone());
                 peer
             }
             None => HttpPeer::new(addr, false, String::new()),

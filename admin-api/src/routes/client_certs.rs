@@ -127,7 +127,9 @@ pub async fn list(
     scope: TenantScope,
 ) -> Result<Json<Vec<ClientCertResponse>>, ApiError> {
     let list = state.store().list_client_certs(&scope.tenant.id).await?;
-    Ok(Json(list.into_iter().map(ClientCertResponse::from).collect()))
+    Ok(Json(
+        list.into_iter().map(ClientCertResponse::from).collect(),
+    ))
 }
 
 #[utoipa::path(

@@ -750,7 +750,8 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
         if !seen.insert(r.prefix.as_str()) {
             return Err((k("prefix"), format!("duplicate prefix {:?}", r.prefix)));
         }
-        let (upstreams, tls) = upstream_scheme(r.upstream.addrs()).map_err(|e| (k("upstream"), e))?;
+        let (upstreams, tls) =
+            upstream_scheme(r.upstream.addrs()).map_err(|e| (k("upstream"), e))?;
         if upstreams.is_empty() {
             return Err((k("upstream"), "must name at least one host:port".into()));
         }

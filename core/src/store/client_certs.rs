@@ -49,9 +49,13 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(conflict_as("fingerprint"))?;
-        let change =
-            Self::record_change(&mut tx, ChangeKind::ClientCert, &c.tenant_id, &c.fingerprint)
-                .await?;
+        let change = Self::record_change(
+            &mut tx,
+            ChangeKind::ClientCert,
+            &c.tenant_id,
+            &c.fingerprint,
+        )
+        .await?;
         tx.commit().await?;
         self.publish(vec![change]);
         Ok(())
@@ -80,7 +84,10 @@ impl Store {
     }
 
     /// The certificate with this fingerprint (what a proxy looks up).
-    pub async fn client_cert_by_fingerprint(&self, fingerprint: &str) -> Result<Option<ClientCert>> {
+    pub async fn client_cert_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<ClientCert>> {
         let row = sqlx::query(&format!(
             "SELECT {COLS} FROM client_certs WHERE fingerprint = $1"
         ))

@@ -14,8 +14,8 @@ mod principal;
 pub mod users;
 
 pub use api_key::{ApiKeyCredential, ApiKeys, CachedKey};
-pub use mtls::{CachedCert, ClientCerts};
 pub use extract::{presented, Presented};
+pub use mtls::{CachedCert, ClientCerts};
 pub use principal::{AuthMethod, InvalidIdentity, Principal, PRINCIPAL_INLINE};
 
 use crate::cache::Shared;

@@ -10,9 +10,11 @@
 
 mod resolver;
 mod stream;
+pub mod upstream;
 
 pub use resolver::SniResolver;
 pub use stream::{client_fingerprint, TlsConn};
+pub use upstream::UpstreamTls;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;

@@ -68,8 +68,12 @@ mod tests {
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kp.serialize_der()));
         let provider = crate::tls::provider();
         Arc::new(
-            CertifiedKey::from_der(vec![CertificateDer::from(cert.der().to_vec())], der, &provider)
-                .unwrap(),
+            CertifiedKey::from_der(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                der,
+                &provider,
+            )
+            .unwrap(),
         )
     }
 
