@@ -485,6 +485,8 @@ fn route(c: &mut Criterion) {
         audience: prefix.into(),
         bind_request: None,
         assertion: true,
+        tls: false,
+        ca_file: None,
     };
     let table = RouteTable::build(&[
         rc("/api/", false),
@@ -523,6 +525,8 @@ fn assertion(c: &mut Criterion) {
         audience: "/api/v1/".into(),
         bind_request: None,
         assertion: true,
+        tls: false,
+        ca_file: None,
     }])
     .unwrap();
     let route = table.find("/api/v1/x").unwrap();

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName)),
     modifiers(&BearerAuth),
     tags(
-        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "auth"),
+        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "client-certs"), (name = "auth"),
         (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "meta"),
     )
 )]

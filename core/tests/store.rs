@@ -482,3 +482,57 @@ async fn plans_quotas_and_key_extras() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn client_certs_are_unique_by_fingerprint_and_reported() {
+    use tenantgate_core::store::ClientCert;
+    each_backend(|s| async move {
+        for id in ["acme", "globex"] {
+            s.create_tenant(&NewTenant {
+                id: id.into(),
+                name: id.into(),
+                tier: Tier::Free,
+                admin_user: None,
+            })
+            .await
+            .unwrap();
+        }
+        let cert = |id: &str, tenant: &str, fp: &str| ClientCert {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            fingerprint: fp.into(),
+            name: "robot".into(),
+            role: "developer".into(),
+            created_at_ms: 1,
+        };
+        let mut bus = s.subscribe();
+        s.create_client_cert(&cert("c1", "acme", "aa"))
+            .await
+            .unwrap();
+        let c = bus.recv().await.unwrap();
+        assert_eq!((c.kind, c.subject.as_str()), (ChangeKind::ClientCert, "aa"));
+        assert!(matches!(
+            s.create_client_cert(&cert("c2", "globex", "aa")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.list_client_certs("acme").await.unwrap().len(), 1);
+        assert_eq!(
+            s.client_cert_by_fingerprint("aa")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "c1"
+        );
+        assert!(s.get_client_cert("globex", "c1").await.unwrap().is_none());
+        assert!(matches!(
+            s.delete_client_cert("globex", "c1").await,
+            Err(StoreError::NotFound)
+        ));
+        s.delete_client_cert("acme", "c1").await.unwrap();
+        let c = bus.recv().await.unwrap();
+        assert_eq!((c.kind, c.subject.as_str()), (ChangeKind::ClientCert, "aa"));
+        assert!(s.client_cert_by_fingerprint("aa").await.unwrap().is_none());
+    })
+    .await;
+}

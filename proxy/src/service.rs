@@ -136,17 +136,25 @@ impl Gate {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let proto = match session.as_downstream().digest() {
+            Some(d) if d.ssl_digest.is_some() => "https",
+            _ => "http",
+        };
         ctx.forwarded = Some(
             self.forwarding
-                .apply(peer, &session.req_header().headers, "http"),
+                .apply(peer, &session.req_header().headers, proto),
         );
         if route.public {
             return Ok(());
         }
 
+        let client_cert = session
+            .as_downstream()
+            .digest()
+            .and_then(|d| crate::tls::client_fingerprint(d.ssl_digest.as_deref()));
         let cred = self
             .auth
-            .credential(&session.req_header().headers)?
+            .credential(&session.req_header().headers, client_cert)?
             .ok_or(Reject::NoCredential)?;
         let who = self
             .auth
@@ -393,7 +401,19 @@ impl ProxyHttp for Gate {
                     .addr
             }
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &route.tls {
+            // Verified against the route's CA file or the system roots, for the
+            // backend's host name.
+            // Plain HTTP for Pingora over a connection the route's connector made
+            // with TLS (see `crate::tls::upstream`).
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, false, String::new());
+                peer.group_key = tls.pool_key;
+                peer.options.custom_l4 = Some(tls.clone());
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(self.opts.connect_timeout);
         peer.options.read_timeout = Some(self.opts.read_timeout);
         peer.options.write_timeout = Some(self.opts.read_timeout);

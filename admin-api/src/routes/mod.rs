@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod assertion_keys;
 pub mod audit;
 pub mod auth_login;
+pub mod client_certs;
 pub mod domains;
 pub mod issuers;
 pub mod meta;

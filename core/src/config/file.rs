@@ -61,6 +61,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// How floods of refused requests are shed (`[proxy.fairness]`).
     pub fairness: FairnessConfig,
+    /// `[proxy.tls]`: a TLS listener beside the plaintext one.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[proxy.fairness]`: a client that keeps being refused is slowed down so a
@@ -99,6 +101,32 @@ impl Default for FairnessConfig {
     }
 }
 
+/// `[proxy.tls]`: the TLS (HTTP/1.1 and HTTP/2 by ALPN) listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CAs of client certificates (PEM): when set, clients are asked for one.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub sni: Vec<SniConfig>,
+}
+
+/// `[[proxy.tls.sni]]`: a certificate for some server names (`*.example.com`
+/// matches one label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniConfig {
+    pub server_names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -119,6 +147,7 @@ impl Default for ProxyConfig {
             keepalive_timeout_seconds: 60,
             max_connections: 0,
             fairness: FairnessConfig::default(),
+            tls: None,
         }
     }
 }
@@ -357,6 +386,10 @@ pub struct RouteConfig {
     /// `false`: no assertion on this route (an upstream that does not want it).
     #[serde(default = "yes")]
     pub assertion: bool,
+    /// CAs (PEM) an `https://` upstream's certificate is verified against;
+    /// default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {

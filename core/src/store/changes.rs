@@ -32,6 +32,8 @@ pub enum ChangeKind {
     Domain,
     /// A plan was created or changed (tenant empty, subject: the plan's name).
     Plan,
+    /// A client certificate was registered or deleted (subject: its fingerprint).
+    ClientCert,
 }
 
 impl ChangeKind {
@@ -47,6 +49,7 @@ impl ChangeKind {
             ChangeKind::Issuer => "issuer",
             ChangeKind::Domain => "domain",
             ChangeKind::Plan => "plan",
+            ChangeKind::ClientCert => "client_cert",
         }
     }
 
@@ -62,6 +65,7 @@ impl ChangeKind {
             "issuer" => ChangeKind::Issuer,
             "domain" => ChangeKind::Domain,
             "plan" => ChangeKind::Plan,
+            "client_cert" => ChangeKind::ClientCert,
             _ => return None,
         })
     }

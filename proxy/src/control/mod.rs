@@ -218,7 +218,8 @@ impl ControlPlane {
             | ChangeKind::SigningKey
             | ChangeKind::AssertionKey
             | ChangeKind::Issuer
-            | ChangeKind::Domain => {}
+            | ChangeKind::Domain
+            | ChangeKind::ClientCert => {}
         }
     }
 
