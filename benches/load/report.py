@@ -252,10 +252,14 @@ def main():
     target("API key with amortised assertion / passthrough", ratio("tg_apikey", "tg_public"),
            lambda x: x >= 0.85, "≥ 0.85")
 
+    target("API key with its own limit + quota + allow-lists / passthrough", ratio("tg_apikey_extras", "tg_public"),
+           lambda x: x >= 0.85, "≥ 0.85")
     def cost_us(x, base):
         # One saturated proxy core: the per-request CPU time difference.
         return (1e6 / rps(x) - 1e6 / rps(base)) if rps(x) and rps(base) else None
 
+    target("key limit + quota + allow-lists cost (µs per request vs plain API key)",
+           cost_us("tg_apikey_extras", "tg_apikey"), lambda x: x <= 5.0, "≤ 5 µs")
     target("assertion cost, amortised (µs per request vs none)", cost_us("tg_apikey", "tg_apikey_noassert"),
            lambda x: x <= 1.0, "≤ 1 µs")
     target("assertion cost, bind_request (µs per request vs none)", cost_us("tg_apikey_bound", "tg_apikey_noassert"),

@@ -277,6 +277,21 @@ log "creating $N_TENANTS tenants x $KEYS_PER_TENANT keys through the admin API"
 "$HELPER" setup --admin "http://127.0.0.1:$TG_ADMIN_PORT" --token "$ADMIN_TOKEN" \
     --out "$WORK" --tenants "$N_TENANTS" --keys-per-tenant "$KEYS_PER_TENANT"
 
+# One tenant with every per-request extra in force: a monthly quota, an allow-list
+# (loopback), and a key with its own rate limit (all high enough never to refuse).
+admin_call() { # METHOD PATH JSON
+    curl -s -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+        -d "$3" "http://127.0.0.1:$TG_ADMIN_PORT$2"
+}
+admin_call POST /v1/tenants '{"id":"bench-extras","name":"bench-extras","tier":"enterprise"}' >/dev/null
+admin_call PUT /v1/tenants/bench-extras/rate-limit '{"max_requests":1000000000,"window_seconds":60}' >/dev/null
+admin_call PUT /v1/tenants/bench-extras/quota '{"period":"month","max_requests":1000000000000}' >/dev/null
+admin_call PATCH /v1/tenants/bench-extras '{"allowed_cidrs":["127.0.0.0/8","::1/128"]}' >/dev/null
+EXTRAS_KEY_JSON="$(admin_call POST /v1/tenants/bench-extras/api-keys '{"name":"extras","role":"developer","allowed_cidrs":["127.0.0.0/8"]}')"
+python3 -c 'import json,sys; print(json.loads(sys.argv[1])["key"])' "$EXTRAS_KEY_JSON" >"$WORK/extras.txt"
+EXTRAS_KEY_ID="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$EXTRAS_KEY_JSON")"
+admin_call PUT "/v1/tenants/bench-extras/api-keys/$EXTRAS_KEY_ID/rate-limit" '{"max_requests":1000000000,"window_seconds":60}' >/dev/null
+
 HAPROXY_PID="" ENVOY_PID=""
 if ((PEERS)); then
     start haproxy "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg"
@@ -411,6 +426,8 @@ main_round() {
     run tg_apikey "API key, 100 tenants x 10 keys" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/api/v1/echo" "$WORK/keys.txt" apikey seq 200
     perf_done apikey
+    run tg_apikey_extras "API key with its own limit + tenant quota + allow-lists" tenantgate apikey_extras "$TGP" \
+        "$U:$TG_PORT/api/v1/echo" "$WORK/extras.txt" apikey seq 200
     run tg_apikey_noassert "API key, no tenant assertion" tenantgate apikey "$TGP" \
         "$U:$TG_PORT/noassert/echo" "$WORK/keys.txt" apikey seq 200
     run tg_apikey_bound "API key, assertion signed per request (bind_request)" tenantgate apikey "$TGP" \
