@@ -17,6 +17,9 @@ use serde_json::{json, Map, Value};
 
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
 
+/// Help heading of the options every resource command takes.
+const CONNECTION: &str = "Admin API";
+
 /// Adds one subcommand per resource to the binary's command.
 pub fn augment(mut cmd: Command) -> Command {
     for r in RESOURCES {
@@ -41,6 +44,7 @@ fn resource_command(r: &'static Resource) -> Command {
                 .env("TENANTGATE_ADMIN_URL")
                 .value_name("URL")
                 .global(true)
+                .help_heading(CONNECTION)
                 .help(format!("Admin API base URL [default: {DEFAULT_ADMIN_URL}]")),
         )
         .arg(
@@ -50,15 +54,18 @@ fn resource_command(r: &'static Resource) -> Command {
                 .hide_env_values(true)
                 .value_name("TOKEN")
                 .global(true)
+                .help_heading(CONNECTION)
                 .help("Bearer token: the bootstrap token or a tenant admin's login token"),
         )
         .arg(
             Arg::new("output")
                 .long("output")
                 .short('o')
+                .value_name("FORMAT")
                 .value_parser(["table", "json"])
                 .default_value("table")
                 .global(true)
+                .help_heading(CONNECTION)
                 .help("Output format"),
         );
     for op in r.ops {
