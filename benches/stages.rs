@@ -32,7 +32,7 @@ use tenantgate_proxy::auth::{presented, ApiKeys, AuthMethod, CachedKey, Principa
 use tenantgate_proxy::cache::{Breaker, CacheSettings, Shared, Unavailable};
 use tenantgate_proxy::control::ControlPlane;
 use tenantgate_proxy::headers::{edit_request, identity_headers_in, X_API_KEY, X_REQUEST_ID};
-use tenantgate_proxy::limiter::{LocalLimiter, MonotonicClock};
+use tenantgate_proxy::limiter::{Limits, LocalLimiter, MonotonicClock};
 use tenantgate_proxy::meter::{Meter, Sample};
 use tenantgate_proxy::route::{check_path, RouteTable};
 
@@ -125,6 +125,7 @@ async fn control_plane() -> Plane {
             created_at: chrono::Utc::now(),
             expires_at: None,
             revoked_at: None,
+            extras: Default::default(),
         })
         .await
         .expect("key");
@@ -179,7 +180,7 @@ fn control(c: &mut Criterion) {
             .unwrap()
             .is_some());
         assert!(cp
-            .rate_limit(&plane.tenant, Instant::now())
+            .own_limits(&plane.tenant, Instant::now())
             .await
             .unwrap()
             .is_some());
@@ -219,7 +220,7 @@ fn control(c: &mut Criterion) {
                     .await
                     .unwrap()
                     .unwrap();
-                let l = cp.rate_limit(&t.id, now).await.unwrap().unwrap();
+                let l = cp.own_limits(&t.id, now).await.unwrap().unwrap();
                 black_box((p, l))
             })
         })
@@ -484,6 +485,8 @@ fn route(c: &mut Criterion) {
         audience: prefix.into(),
         bind_request: None,
         assertion: true,
+        tls: false,
+        ca_file: None,
     };
     let table = RouteTable::build(&[
         rc("/api/", false),
@@ -522,6 +525,8 @@ fn assertion(c: &mut Criterion) {
         audience: "/api/v1/".into(),
         bind_request: None,
         assertion: true,
+        tls: false,
+        ca_file: None,
     }])
     .unwrap();
     let route = table.find("/api/v1/x").unwrap();
@@ -601,6 +606,25 @@ fn ratelimit(c: &mut Criterion) {
     g.bench_function("decision_headers", |b| {
         let d = limiter.check("tenant-00042", &limit);
         b.iter(|| black_box(d).headers())
+    });
+    // A key with its own limit: two buckets and two items in each structured field.
+    g.bench_function("tenant+key_check_and_headers", |b| {
+        let key_limit = RateLimit {
+            max_requests: u64::MAX / 8,
+            window_seconds: 10,
+            burst: None,
+        };
+        b.iter(|| {
+            let l = Limits {
+                tenant: limiter.check(black_box("tenant-00042"), &limit),
+                key: Some(limiter.check(
+                    black_box("k:0190f0e4-7d7b-7c4e-9a53-4c2c5d3b2a10"),
+                    &key_limit,
+                )),
+                quota: None,
+            };
+            l.headers()
+        })
     });
     g.finish();
 }

@@ -102,7 +102,35 @@ impl From<ConfigError> for Fatal {
     }
 }
 
+/// mimalloc keeps the pages it frees for `purge_delay` (1 s in mimalloc 3) and
+/// returns them to the OS only on later allocator activity in the process: after a
+/// burst of connections closes, an idle proxy kept their memory (3× its baseline
+/// 30 s later). With a delay of 0 freed pages go back at once (no measurable
+/// throughput cost: benches/RESULTS.md). mimalloc reads its options from the
+/// environment as the process starts, before `main`, so the process executes
+/// itself once more with `MIMALLOC_PURGE_DELAY=0` unless the variable is set
+/// already (an operator's value wins; `TENANTGATE_NO_REEXEC=1` skips this).
+fn purge_freed_memory_promptly() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MIMALLOC_PURGE_DELAY";
+    if std::env::var_os(VAR).is_some() || std::env::var_os("TENANTGATE_NO_REEXEC").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(argv0) = args.next() {
+        cmd.arg0(argv0);
+    }
+    // Only returns if the exec failed: carry on with mimalloc's defaults.
+    let err = cmd.args(args).env(VAR, "0").exec();
+    eprintln!("tenantgate: could not re-execute with {VAR}=0 ({err}); continuing");
+}
+
 fn main() -> ExitCode {
+    purge_freed_memory_promptly();
     let matches = cli::augment(Cli::command()).get_matches();
     let result = match matches.subcommand() {
         Some((name, sub)) if cli::handles(name) => cli::run(name, sub),

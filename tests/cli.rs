@@ -84,6 +84,14 @@ fn bad_configs_exit_2_naming_the_key_in_one_line() {
             "[retention]\nusage_minute_days = 30\nusage_hour_days = 7\n",
             "retention.usage_hour_days",
         ),
+        (
+            "[proxy.tls]\nlisten = \"127.0.0.1:8443\"\ncert_file = \"/nonexistent/server.pem\"\nkey_file = \"/nonexistent/server.key\"\n",
+            "proxy.tls.cert_file",
+        ),
+        (
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"https://api.example:443\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "routes[0].ca_file",
+        ),
     ];
     for (text, key) in cases {
         let p = write("bad.toml", text);
@@ -155,4 +163,49 @@ fn insecure_jwks_urls_and_bad_lifetimes_fail_at_startup_naming_the_key() {
         ),
     );
     assert_eq!(tg(&["check-config", &p], &[]).0, 0);
+}
+
+#[test]
+fn tls_key_files_that_are_missing_or_do_not_fit_fail_naming_the_key() {
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let cert_file = write("server.pem", &cert.pem());
+    let key_file = write("server.key", &kp.serialize_pem());
+    let other_key = write("other.key", &other.serialize_pem());
+    let tls = |cert: &str, key: &str, sni: &str| {
+        format!("[proxy.tls]\nlisten = \"127.0.0.1:8443\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{sni}")
+    };
+    let sni = |key: &str| {
+        format!("[[proxy.tls.sni]]\nserver_names = [\"*.acme.example\"]\ncert_file = \"{cert_file}\"\nkey_file = \"{key}\"\n")
+    };
+    let ok = write("ok.toml", &tls(&cert_file, &key_file, &sni(&key_file)));
+    let (code, _, err) = tg(&["check-config", &ok], &[]);
+    assert_eq!(code, 0, "{err}");
+    for (text, key) in [
+        (
+            tls(&cert_file, "/nonexistent/server.key", ""),
+            "proxy.tls.key_file",
+        ),
+        (tls(&cert_file, &other_key, ""), "proxy.tls.key_file"),
+        (tls(&key_file, &key_file, ""), "proxy.tls.cert_file"),
+        (
+            tls(&cert_file, &key_file, &sni("/nonexistent/k")),
+            "proxy.tls.sni[0].key_file",
+        ),
+    ] {
+        let p = write("bad.toml", &text);
+        for args in [
+            vec!["check-config", p.as_str()],
+            vec!["proxy", "--config", p.as_str()],
+        ] {
+            let (code, _, err) = tg(&args, &[]);
+            assert_eq!(code, 2, "{args:?} {text}: {err}");
+            assert!(err.contains(key), "{text}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        }
+    }
 }

@@ -551,7 +551,7 @@ async fn console_steps(b: Browser, s: Arc<Stack>) {
     b.fill("#rate-limit [name=burst]", "10").await;
     b.click("#rate-limit button[type=submit]").await;
     b.wait_text("#rate-summary", "10 requests per 60 s").await;
-    b.wait_text("#quota", "not available on this server").await;
+    b.wait_text("#quota", "No quota set").await;
     b.step("limits").await;
     let (st, rl) = s.admin("GET", "/v1/tenants/acme/rate-limit", None).await;
     assert_eq!((st, rl["max_requests"].as_u64()), (200, Some(10)), "{rl}");

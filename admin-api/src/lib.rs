@@ -187,8 +187,8 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, audit, auth_login, domains, issuers, meta, policies, rate_limit,
-        tenants, usage, users,
+        api_keys, assertion_keys, audit, auth_login, client_certs, domains, issuers, meta, plans,
+        policies, quota, rate_limit, tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
@@ -196,8 +196,11 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(users::router())
         .merge(issuers::router())
         .merge(domains::router())
+        .merge(client_certs::router())
         .merge(policies::router())
         .merge(rate_limit::router())
+        .merge(plans::router())
+        .merge(quota::router())
         .merge(usage::router())
         .merge(audit::router())
         .merge(auth_login::router())

@@ -16,8 +16,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
     components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName)),
     modifiers(&BearerAuth),
     tags(
-        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "auth"),
-        (name = "policies"), (name = "rate-limit"), (name = "usage"), (name = "audit"), (name = "meta"),
+        (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "client-certs"), (name = "auth"),
+        (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "meta"),
     )
 )]
 pub struct ApiDoc;
@@ -60,13 +60,10 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+/// A plan's name (`free`, `pro`, `enterprise`, or a plan created with
+/// `PUT /v1/plans/{name}`): `[a-z0-9_][a-z0-9_-]{0,63}`.
 #[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TierName {
-    Free,
-    Pro,
-    Enterprise,
-}
+pub struct TierName(String);
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -583,7 +583,7 @@ async fn tenants_crud_and_onboarding(h: H, _url: String) {
             .await;
         assert_eq!(
             rl.expect(200),
-            &json!({"max_requests": max, "window_seconds": 60})
+            &json!({"max_requests": max, "window_seconds": 60, "source": "plan"})
         );
     }
 
@@ -621,7 +621,7 @@ async fn tenants_crud_and_onboarding(h: H, _url: String) {
         ),
         (Some("Acme 2"), Some("free"), Some("suspended"))
     );
-    // A tier change moves a default limit along.
+    // A tenant following its plan follows its new tier's.
     let rl = h.p("GET", "/v1/tenants/acme/rate-limit", None).await;
     assert_eq!(rl.expect(200)["max_requests"], 60);
     let empty = h.p("PATCH", "/v1/tenants/acme", Some(json!({}))).await;
@@ -1692,7 +1692,7 @@ async fn rate_limits(h: H, _url: String) {
     let g = h.p("GET", "/v1/tenants/rl/rate-limit", None).await;
     assert_eq!(
         g.expect(200),
-        &json!({"max_requests": 10000, "window_seconds": 60})
+        &json!({"max_requests": 10000, "window_seconds": 60, "source": "plan"})
     );
     let p = h
         .p(
@@ -1708,7 +1708,7 @@ async fn rate_limits(h: H, _url: String) {
     let g = h.p("GET", "/v1/tenants/rl/rate-limit", None).await;
     assert_eq!(
         g.expect(200),
-        &json!({"max_requests": 5, "window_seconds": 1, "burst": 10})
+        &json!({"max_requests": 5, "window_seconds": 1, "burst": 10, "source": "tenant"})
     );
     let p = h
         .p(
@@ -1976,14 +1976,24 @@ async fn meta_routes(h: H, _url: String) {
         ("/v1/tenants", &["post", "get"][..]),
         ("/v1/tenants/{id}", &["get", "patch", "delete"][..]),
         ("/v1/tenants/{id}/api-keys", &["post", "get"][..]),
-        ("/v1/tenants/{id}/api-keys/{key_id}", &["delete"][..]),
+        (
+            "/v1/tenants/{id}/api-keys/{key_id}",
+            &["delete", "patch"][..],
+        ),
         ("/v1/tenants/{id}/api-keys/{key_id}/rotate", &["post"][..]),
         ("/v1/tenants/{id}/users", &["post", "get"][..]),
         ("/v1/auth/login", &["post"][..]),
         ("/.well-known/jwks.json", &["get"][..]),
         ("/v1/tenants/{id}/policies", &["get"][..]),
         ("/v1/tenants/{id}/policies/{role}", &["get", "put"][..]),
-        ("/v1/tenants/{id}/rate-limit", &["get", "put"][..]),
+        ("/v1/tenants/{id}/rate-limit", &["get", "put", "delete"][..]),
+        (
+            "/v1/tenants/{id}/api-keys/{key_id}/rate-limit",
+            &["get", "put", "delete"][..],
+        ),
+        ("/v1/tenants/{id}/quota", &["get", "put", "delete"][..]),
+        ("/v1/plans", &["get"][..]),
+        ("/v1/plans/{name}", &["get", "put"][..]),
         ("/v1/tenants/{id}/usage", &["get"][..]),
         ("/health", &["get"][..]),
         ("/metrics", &["get"][..]),

@@ -405,6 +405,7 @@ async fn seed(a: &Args) -> Res<()> {
                             created_at: chrono::Utc::now(),
                             expires_at: None,
                             revoked_at: None,
+                            extras: Default::default(),
                         })
                         .await
                         .map_err(err)?;

@@ -6,7 +6,8 @@ proxy answers 401 without a credential), reads the answer, keeps them all open,
 and reports the RSS of PID: before, while the N are held, and SETTLE seconds
 after they are closed. Prints one JSON line.
 
-Usage: idle.py PID HOST PORT N [--path P] [--settle S] [--hold S] [--id ID]
+Usage: idle.py PID HOST PORT N [--path P] [--settle S] [--hold S] [--id ID] [--tls]
+(--tls: HTTP/1.1 over TLS, ALPN http/1.1, certificate not verified.)
 (--hold: keep them open this many seconds before closing, e.g. while another load
 runs against the same server.)
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import resource
+import ssl
 
 
 def rss_kb(pid):
@@ -36,8 +38,16 @@ def rss_tree_kb(pid):
     return total
 
 
-async def one(host, port, path):
-    r, w = await asyncio.open_connection(host, port)
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def one(host, port, path, ctx=None):
+    r, w = await asyncio.open_connection(host, port, ssl=ctx)
     w.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
     await w.drain()
     head = await r.readuntil(b"\r\n\r\n")
@@ -61,15 +71,17 @@ async def main():
     ap.add_argument("--settle", type=float, default=30.0)
     ap.add_argument("--hold", type=float, default=0.0)
     ap.add_argument("--id", default="idle")
+    ap.add_argument("--tls", action="store_true")
     a = ap.parse_args()
     pid, host, port, n, path, settle = a.pid, a.host, a.port, a.n, a.path, a.settle
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = tls_context() if a.tls else None
     before = rss_tree_kb(pid)
     conns, statuses = [], {}
     for start in range(0, n, 500):
         batch = await asyncio.gather(
-            *[one(host, port, path) for _ in range(min(500, n - start))],
+            *[one(host, port, path, ctx) for _ in range(min(500, n - start))],
             return_exceptions=True,
         )
         for c in batch:

@@ -2,35 +2,48 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-/// Billing tier; decides the default rate limit at onboarding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Free,
-    Pro,
-    Enterprise,
-}
+/// A tenant's tier: the name of its plan (`free`, `pro`, `enterprise` exist from
+/// the start; more may be created as data).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tier(Cow<'static, str>);
 
+#[allow(non_upper_case_globals)]
 impl Tier {
+    pub const Free: Tier = Tier(Cow::Borrowed("free"));
+    pub const Pro: Tier = Tier(Cow::Borrowed("pro"));
+    pub const Enterprise: Tier = Tier(Cow::Borrowed("enterprise"));
+    /// The built-in plans.
     pub const ALL: [Tier; 3] = [Tier::Free, Tier::Pro, Tier::Enterprise];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Free => "free",
-            Tier::Pro => "pro",
-            Tier::Enterprise => "enterprise",
+    pub fn new(name: &str) -> Self {
+        match name {
+            "free" => Tier::Free,
+            "pro" => Tier::Pro,
+            "enterprise" => Tier::Enterprise,
+            other => Tier(Cow::Owned(other.to_owned())),
         }
     }
 
-    /// The contract's default limits: free 60/60 s, pro 1000/60 s, enterprise 10000/60 s.
-    pub fn default_rate_limit(self) -> RateLimit {
-        let max_requests = match self {
-            Tier::Free => 60,
-            Tier::Pro => 1000,
-            Tier::Enterprise => 10_000,
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_builtin(&self) -> bool {
+        Tier::ALL.contains(self)
+    }
+
+    /// The built-in plans' limits (free 60/60 s, pro 1000/60 s, enterprise
+    /// 10000/60 s), also the last resort for a plan that cannot be found.
+    pub fn default_rate_limit(&self) -> RateLimit {
+        let max_requests = match self.as_str() {
+            "pro" => 1000,
+            "enterprise" => 10_000,
+            _ => 60,
         };
         RateLimit {
             max_requests,
@@ -40,14 +53,14 @@ impl Tier {
     }
 }
 
+/// Plan names: `[a-z0-9_][a-z0-9_-]{0,63}`.
 impl FromStr for Tier {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "free" => Ok(Tier::Free),
-            "pro" => Ok(Tier::Pro),
-            "enterprise" => Ok(Tier::Enterprise),
-            _ => Err(()),
+        if valid_name_token(s) {
+            Ok(Tier::new(s))
+        } else {
+            Err(())
         }
     }
 }
@@ -56,6 +69,88 @@ impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A quota's period: a UTC calendar day or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaPeriod::Day => "day",
+            QuotaPeriod::Month => "month",
+        }
+    }
+
+    /// The period holding `at_ms` (unix ms): `(start, end)` in unix ms, UTC.
+    pub fn bounds(self, at_ms: i64) -> (i64, i64) {
+        use chrono::{Datelike, TimeZone};
+        let at = Utc
+            .timestamp_millis_opt(at_ms)
+            .single()
+            .unwrap_or_else(Utc::now);
+        let day = at.date_naive();
+        let (start, end) = match self {
+            QuotaPeriod::Day => (day, day.succ_opt().unwrap_or(day)),
+            QuotaPeriod::Month => {
+                let first = day.with_day(1).unwrap_or(day);
+                let next = if first.month() == 12 {
+                    first
+                        .with_year(first.year() + 1)
+                        .and_then(|d| d.with_month(1))
+                } else {
+                    first.with_month(first.month() + 1)
+                };
+                (first, next.unwrap_or(first))
+            }
+        };
+        let ms = |d: chrono::NaiveDate| {
+            d.and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis())
+                .unwrap_or(at_ms)
+        };
+        (ms(start), ms(end))
+    }
+}
+
+impl FromStr for QuotaPeriod {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "day" => Ok(QuotaPeriod::Day),
+            "month" => Ok(QuotaPeriod::Month),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Requests per UTC day or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Quota {
+    pub period: QuotaPeriod,
+    pub max_requests: u64,
+}
+
+/// A plan: the limits of every tenant whose tier names it and that has not set
+/// its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub rate_limit: RateLimit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// A tenant's own limits, set apart from its plan's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnLimits {
+    pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,6 +188,8 @@ pub struct Tenant {
     pub status: TenantStatus,
     #[serde(with = "crate::time::serde_rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// Client addresses the tenant's requests may come from; `None`: any.
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// Tenant ids: `[a-z0-9][a-z0-9-]{1,62}`.
@@ -308,6 +405,24 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's own limits and restrictions (none by default).
+    pub extras: KeyExtras,
+}
+
+/// What a key may carry besides its role: its own rate limit (spent besides the
+/// tenant's), scopes (the key may do only what both its role and these allow) and
+/// an IP allow-list. `None` everywhere is the common case and costs nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyExtras {
+    pub rate_limit: Option<RateLimit>,
+    pub scopes: Option<Vec<Permission>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+impl KeyExtras {
+    pub fn is_empty(&self) -> bool {
+        self.rate_limit.is_none() && self.scopes.is_none() && self.allowed_cidrs.is_none()
+    }
 }
 
 impl ApiKeyRecord {
@@ -466,6 +581,39 @@ mod tests {
         assert_eq!(Action::from_method("HEAD"), Some(Action::Read));
         assert_eq!(Action::from_method("PATCH"), Some(Action::Update));
         assert_eq!(Action::from_method("BREW"), None);
+    }
+
+    #[test]
+    fn quota_periods_are_utc_calendar_days_and_months() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let (a, b) = QuotaPeriod::Day.bounds(at("2026-11-30T05:13:00Z"));
+        assert_eq!(
+            (a, b),
+            (at("2026-11-30T00:00:00Z"), at("2026-12-01T00:00:00Z"))
+        );
+        let (a, b) = QuotaPeriod::Month.bounds(at("2026-12-31T23:59:59Z"));
+        assert_eq!(
+            (a, b),
+            (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+        );
+        let (a, b) = QuotaPeriod::Month.bounds(at("2028-02-10T00:00:00Z"));
+        assert_eq!(
+            (a, b),
+            (at("2028-02-01T00:00:00Z"), at("2028-03-01T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn tiers_are_plan_names() {
+        assert_eq!("pro".parse::<Tier>(), Ok(Tier::Pro));
+        assert_eq!("gold".parse::<Tier>().unwrap().as_str(), "gold");
+        assert!("Gold plan".parse::<Tier>().is_err());
+        assert_eq!(Tier::Enterprise.default_rate_limit().max_requests, 10_000);
+        assert_eq!(serde_json::to_string(&Tier::Pro).unwrap(), "\"pro\"");
     }
 
     #[test]

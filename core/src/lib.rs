@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod issuers;
 pub mod jwt;
+pub mod pem;
 pub mod sealing;
 pub mod secrets;
 pub mod store;

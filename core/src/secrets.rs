@@ -54,6 +54,7 @@ pub fn mint_api_key(
         created_at: chrono::Utc::now(),
         expires_at,
         revoked_at: None,
+        extras: Default::default(),
     };
     (record, generated.key)
 }

@@ -20,6 +20,7 @@ fn key(tenant: &str, role: &str) -> (String, ApiKeyRecord) {
         created_at: Utc::now(),
         expires_at: None,
         revoked_at: None,
+        extras: Default::default(),
     };
     (g.key, rec)
 }
@@ -60,9 +61,11 @@ async fn onboarding_creates_policies_limit_and_admin() {
         let pols = s.list_policies("acme").await.unwrap();
         let roles: Vec<_> = pols.iter().map(|p| p.role.as_str()).collect();
         assert_eq!(roles, ["admin", "developer", "read_only"]);
+        // The tenant follows its plan: no limit of its own.
+        assert_eq!(s.get_rate_limit("acme").await.unwrap(), None);
         assert_eq!(
-            s.get_rate_limit("acme").await.unwrap(),
-            Some(Tier::Free.default_rate_limit())
+            s.get_plan("free").await.unwrap().unwrap().rate_limit,
+            Tier::Free.default_rate_limit()
         );
         assert!(s
             .find_user_by_email("acme", "a@acme.io")
@@ -91,7 +94,7 @@ async fn onboarding_creates_policies_limit_and_admin() {
             )
             .await;
         assert!(matches!(dup_user, Err(StoreError::Conflict("email"))));
-        // tier change moves a default limit, not a custom one
+        // a tier change moves the plan, not a custom limit
         s.update_tenant(
             "acme",
             &TenantPatch {
@@ -101,10 +104,7 @@ async fn onboarding_creates_policies_limit_and_admin() {
         )
         .await
         .unwrap();
-        assert_eq!(
-            s.get_rate_limit("acme").await.unwrap(),
-            Some(Tier::Pro.default_rate_limit())
-        );
+        assert_eq!(s.get_rate_limit("acme").await.unwrap(), None);
         let custom = RateLimit {
             max_requests: 7,
             window_seconds: 1,
@@ -365,6 +365,174 @@ async fn report_flush_of_ten_thousand_rows() {
                 t.elapsed()
             );
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plans_quotas_and_key_extras() {
+    use tenantgate_core::domain::{KeyExtras, Plan, Quota, QuotaPeriod};
+    each_backend(|s| async move {
+        let names: Vec<String> = s
+            .list_plans()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["enterprise", "free", "pro"]);
+        for t in Tier::ALL {
+            let p = s.get_plan(t.as_str()).await.unwrap().unwrap();
+            assert_eq!(p.rate_limit, t.default_rate_limit());
+            assert_eq!(p.quota, None);
+        }
+        let gold = Plan {
+            name: "gold".into(),
+            rate_limit: RateLimit {
+                max_requests: 5,
+                window_seconds: 1,
+                burst: Some(9),
+            },
+            quota: Some(Quota {
+                period: QuotaPeriod::Month,
+                max_requests: 1000,
+            }),
+        };
+        let mut events = s.subscribe();
+        assert!(s.put_plan(&gold).await.unwrap(), "created");
+        assert!(!s.put_plan(&gold).await.unwrap(), "replaced");
+        assert_eq!(s.get_plan("gold").await.unwrap(), Some(gold));
+        let c = events.try_recv().unwrap();
+        assert_eq!((c.kind, c.subject.as_str()), (ChangeKind::Plan, "gold"));
+
+        s.create_tenant(&NewTenant {
+            id: "quo".into(),
+            name: "Q".into(),
+            tier: Tier::new("gold"),
+            admin_user: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_tenant("quo").await.unwrap().unwrap().tier.as_str(),
+            "gold"
+        );
+        assert_eq!(s.get_quota("quo").await.unwrap(), None);
+        let q = Quota {
+            period: QuotaPeriod::Day,
+            max_requests: 10,
+        };
+        s.put_quota("quo", &q).await.unwrap();
+        assert_eq!(s.own_limits("quo").await.unwrap().quota, Some(q));
+        assert!(s.delete_quota("quo").await.unwrap());
+        assert!(!s.delete_quota("quo").await.unwrap());
+        assert_eq!(s.add_quota_used("quo", 1000, 3).await.unwrap(), 3);
+        assert_eq!(s.add_quota_used("quo", 1000, 4).await.unwrap(), 7);
+        assert_eq!(s.quota_used("quo", 1000).await.unwrap(), 7);
+        assert_eq!(s.quota_used("quo", 2000).await.unwrap(), 0);
+
+        let (_, mut rec) = key("quo", "developer");
+        rec.extras.scopes = Some(vec![Permission::new("read", "*")]);
+        s.create_api_key(&rec).await.unwrap();
+        let rl = RateLimit {
+            max_requests: 3,
+            window_seconds: 60,
+            burst: None,
+        };
+        let k = s
+            .update_api_key_extras("quo", &rec.id, |e| {
+                e.rate_limit = Some(rl);
+                e.allowed_cidrs = Some(vec!["10.0.0.0/8".into()]);
+            })
+            .await
+            .unwrap();
+        let want = KeyExtras {
+            rate_limit: Some(rl),
+            scopes: Some(vec![Permission::new("read", "*")]),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+        };
+        assert_eq!(k.extras, want);
+        let found = s
+            .find_api_key_by_prefix(&rec.prefix)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.extras, want);
+        assert!(matches!(
+            s.update_api_key_extras("quo", "nope", |_| {}).await,
+            Err(StoreError::NotFound)
+        ));
+        let t = s
+            .update_tenant(
+                "quo",
+                &TenantPatch {
+                    allowed_cidrs: Some(Some(vec!["192.0.2.0/24".into()])),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(t.allowed_cidrs, Some(vec!["192.0.2.0/24".into()]));
+        assert_eq!(
+            s.get_tenant("quo").await.unwrap().unwrap().allowed_cidrs,
+            Some(vec!["192.0.2.0/24".into()])
+        );
+        s.delete_tenant("quo").await.unwrap();
+        assert_eq!(s.quota_used("quo", 1000).await.unwrap(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn client_certs_are_unique_by_fingerprint_and_reported() {
+    use tenantgate_core::store::ClientCert;
+    each_backend(|s| async move {
+        for id in ["acme", "globex"] {
+            s.create_tenant(&NewTenant {
+                id: id.into(),
+                name: id.into(),
+                tier: Tier::Free,
+                admin_user: None,
+            })
+            .await
+            .unwrap();
+        }
+        let cert = |id: &str, tenant: &str, fp: &str| ClientCert {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            fingerprint: fp.into(),
+            name: "robot".into(),
+            role: "developer".into(),
+            created_at_ms: 1,
+        };
+        let mut bus = s.subscribe();
+        s.create_client_cert(&cert("c1", "acme", "aa"))
+            .await
+            .unwrap();
+        let c = bus.recv().await.unwrap();
+        assert_eq!((c.kind, c.subject.as_str()), (ChangeKind::ClientCert, "aa"));
+        assert!(matches!(
+            s.create_client_cert(&cert("c2", "globex", "aa")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.list_client_certs("acme").await.unwrap().len(), 1);
+        assert_eq!(
+            s.client_cert_by_fingerprint("aa")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "c1"
+        );
+        assert!(s.get_client_cert("globex", "c1").await.unwrap().is_none());
+        assert!(matches!(
+            s.delete_client_cert("globex", "c1").await,
+            Err(StoreError::NotFound)
+        ));
+        s.delete_client_cert("acme", "c1").await.unwrap();
+        let c = bus.recv().await.unwrap();
+        assert_eq!((c.kind, c.subject.as_str()), (ChangeKind::ClientCert, "aa"));
+        assert!(s.client_cert_by_fingerprint("aa").await.unwrap().is_none());
     })
     .await;
 }

@@ -255,7 +255,9 @@ fn counts(reject: &Reject) -> bool {
 /// refused again before then), otherwise no bound of its own.
 fn bound_of(reject: &Reject) -> Duration {
     match reject {
-        Reject::RateLimited(d) => Duration::from_secs(d.retry_after_secs.max(1)),
+        Reject::RateLimited(l) | Reject::QuotaExceeded(l) => {
+            Duration::from_secs(l.retry_after_secs().max(1))
+        }
         _ => Duration::MAX,
     }
 }
@@ -269,7 +271,7 @@ fn ramp(n: u32, bound: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Decision;
+    use crate::limiter::{Decision, Limits};
 
     fn settings() -> FairnessSettings {
         FairnessSettings {
@@ -305,7 +307,10 @@ mod tests {
             retry_after_secs: 2,
             window_secs: 60,
         };
-        assert_eq!(bound_of(&Reject::RateLimited(d)), Duration::from_secs(2));
+        assert_eq!(
+            bound_of(&Reject::RateLimited(Box::new(Limits::tenant(d)))),
+            Duration::from_secs(2)
+        );
         assert_eq!(bound_of(&Reject::NoCredential), Duration::MAX);
         assert!(counts(&Reject::NoCredential));
         assert!(!counts(&Reject::Unavailable));

@@ -24,3 +24,4 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod small;
+pub mod tls;

@@ -26,6 +26,7 @@
 //! connection after it either way.
 
 use crate::fairness::Fairness;
+use crate::tls::TlsAcceptor;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -399,18 +400,55 @@ impl Drop for Open {
 /// stream is kept, so an idle connection holds no request state, no session
 /// buffers and no proxy future (Pingora's own loop keeps all of that alive while
 /// it waits for the next request).
+///
+/// With a [`TlsAcceptor`], the listener terminates TLS first (within the header
+/// deadline): HTTP/1.1 over TLS runs the same loop, HTTP/2 (ALPN `h2`) goes to
+/// Pingora's HTTP/2 server.
 pub struct GateListener<A> {
     inner: Arc<A>,
     limits: ListenerLimits,
     fairness: Arc<Fairness>,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl<A> GateListener<A> {
     pub fn new(inner: A, limits: ListenerLimits, fairness: Arc<Fairness>) -> Self {
+        Self::shared(Arc::new(inner), limits, fairness, None)
+    }
+
+    /// A listener over an application shared with another listener.
+    pub fn shared(
+        inner: Arc<A>,
+        limits: ListenerLimits,
+        fairness: Arc<Fairness>,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> Self {
         GateListener {
-            inner: Arc::new(inner),
+            inner,
             limits,
             fairness,
+            tls,
+        }
+    }
+}
+
+/// TLS handshakes that failed or did not finish within the header deadline.
+pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// The TLS handshake, within `timeout` (the header deadline); `None` when it
+/// fails or takes longer.
+async fn tls_handshake(tls: &TlsAcceptor, stream: Stream, timeout: Duration) -> Option<Stream> {
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(conn)) => Some(Box::new(conn)),
+        Ok(Err(e)) => {
+            TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            TLS_FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake not complete within proxy.header_timeout_ms");
+            None
         }
     }
 }
@@ -448,15 +486,22 @@ where
             tracing::debug!(open, "connection refused: proxy.max_connections reached");
             return None;
         }
+        let stream = match &self.tls {
+            // Boxed: the handshake's state lives only while it runs, not in this
+            // future, which every idle connection keeps.
+            Some(tls) => Box::pin(tls_handshake(tls, stream, self.limits.header_timeout)).await?,
+            None => stream,
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2: Pingora's own server (its streams are not HTTP/1 header
+            // sections, so no header deadline wrapper).
+            return self.inner.process_new(stream, shutdown).await;
+        }
         let mut stream: Stream = if deadline_of(&stream).is_some() {
             stream
         } else {
             Box::new(HeaderDeadline::new(stream, self.limits.header_timeout))
         };
-        if stream.selected_alpn_proto().is_some() {
-            // Negotiated by TLS (HTTP/2 or HTTP/1.1 by ALPN): Pingora's own handling.
-            return self.inner.process_new(stream, shutdown).await;
-        }
         let keepalive = self.limits.keepalive_timeout.as_secs().max(1);
         let mut carried: Option<HttpPersistentSettings> = None;
         loop {
@@ -512,6 +557,11 @@ pub fn render(out: &mut String) {
         out,
         "# HELP tenantgate_proxy_malformed_requests_total Header sections the HTTP parser refused (answered 400 bad_request).\n# TYPE tenantgate_proxy_malformed_requests_total counter\ntenantgate_proxy_malformed_requests_total {}",
         PARSE_ERRORS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tenantgate_proxy_tls_handshake_failures_total TLS handshakes that failed or did not complete within proxy.header_timeout_ms.\n# TYPE tenantgate_proxy_tls_handshake_failures_total counter\ntenantgate_proxy_tls_handshake_failures_total {}",
+        TLS_FAILED.load(Ordering::Relaxed)
     );
 }
 

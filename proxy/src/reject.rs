@@ -1,7 +1,7 @@
 //! The one error type of the hot path and the one function that turns it into the
 //! contract's JSON response.
 
-use crate::limiter::Decision;
+use crate::limiter::Limits;
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
 
@@ -20,7 +20,13 @@ pub enum Reject {
     TenantSuspended,
     UnknownTenant,
     NoRoute,
-    RateLimited(Decision),
+    /// A rate limit in force (the tenant's or the key's) is exhausted.
+    /// (Boxed: the limits are large and a rejection is rare next to the `Ok` path.)
+    RateLimited(Box<Limits>),
+    /// The tenant's quota for the current period is spent.
+    QuotaExceeded(Box<Limits>),
+    /// The client address is not in the key's or the tenant's allow-list.
+    IpNotAllowed,
     UpstreamUnavailable,
     UpstreamTimeout,
     Unavailable,
@@ -35,9 +41,12 @@ impl Reject {
             | Reject::InvalidToken
             | Reject::InvalidApiKey
             | Reject::AmbiguousCredential => 401,
-            Reject::Forbidden | Reject::TenantSuspended | Reject::UnknownTenant => 403,
+            Reject::Forbidden
+            | Reject::TenantSuspended
+            | Reject::UnknownTenant
+            | Reject::IpNotAllowed => 403,
             Reject::NoRoute => 404,
-            Reject::RateLimited(_) => 429,
+            Reject::RateLimited(_) | Reject::QuotaExceeded(_) => 429,
             Reject::UpstreamUnavailable => 502,
             Reject::UpstreamTimeout => 504,
             Reject::Unavailable => 503,
@@ -56,6 +65,8 @@ impl Reject {
             Reject::UnknownTenant => "unknown_tenant",
             Reject::NoRoute => "no_route",
             Reject::RateLimited(_) => "rate_limited",
+            Reject::QuotaExceeded(_) => "quota_exceeded",
+            Reject::IpNotAllowed => "ip_not_allowed",
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::Unavailable => "unavailable",
@@ -76,7 +87,9 @@ impl Reject {
             Reject::TenantSuspended => "the tenant is suspended",
             Reject::UnknownTenant => "the tenant does not exist",
             Reject::NoRoute => "no route matches this path",
-            Reject::RateLimited(_) => "the tenant's rate limit is exhausted",
+            Reject::RateLimited(_) => "the rate limit is exhausted",
+            Reject::QuotaExceeded(_) => "the tenant's quota for this period is spent",
+            Reject::IpNotAllowed => "requests from this address are not allowed",
             Reject::UpstreamUnavailable => "the upstream is unavailable",
             Reject::UpstreamTimeout => "the upstream timed out",
             Reject::Unavailable => "a dependency is unavailable; try again",
@@ -85,7 +98,10 @@ impl Reject {
 
     /// Counted as `denied` in usage (RBAC and tenant state).
     pub fn is_denied(&self) -> bool {
-        matches!(self, Reject::Forbidden | Reject::TenantSuspended)
+        matches!(
+            self,
+            Reject::Forbidden | Reject::TenantSuspended | Reject::IpNotAllowed
+        )
     }
 
     /// Extra headers besides content-type.
@@ -98,9 +114,9 @@ impl Reject {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 )]
             }
-            Reject::RateLimited(d) => {
-                let mut h = d.headers().to_vec();
-                h.push((RETRY_AFTER, HeaderValue::from(d.retry_after_secs.max(1))));
+            Reject::RateLimited(l) | Reject::QuotaExceeded(l) => {
+                let mut h = l.headers().to_vec();
+                h.push((RETRY_AFTER, HeaderValue::from(l.retry_after_secs())));
                 h
             }
             _ => Vec::new(),
@@ -121,6 +137,7 @@ impl Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::Decision;
 
     #[test]
     fn body_shape() {
@@ -149,7 +166,17 @@ mod tests {
             (Reject::TenantSuspended, 403, "tenant_suspended"),
             (Reject::UnknownTenant, 403, "unknown_tenant"),
             (Reject::NoRoute, 404, "no_route"),
-            (Reject::RateLimited(d), 429, "rate_limited"),
+            (
+                Reject::RateLimited(Box::new(Limits::tenant(d))),
+                429,
+                "rate_limited",
+            ),
+            (
+                Reject::QuotaExceeded(Box::new(Limits::tenant(d))),
+                429,
+                "quota_exceeded",
+            ),
+            (Reject::IpNotAllowed, 403, "ip_not_allowed"),
             (Reject::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Reject::UpstreamTimeout, 504, "upstream_timeout"),
             (Reject::Unavailable, 503, "unavailable"),
@@ -170,7 +197,7 @@ mod tests {
             retry_after_secs: 0,
             window_secs: 60,
         };
-        let h = Reject::RateLimited(d).headers();
+        let h = Reject::RateLimited(Box::new(Limits::tenant(d))).headers();
         assert!(h.iter().any(|(n, v)| *n == "retry-after" && v == "1"));
         assert!(Reject::NoCredential
             .headers()

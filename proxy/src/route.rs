@@ -3,6 +3,7 @@
 //! encoded slashes) are refused before matching, so a public prefix can never be
 //! used to reach a protected one.
 
+use crate::tls::UpstreamTls;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -26,6 +27,8 @@ pub struct Route {
     /// The address when the upstream is one backend: it is used whatever its
     /// health (there is nothing else to try), so no selection runs per request.
     pub single: Option<SocketAddr>,
+    /// `https://` upstreams: SNI per backend and the CAs to verify them with.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -41,6 +44,14 @@ impl std::fmt::Debug for Route {
 
 impl Route {
     pub fn new(rc: &RouteSettings, upstream: Arc<Upstream>) -> Self {
+        Self::with_tls(rc, upstream, None)
+    }
+
+    pub fn with_tls(
+        rc: &RouteSettings,
+        upstream: Arc<Upstream>,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
         let backends = upstream.backends().get_backend();
         let single = match backends.len() {
             1 => backends.iter().next().map(|b| b.addr.clone()),
@@ -56,6 +67,7 @@ impl Route {
             addrs: rc.upstreams.clone(),
             upstream,
             single,
+            tls,
         }
     }
 
@@ -253,6 +265,8 @@ mod tests {
             audience: prefix.into(),
             bind_request: None,
             assertion: true,
+            tls: false,
+            ca_file: None,
         }
     }
 

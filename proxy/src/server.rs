@@ -6,19 +6,21 @@
 use crate::assertion::Assertions;
 use crate::auth::jwt::{BoundOptions, IssuerSpec, JwtVerifier};
 use crate::auth::users::LoginUsers;
-use crate::auth::{ApiKeys, Authenticator};
+use crate::auth::{ApiKeys, Authenticator, ClientCerts};
 use crate::cache::{Breaker, CacheSettings};
 use crate::control::domains::Domains;
 use crate::control::follow::Follower;
 use crate::control::ControlPlane;
 use crate::fairness::Fairness;
 use crate::forwarded::Forwarding;
+use crate::limiter::quota::Quotas;
 use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions};
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
 use crate::route::{Route, RouteTable, Upstream};
 use crate::service::{Gate, GateOptions};
+use crate::tls::{TlsAcceptor, UpstreamTls};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -51,6 +53,7 @@ pub struct ProxyParts {
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub limiter: Limiter,
+    pub quotas: Arc<Quotas>,
     pub assertions: Arc<Assertions>,
     pub fairness: Arc<Fairness>,
     pub domains: Arc<Domains>,
@@ -74,7 +77,19 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         lb.set_health_check(TcpHealthCheck::new());
         lb.health_check_frequency = Some(Duration::from_secs(2));
         let svc = background_service(&format!("health check {}", rc.prefix), lb);
-        built.push(Arc::new(Route::new(rc, svc.task())));
+        let tls = if rc.tls {
+            Some(Arc::new(
+                UpstreamTls::new(
+                    &rc.upstreams,
+                    rc.ca_file.as_deref(),
+                    settings.proxy.upstream_connect_timeout,
+                )
+                .map_err(|e| format!("routes[{i}].upstream: {e}"))?,
+            ))
+        } else {
+            None
+        };
+        built.push(Arc::new(Route::with_tls(rc, svc.task(), tls)));
         balancers.push(svc);
     }
     let p = &settings.proxy;
@@ -102,6 +117,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         p.max_token_bytes,
     ));
     let users = LoginUsers::new(store.clone(), cache.clone(), breaker.clone());
+    let client_certs = ClientCerts::new(store.clone(), cache.clone(), breaker.clone());
     jwt.follow_bound_issuers(
         store.clone(),
         BoundOptions {
@@ -118,6 +134,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         api_keys,
         jwt,
         users,
+        client_certs,
         settings.admin.issuer.clone(),
     ));
     let assertions = Arc::new(Assertions::new(settings.assertion.clone()));
@@ -159,11 +176,13 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         .max_connections
         .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
     let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
+    let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
         routes: RouteTable::from_routes(built),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
+        quotas: quotas.clone(),
         meter: meter.clone(),
         metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
@@ -184,6 +203,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         meter,
         metrics,
         limiter,
+        quotas,
         assertions,
         fairness,
         domains,
@@ -290,6 +310,12 @@ pub fn start_background(
         shutdown.clone(),
     ));
     parts.limiter.spawn_background(rt, shutdown.clone());
+    rt.spawn(
+        parts
+            .quotas
+            .clone()
+            .flush_loop(settings.metering.flush_interval, shutdown.clone()),
+    );
     if settings.assertion.enabled {
         let kek = rt
             .block_on(tenantgate_core::sealing::load_kek(settings))
@@ -333,6 +359,7 @@ pub fn pingora_server(
     settings: &Settings,
     gate: Gate,
     balancers: Vec<GenBackgroundService<Upstream>>,
+    tls: Option<Arc<TlsAcceptor>>,
 ) -> Server {
     let conf = ServerConf {
         threads: settings.proxy.threads,
@@ -347,16 +374,13 @@ pub fn pingora_server(
     let fairness = gate.fairness.clone();
     let max_connections = fairness.max_connections();
     tracing::info!(max_connections, "client connection limit");
-    let proxy = pingora::proxy::http_proxy(&server.configuration, gate);
-    let app = GateListener::new(
-        proxy,
-        ListenerLimits {
-            header_timeout: settings.proxy.header_timeout,
-            keepalive_timeout: settings.proxy.keepalive_timeout,
-            max_connections,
-        },
-        fairness,
-    );
+    let proxy = Arc::new(pingora::proxy::http_proxy(&server.configuration, gate));
+    let limits = ListenerLimits {
+        header_timeout: settings.proxy.header_timeout,
+        keepalive_timeout: settings.proxy.keepalive_timeout,
+        max_connections,
+    };
+    let app = GateListener::shared(proxy.clone(), limits, fairness.clone(), None);
     let mut svc = pingora::services::listening::Service::new("tenantgate proxy".into(), app);
     // No L4 read buffer on plain HTTP: the HTTP/1 session reads the header section
     // into its own buffer, so Pingora's 64 KiB per-connection read buffer only cost
@@ -366,10 +390,54 @@ pub fn pingora_server(
             .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
     );
     server.add_service(svc);
+    if let Some(tls) = tls {
+        // The same gate behind a TLS listener; TLS is terminated in the listener
+        // app (see `crate::tls`), so Pingora listens on plain TCP here.
+        let listen = tls.settings().listen.to_string();
+        let app = GateListener::shared(proxy, limits, fairness, Some(tls));
+        let mut svc = pingora::services::listening::Service::new("tenantgate tls".into(), app);
+        svc.add_listener(
+            ListenerConfig::tcp(listen)
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+        );
+        server.add_service(svc);
+    }
     for b in balancers {
         server.add_service(b);
     }
     server
+}
+
+/// SIGHUP reloads the TLS certificates (open connections keep theirs). Pingora
+/// does not handle SIGHUP (its upgrade signal is SIGQUIT), and its default action
+/// would end the process, so the handler is installed before serving, TLS or not.
+pub fn reload_on_hangup(
+    rt: &tokio::runtime::Handle,
+    tls: Option<Arc<TlsAcceptor>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _entered = rt.enter();
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    rt.spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    match &tls {
+                        Some(tls) => {
+                            tls.reload();
+                        }
+                        None => tracing::info!("SIGHUP: nothing to reload (no [proxy.tls])"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Pingora binds late and aborts on failure; checking first makes the error ours.
@@ -396,10 +464,23 @@ pub fn run(
         balancers,
         parts,
     } = build(settings, store, routes)?;
+    let tls = match &settings.proxy.tls {
+        Some(t) => Some(Arc::new(TlsAcceptor::new(t.clone())?)),
+        None => None,
+    };
     start_background(rt, settings, &parts, shutdown.subscribe())?;
     check_listen_free(settings.proxy.listen, "proxy.listen")?;
-    let server = pingora_server(settings, gate, balancers);
-    tracing::info!(listen = %settings.proxy.listen, admin = %settings.proxy.admin_listen, "proxy listening");
+    if let Some(t) = &settings.proxy.tls {
+        check_listen_free(t.listen, "proxy.tls.listen")?;
+    }
+    reload_on_hangup(rt, tls.clone(), shutdown.subscribe())?;
+    let server = pingora_server(settings, gate, balancers, tls);
+    tracing::info!(
+        listen = %settings.proxy.listen,
+        tls = ?settings.proxy.tls.as_ref().map(|t| t.listen),
+        admin = %settings.proxy.admin_listen,
+        "proxy listening"
+    );
     ready();
     server.run(RunArgs::default());
     tracing::info!("proxy drained; flushing usage");
@@ -409,5 +490,17 @@ pub fn run(
         parts.store.clone(),
         FINAL_FLUSH_WITHIN,
     ));
+    // What was counted against quotas since the last flush (a restart starts there).
+    let quotas = parts.quotas.clone();
+    rt.block_on(async move {
+        let flushed = tokio::time::timeout(
+            FINAL_FLUSH_WITHIN,
+            quotas.flush(tenantgate_core::time::now_ms()),
+        )
+        .await;
+        if flushed.is_err() {
+            tracing::warn!("quota counts could not be flushed before exit");
+        }
+    });
     Ok(())
 }

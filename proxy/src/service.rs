@@ -6,13 +6,14 @@
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
 use crate::assertion::{Assertions, Binding};
-use crate::auth::{Authenticated, Authenticator};
+use crate::auth::{ip_allowed, Authenticated, Authenticator};
 use crate::control::domains::Domains;
 use crate::control::{ControlPlane, TenantView};
 use crate::fairness::Fairness;
 use crate::forwarded::{Forwarded, Forwarding};
 use crate::headers::{self, X_API_KEY, X_REQUEST_ID, X_TENANT_ASSERTION};
-use crate::limiter::{Decision, LimitError, Limiter};
+use crate::limiter::quota::Quotas;
+use crate::limiter::{LimitError, Limiter, Limits};
 use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
@@ -60,6 +61,7 @@ pub struct Gate {
     pub auth: Arc<Authenticator>,
     pub control: Arc<ControlPlane>,
     pub limiter: Limiter,
+    pub quotas: Arc<Quotas>,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
     pub forwarding: Forwarding,
@@ -83,7 +85,8 @@ pub struct Ctx {
     assertion: Option<HeaderValue>,
     /// Set once the tenant is known to exist: the request is metered for it.
     view: Option<Arc<TenantView>>,
-    decision: Option<Decision>,
+    /// The limits in force and what they answered (the response's fields).
+    limits: Option<Limits>,
     reject: Option<Reject>,
     upstream_error: bool,
 }
@@ -133,24 +136,33 @@ impl Gate {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let proto = match session.as_downstream().digest() {
+            Some(d) if d.ssl_digest.is_some() => "https",
+            _ => "http",
+        };
         ctx.forwarded = Some(
             self.forwarding
-                .apply(peer, &session.req_header().headers, "http"),
+                .apply(peer, &session.req_header().headers, proto),
         );
         if route.public {
             return Ok(());
         }
 
+        let client_cert = session
+            .as_downstream()
+            .digest()
+            .and_then(|d| crate::tls::client_fingerprint(d.ssl_digest.as_deref()));
         let cred = self
             .auth
-            .credential(&session.req_header().headers)?
+            .credential(&session.req_header().headers, client_cert)?
             .ok_or(Reject::NoCredential)?;
         let who = self
             .auth
             .authenticate(cred, ctx.start, ctx.start_unix_ms)
             .await?;
         // Kept from here, so a refused request is still metered to its key.
-        let principal = ctx.who.insert(who).principal();
+        let who = &*ctx.who.insert(who);
+        let principal = who.principal();
         // A tenant's own domain admits only that tenant's credentials.
         let req = session.req_header();
         let host = req
@@ -173,6 +185,20 @@ impl Gate {
             return Err(Reject::TenantSuspended);
         }
 
+        let rules = who.key_rules();
+        let client = || ctx.forwarded.as_ref().and_then(|f| f.client);
+        for allowed in [
+            view.allowed.as_deref(),
+            rules.and_then(|r| r.allowed.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !ip_allowed(allowed, client()) {
+                return Err(Reject::IpNotAllowed);
+            }
+        }
+
         let action =
             Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
         let resource = route.resource_for(path);
@@ -183,15 +209,47 @@ impl Gate {
         {
             return Err(Reject::Forbidden);
         }
+        if let Some(scopes) = rules.and_then(|r| r.scopes.as_ref()) {
+            if !scopes.allows(action, resource) {
+                return Err(Reject::Forbidden);
+            }
+        }
 
-        let decision = self
-            .limiter
-            .check(view.tenant_id.as_str(), &view.limit)
-            .await
-            .map_err(|LimitError::Unavailable| Reject::Unavailable)?;
-        ctx.decision = Some(decision);
-        if !decision.allowed {
-            return Err(Reject::RateLimited(decision));
+        let unavailable = |LimitError::Unavailable| Reject::Unavailable;
+        let mut limits = Limits::tenant(
+            self.limiter
+                .check(view.tenant_id.as_str(), &view.limit)
+                .await
+                .map_err(unavailable)?,
+        );
+        // The key's bucket is spent only when the tenant's admitted the request.
+        if let Some((bucket, limit)) =
+            rules.and_then(|r| r.rate_limit.as_ref().map(|l| (&r.bucket, l)))
+        {
+            if limits.tenant.allowed {
+                limits.key = Some(
+                    self.limiter
+                        .check(bucket, limit)
+                        .await
+                        .map_err(unavailable)?,
+                );
+            }
+        }
+        // The quota counts only requests the rate limits admitted.
+        if let Some(quota) = view.quota.as_ref().filter(|_| limits.allowed()) {
+            limits.quota = Some(
+                self.quotas
+                    .check(view.tenant_id.as_str(), quota, ctx.start_unix_ms)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        ctx.limits = Some(limits);
+        if !limits.tenant.allowed || limits.key.is_some_and(|d| !d.allowed) {
+            return Err(Reject::RateLimited(Box::new(limits)));
+        }
+        if limits.quota.is_some_and(|d| !d.allowed) {
+            return Err(Reject::QuotaExceeded(Box::new(limits)));
         }
         if self.assertions.enabled() && route.assertion {
             let req = session.req_header();
@@ -299,7 +357,7 @@ impl ProxyHttp for Gate {
             who: None,
             assertion: None,
             view: None,
-            decision: None,
+            limits: None,
             reject: None,
             upstream_error: false,
         }
@@ -343,7 +401,19 @@ impl ProxyHttp for Gate {
                     .addr
             }
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &route.tls {
+            // Verified against the route's CA file or the system roots, for the
+            // backend's host name.
+            // Plain HTTP for Pingora over a connection the route's connector made
+            // with TLS (see `crate::tls::upstream`).
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, false, String::new());
+                peer.group_key = tls.pool_key;
+                peer.options.custom_l4 = Some(tls.clone());
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(self.opts.connect_timeout);
         peer.options.read_timeout = Some(self.opts.read_timeout);
         peer.options.write_timeout = Some(self.opts.read_timeout);
@@ -405,10 +475,10 @@ impl ProxyHttp for Gate {
             ctx.upstream_error = true;
         }
         let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
-        match &ctx.decision {
-            Some(d) => headers::edit_response(
+        match &ctx.limits {
+            Some(l) => headers::edit_response(
                 upstream_response,
-                d.headers().into_iter().chain([request_id]),
+                l.headers().into_iter().chain([request_id]),
             ),
             None => headers::edit_response(upstream_response, [request_id]),
         }
@@ -473,7 +543,10 @@ impl ProxyHttp for Gate {
         if let Some(tenant) = tenant {
             let sample = Sample {
                 at_unix_s: ctx.start_unix_ms.div_euclid(1000),
-                rate_limited: matches!(ctx.reject, Some(Reject::RateLimited(_))),
+                rate_limited: matches!(
+                    ctx.reject,
+                    Some(Reject::RateLimited(_) | Reject::QuotaExceeded(_))
+                ),
                 denied: ctx.reject.as_ref().is_some_and(Reject::is_denied),
                 upstream_error: ctx.upstream_error,
                 bytes_in: session.body_bytes_read() as u64,

@@ -780,3 +780,77 @@ async fn measure_check_paths() {
         l.stats()
     );
 }
+
+/// A 100 000-request daily quota spent by `n` proxies sharing Redis, 8 tasks each,
+/// until every proxy is refused: never one request past the quota, every unit leased
+/// is spent, and a proxy calls Redis about once per lease (1 % / proxies of the quota).
+async fn quota_shared_by(n: usize) {
+    use tenantgate_core::domain::{Quota, QuotaPeriod};
+    use tenantgate_proxy::limiter::quota::Quotas;
+    let Some((url, keys)) = shared().await else {
+        return;
+    };
+    let db = tenantgate_core::testing::TestDb::sqlite();
+    let store = tenantgate_core::store::Store::open(&db.url, 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let limiters = fleet(&url, n, FailMode::Closed, &relaxed(&keys.prefix)).await;
+    let quota = Quota {
+        period: QuotaPeriod::Day,
+        max_requests: 100_000,
+    };
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for l in &limiters {
+        let quotas = Arc::new(Quotas::new(store.clone(), l.clone()));
+        for _ in 0..8 {
+            let (q, t) = (quotas.clone(), tally.clone());
+            handles.push(tokio::spawn(async move {
+                // Until this proxy is refused twice in a row (nothing leased, nothing left).
+                let mut refused = 0;
+                while refused < 2 {
+                    let now = tenantgate_core::time::now_ms();
+                    match q.check("quota-tenant", &quota, now).await {
+                        Ok(d) if d.allowed => {
+                            refused = 0;
+                            t.admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            refused += 1;
+                            t.denied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(LimitError::Unavailable) => {
+                            t.unavailable.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let admitted = tally.admitted.load(Ordering::Relaxed);
+    let calls: u64 = limiters.iter().map(|l| l.stats().redis_calls).sum();
+    eprintln!(
+        "quota 100000/day, {n} proxies: admitted {admitted} in {:?}, {calls} Redis calls",
+        start.elapsed()
+    );
+    assert_eq!(tally.unavailable.load(Ordering::Relaxed), 0);
+    assert!(admitted <= 100_000, "over-admitted: {admitted}");
+    assert!(admitted >= 99_000, "under-admitted: {admitted}");
+    assert!(calls < 2_000, "{calls} Redis calls for 100000 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_leases_never_over_admit_across_2_proxies() {
+    quota_shared_by(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_leases_never_over_admit_across_4_proxies() {
+    quota_shared_by(4).await;
+}

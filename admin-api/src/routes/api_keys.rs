@@ -1,6 +1,8 @@
 //! `/v1/tenants/{id}/api-keys`: create, list, revoke, rotate. The full key is shown
 //! only in the create and rotate responses; the store keeps a digest.
 
+use super::policies::{validate_permissions, PermissionBody};
+use super::rate_limit::RateLimitBody;
 use super::{display_name, existing_role, opt_ts, ts};
 use crate::auth::TenantScope;
 use crate::error::ApiError;
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tenantgate_core::domain::ApiKeyRecord;
+use tenantgate_core::domain::{ApiKeyRecord, Permission};
 use tenantgate_core::secrets::mint_api_key;
 use tenantgate_core::time::parse_rfc3339;
 use tenantgate_core::StoreError;
@@ -30,6 +32,58 @@ pub struct CreateApiKeyRequest {
     pub role: String,
     /// RFC 3339, in the future; absent or null: never expires.
     pub expires_at: Option<String>,
+    /// What the key may do besides what its role allows (both must allow a
+    /// request); absent or null: its role decides alone.
+    pub scopes: Option<Vec<PermissionBody>>,
+    /// Client addresses (CIDRs or single addresses, v4 or v6) the key may be used
+    /// from; absent or null: any.
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+/// `PATCH …/api-keys/{key_id}`: absent fields are kept; `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct PatchApiKeyRequest {
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<Vec<PermissionBody>>)]
+    pub scopes: Option<Option<Vec<PermissionBody>>>,
+}
+
+/// Most CIDRs in one allow-list.
+pub const MAX_CIDRS: usize = 256;
+
+/// Checks an allow-list, naming `field[i]`; returns it normalised (`10.0.0.0/8`).
+pub fn validate_cidrs(field: &str, list: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if list.len() > MAX_CIDRS {
+        return Err(ApiError::validation(
+            field,
+            format!("at most {MAX_CIDRS} entries"),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let net = c
+                .trim()
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| {
+                    c.trim()
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                })
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        format!("{field}[{i}]"),
+                        "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+                    )
+                })?;
+            Ok(net.trunc().to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -49,6 +103,10 @@ pub struct ApiKeyCreated {
     pub role: String,
     pub created_at: String,
     pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<PermissionBody>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_cidrs: Option<Vec<String>>,
     /// Rotate only: the key this one replaces.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotated_from: Option<String>,
@@ -74,6 +132,24 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<String>,
     #[schema(value_type = ApiKeyStatusName)]
     pub status: &'static str,
+    /// The key's own rate limit, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<PermissionBody>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+fn permission_bodies(list: &Option<Vec<Permission>>) -> Option<Vec<PermissionBody>> {
+    list.as_ref().map(|l| {
+        l.iter()
+            .map(|p| PermissionBody {
+                action: p.action.clone(),
+                resource: p.resource.clone(),
+            })
+            .collect()
+    })
 }
 
 fn status_at(k: &ApiKeyRecord, now: DateTime<Utc>) -> &'static str {
@@ -98,6 +174,9 @@ impl ApiKeyInfo {
             expires_at: opt_ts(k.expires_at),
             revoked_at: opt_ts(k.revoked_at),
             status,
+            rate_limit: k.extras.rate_limit.map(RateLimitBody::from),
+            scopes: permission_bodies(&k.extras.scopes),
+            allowed_cidrs: k.extras.allowed_cidrs,
         }
     }
 }
@@ -128,6 +207,8 @@ fn created(record: ApiKeyRecord, key: String, rotated_from: Option<String>) -> A
         role: record.role,
         created_at: ts(record.created_at),
         expires_at: opt_ts(record.expires_at),
+        scopes: permission_bodies(&record.extras.scopes),
+        allowed_cidrs: record.extras.allowed_cidrs,
         rotated_from,
     }
 }
@@ -170,7 +251,17 @@ pub async fn create(
             Some(t)
         }
     };
-    let (record, key) = new_key(&state, tenant_id, name, req.role, expires_at);
+    let scopes = req
+        .scopes
+        .map(|l| validate_permissions("scopes", l))
+        .transpose()?;
+    let allowed_cidrs = req
+        .allowed_cidrs
+        .map(|l| validate_cidrs("allowed_cidrs", l))
+        .transpose()?;
+    let (mut record, key) = new_key(&state, tenant_id, name, req.role, expires_at);
+    record.extras.scopes = scopes;
+    record.extras.allowed_cidrs = allowed_cidrs;
     state.store().create_api_key(&record).await?;
     tracing::info!(tenant_id, key_id = %record.id, prefix = %record.prefix, "api key created");
     Ok((StatusCode::CREATED, Json(created(record, key, None))))
@@ -269,13 +360,15 @@ pub async fn rotate(
     if !old.is_usable_at(Utc::now()) {
         return Err(not_usable());
     }
-    let (record, key) = new_key(
+    let (mut record, key) = new_key(
         &state,
         tenant_id,
         old.name.clone(),
         old.role.clone(),
         old.expires_at,
     );
+    // The new key keeps the old one's limit, scopes and allow-list.
+    record.extras = old.extras.clone();
     state
         .store()
         .rotate_api_key(tenant_id, &old.id, &record, grace)
@@ -292,10 +385,60 @@ pub async fn rotate(
     ))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/tenants/{id}/api-keys/{key_id}", operation_id = "patchApiKey", tag = "api-keys",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("key_id" = String, Path, description = "API key id"),
+    ),
+    request_body = PatchApiKeyRequest,
+    responses(
+        (status = 200, description = "The key as stored", body = ApiKeyInfo),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or key", body = ErrorResponse),
+        (status = 422, description = "Validation error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, key_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<ApiKeyInfo>, ApiError> {
+    let req: PatchApiKeyRequest = json::parse(&body)?;
+    let cidrs = match req.allowed_cidrs {
+        Some(Some(l)) => Some(Some(validate_cidrs("allowed_cidrs", l)?)),
+        other => other.map(|_| None),
+    };
+    let scopes = match req.scopes {
+        Some(Some(l)) => Some(Some(validate_permissions("scopes", l)?)),
+        other => other.map(|_| None),
+    };
+    let key = state
+        .store()
+        .update_api_key_extras(&scope.tenant.id, &key_id, |e| {
+            if let Some(c) = cidrs {
+                e.allowed_cidrs = c;
+            }
+            if let Some(s) = scopes {
+                e.scopes = s;
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => key_not_found(),
+            e => e.into(),
+        })?;
+    tracing::info!(tenant_id = %scope.tenant.id, key_id = %key.id, "api key updated");
+    Ok(Json(ApiKeyInfo::from_record(key, Utc::now())))
+}
+
 /// This resource's routes, each registered with its OpenAPI operation.
 pub fn router() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
-        .routes(routes!(revoke))
+        .routes(routes!(revoke, patch))
         .routes(routes!(rotate))
 }

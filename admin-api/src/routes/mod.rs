@@ -4,10 +4,13 @@ pub mod api_keys;
 pub mod assertion_keys;
 pub mod audit;
 pub mod auth_login;
+pub mod client_certs;
 pub mod domains;
 pub mod issuers;
 pub mod meta;
+pub mod plans;
 pub mod policies;
+pub mod quota;
 pub mod rate_limit;
 pub mod tenants;
 pub mod usage;
@@ -17,6 +20,15 @@ use crate::error::ApiError;
 use crate::AdminState;
 use chrono::{DateTime, Utc};
 use tenantgate_core::domain::{valid_email, valid_name_token};
+
+/// A field that is present (`Some`), possibly `null` (`Some(None)`).
+pub fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
 
 /// Longest tenant, key or similar display name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;

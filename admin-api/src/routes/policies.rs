@@ -53,6 +53,41 @@ pub struct PutPolicyRequest {
     pub permissions: Vec<PermissionBody>,
 }
 
+/// Checks a list of permissions (a policy's, or a key's scopes), naming `field[i]`.
+pub fn validate_permissions(
+    field: &str,
+    list: Vec<PermissionBody>,
+) -> Result<Vec<Permission>, ApiError> {
+    if list.len() > MAX_PERMISSIONS {
+        return Err(ApiError::validation(
+            field,
+            format!("at most {MAX_PERMISSIONS} permissions"),
+        ));
+    }
+    let mut permissions = Vec::with_capacity(list.len());
+    for (i, p) in list.into_iter().enumerate() {
+        if !matches!(
+            p.action.as_str(),
+            "*" | "read" | "create" | "update" | "delete"
+        ) {
+            return Err(ApiError::validation(
+                format!("{field}[{i}].action"),
+                "must be one of read, create, update, delete, *",
+            ));
+        }
+        if p.resource != "*" && !valid_name_token(&p.resource) {
+            return Err(ApiError::validation(
+                format!("{field}[{i}].resource"),
+                "must be a resource name ([a-z0-9_-], at most 64 characters) or *",
+            ));
+        }
+        let permission = Permission::new(&p.action, &p.resource);
+        debug_assert!(permission.is_valid());
+        permissions.push(permission);
+    }
+    Ok(permissions)
+}
+
 fn validate(path_role: &str, req: PutPolicyRequest) -> Result<Policy, ApiError> {
     if !valid_name_token(path_role) {
         return Err(ApiError::validation(
@@ -66,33 +101,7 @@ fn validate(path_role: &str, req: PutPolicyRequest) -> Result<Policy, ApiError> 
             "must match the role in the path",
         ));
     }
-    if req.permissions.len() > MAX_PERMISSIONS {
-        return Err(ApiError::validation(
-            "permissions",
-            format!("at most {MAX_PERMISSIONS} permissions"),
-        ));
-    }
-    let mut permissions = Vec::with_capacity(req.permissions.len());
-    for (i, p) in req.permissions.into_iter().enumerate() {
-        if !matches!(
-            p.action.as_str(),
-            "*" | "read" | "create" | "update" | "delete"
-        ) {
-            return Err(ApiError::validation(
-                format!("permissions[{i}].action"),
-                "must be one of read, create, update, delete, *",
-            ));
-        }
-        if p.resource != "*" && !valid_name_token(&p.resource) {
-            return Err(ApiError::validation(
-                format!("permissions[{i}].resource"),
-                "must be a resource name ([a-z0-9_-], at most 64 characters) or *",
-            ));
-        }
-        let permission = Permission::new(&p.action, &p.resource);
-        debug_assert!(permission.is_valid());
-        permissions.push(permission);
-    }
+    let permissions = validate_permissions("permissions", req.permissions)?;
     Ok(Policy {
         role: path_role.to_owned(),
         permissions,

@@ -4,11 +4,13 @@ use crate::auth::{Caller, TenantScope};
 use crate::error::ApiError;
 use crate::openapi::ErrorResponse;
 use crate::{json, AdminState};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use bytes::Bytes;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tenantgate_core::domain::RateLimit;
+use tenantgate_core::StoreError;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,22 +40,27 @@ impl From<RateLimit> for RateLimitBody {
 }
 
 fn validate(b: &RateLimitBody) -> Result<RateLimit, ApiError> {
+    validate_at("", b)
+}
+
+/// Checks a rate limit; the fields are named with `prefix` (e.g. `rate_limit.`).
+pub fn validate_at(prefix: &str, b: &RateLimitBody) -> Result<RateLimit, ApiError> {
     if !(1..=MAX_REQUESTS_LIMIT).contains(&b.max_requests) {
         return Err(ApiError::validation(
-            "max_requests",
+            format!("{prefix}max_requests"),
             format!("must be between 1 and {MAX_REQUESTS_LIMIT}"),
         ));
     }
     if !(1..=MAX_WINDOW_SECONDS).contains(&b.window_seconds) {
         return Err(ApiError::validation(
-            "window_seconds",
+            format!("{prefix}window_seconds"),
             format!("must be between 1 and {MAX_WINDOW_SECONDS}"),
         ));
     }
     if let Some(burst) = b.burst {
         if !(1..=MAX_REQUESTS_LIMIT).contains(&burst) {
             return Err(ApiError::validation(
-                "burst",
+                format!("{prefix}burst"),
                 format!("must be between 1 and {MAX_REQUESTS_LIMIT}"),
             ));
         }
@@ -65,11 +72,55 @@ fn validate(b: &RateLimitBody) -> Result<RateLimit, ApiError> {
     })
 }
 
+/// Where the limit in force comes from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitSource {
+    /// The tenant's plan (its tier).
+    Plan,
+    /// Set for the tenant with `PUT …/rate-limit` (or `…/quota`).
+    Tenant,
+}
+
+/// The rate limit in force for a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantRateLimit {
+    pub max_requests: u64,
+    pub window_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    pub source: LimitSource,
+}
+
+impl TenantRateLimit {
+    fn new(r: RateLimit, source: LimitSource) -> Self {
+        TenantRateLimit {
+            max_requests: r.max_requests,
+            window_seconds: r.window_seconds,
+            burst: r.burst,
+            source,
+        }
+    }
+}
+
+/// The tenant's plan's rate limit (the built-in default if the plan is gone).
+pub async fn plan_limit(
+    state: &AdminState,
+    tenant: &tenantgate_core::domain::Tenant,
+) -> Result<RateLimit, ApiError> {
+    Ok(state
+        .store()
+        .get_plan(tenant.tier.as_str())
+        .await?
+        .map(|p| p.rate_limit)
+        .unwrap_or_else(|| tenant.tier.default_rate_limit()))
+}
+
 #[utoipa::path(
     get, path = "/v1/tenants/{id}/rate-limit", operation_id = "getRateLimit", tag = "rate-limit",
     params(("id" = String, Path, description = "Tenant id")),
     responses(
-        (status = 200, description = "The tenant's rate limit", body = RateLimitBody),
+        (status = 200, description = "The tenant's rate limit in force and where it comes from", body = TenantRateLimit),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
     ),
@@ -78,13 +129,12 @@ fn validate(b: &RateLimitBody) -> Result<RateLimit, ApiError> {
 pub async fn get(
     State(state): State<AdminState>,
     scope: TenantScope,
-) -> Result<Json<RateLimitBody>, ApiError> {
-    let rl = state
-        .store()
-        .get_rate_limit(&scope.tenant.id)
-        .await?
-        .unwrap_or_else(|| scope.tenant.tier.default_rate_limit());
-    Ok(Json(rl.into()))
+) -> Result<Json<TenantRateLimit>, ApiError> {
+    let out = match state.store().get_rate_limit(&scope.tenant.id).await? {
+        Some(own) => TenantRateLimit::new(own, LimitSource::Tenant),
+        None => TenantRateLimit::new(plan_limit(&state, &scope.tenant).await?, LimitSource::Plan),
+    };
+    Ok(Json(out))
 }
 
 #[utoipa::path(
@@ -109,7 +159,7 @@ pub async fn put(
     let req: RateLimitBody = json::parse(&body)?;
     let rl = validate(&req)?;
     if matches!(scope.caller, Caller::TenantAdmin { .. })
-        && exceeds(&rl, &scope.tenant.tier.default_rate_limit())
+        && exceeds(&rl, &plan_limit(&state, &scope.tenant).await?)
     {
         return Err(ApiError::Forbidden(
             "a tenant admin may lower the tenant's rate limit, not raise it above its plan's",
@@ -118,6 +168,133 @@ pub async fn put(
     state.store().put_rate_limit(&scope.tenant.id, &rl).await?;
     tracing::info!(tenant_id = %scope.tenant.id, max_requests = rl.max_requests, window_seconds = rl.window_seconds, "rate limit set");
     Ok(Json(rl.into()))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tenants/{id}/rate-limit", operation_id = "deleteRateLimit", tag = "rate-limit",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 204, description = "The tenant follows its plan's limit again (also when it did)"),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+) -> Result<StatusCode, ApiError> {
+    state.store().delete_rate_limit(&scope.tenant.id).await?;
+    tracing::info!(tenant_id = %scope.tenant.id, "rate limit removed; the plan's applies");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn key_not_found() -> ApiError {
+    ApiError::NotFound("api key not found")
+}
+
+/// The key of this tenant (revoked ones included: their limit can still be read).
+async fn tenant_key(
+    state: &AdminState,
+    scope: &TenantScope,
+    key_id: &str,
+) -> Result<tenantgate_core::domain::ApiKeyRecord, ApiError> {
+    state
+        .store()
+        .get_api_key(&scope.tenant.id, key_id)
+        .await?
+        .ok_or_else(key_not_found)
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{id}/api-keys/{key_id}/rate-limit", operation_id = "getApiKeyRateLimit", tag = "rate-limit",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("key_id" = String, Path, description = "API key id"),
+    ),
+    responses(
+        (status = 200, description = "The key's own rate limit", body = RateLimitBody),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or key, or the key has no limit of its own", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_key(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, key_id)): Path<(String, String)>,
+) -> Result<Json<RateLimitBody>, ApiError> {
+    let key = tenant_key(&state, &scope, &key_id).await?;
+    let rl = key.extras.rate_limit.ok_or(ApiError::NotFound(
+        "the api key has no rate limit of its own",
+    ))?;
+    Ok(Json(rl.into()))
+}
+
+#[utoipa::path(
+    put, path = "/v1/tenants/{id}/api-keys/{key_id}/rate-limit", operation_id = "putApiKeyRateLimit", tag = "rate-limit",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("key_id" = String, Path, description = "API key id"),
+    ),
+    request_body = RateLimitBody,
+    responses(
+        (status = 200, description = "The stored limit; requests with the key spend from it and from the tenant's", body = RateLimitBody),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or key", body = ErrorResponse),
+        (status = 422, description = "Validation error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_key(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, key_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RateLimitBody>, ApiError> {
+    let req: RateLimitBody = json::parse(&body)?;
+    let rl = validate(&req)?;
+    state
+        .store()
+        .update_api_key_extras(&scope.tenant.id, &key_id, |e| e.rate_limit = Some(rl))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => key_not_found(),
+            e => e.into(),
+        })?;
+    tracing::info!(tenant_id = %scope.tenant.id, key_id, max_requests = rl.max_requests, window_seconds = rl.window_seconds, "api key rate limit set");
+    Ok(Json(rl.into()))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tenants/{id}/api-keys/{key_id}/rate-limit", operation_id = "deleteApiKeyRateLimit", tag = "rate-limit",
+    params(
+        ("id" = String, Path, description = "Tenant id"),
+        ("key_id" = String, Path, description = "API key id"),
+    ),
+    responses(
+        (status = 204, description = "The key has no limit of its own any more (also when it had none)"),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or key", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_key(
+    State(state): State<AdminState>,
+    scope: TenantScope,
+    Path((_, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store()
+        .update_api_key_extras(&scope.tenant.id, &key_id, |e| e.rate_limit = None)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => key_not_found(),
+            e => e.into(),
+        })?;
+    tracing::info!(tenant_id = %scope.tenant.id, key_id, "api key rate limit removed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Whether `rl` allows more than `plan`: a higher sustained rate
@@ -132,7 +309,9 @@ fn exceeds(rl: &RateLimit, plan: &RateLimit) -> bool {
 
 /// This resource's routes, each registered with its OpenAPI operation.
 pub fn router() -> OpenApiRouter<AdminState> {
-    OpenApiRouter::new().routes(routes!(get, put))
+    OpenApiRouter::new()
+        .routes(routes!(get, put, delete))
+        .routes(routes!(get_key, put_key, delete_key))
 }
 
 #[cfg(test)]

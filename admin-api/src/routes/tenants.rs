@@ -11,7 +11,7 @@ use axum::Json;
 use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tenantgate_core::domain::{valid_tenant_id, Tenant, TenantStatus, Tier};
+use tenantgate_core::domain::{valid_name_token, valid_tenant_id, Tenant, TenantStatus, Tier};
 use tenantgate_core::secrets::random_token;
 use tenantgate_core::store::{NewTenant, NewUser, TenantPatch};
 use tenantgate_core::StoreError;
@@ -54,6 +54,11 @@ pub struct PatchTenantRequest {
     pub tier: Option<Tier>,
     #[schema(value_type = Option<TenantStatusName>)]
     pub status: Option<TenantStatus>,
+    /// Client addresses (CIDRs, v4 or v6) the tenant's requests may come from;
+    /// `null` removes the allow-list.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,6 +71,8 @@ pub struct TenantResponse {
     pub status: TenantStatus,
     /// RFC 3339.
     pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_cidrs: Option<Vec<String>>,
     /// The admin user created with the tenant (create only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_user: Option<UserResponse>,
@@ -79,8 +86,23 @@ impl From<Tenant> for TenantResponse {
             tier: t.tier,
             status: t.status,
             created_at: ts(t.created_at),
+            allowed_cidrs: t.allowed_cidrs,
             admin_user: None,
         }
+    }
+}
+
+/// A tier must name a plan (422 naming `tier` otherwise).
+async fn existing_plan(state: &AdminState, tier: &Tier) -> Result<(), ApiError> {
+    let known =
+        valid_name_token(tier.as_str()) && state.store().get_plan(tier.as_str()).await?.is_some();
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "tier",
+            "must name a plan (see GET /v1/plans)",
+        ))
     }
 }
 
@@ -138,6 +160,7 @@ pub async fn create(
         }
     }
     let name = display_name("name", &req.name)?;
+    existing_plan(&state, &req.tier).await?;
     let admin_user = match req.admin_user {
         Some(u) => {
             let email = email("admin_user.email", &u.email)?;
@@ -157,7 +180,7 @@ pub async fn create(
         let new = NewTenant {
             id: req.id.clone().unwrap_or_else(|| generated_id(&name)),
             name: name.clone(),
-            tier: req.tier,
+            tier: req.tier.clone(),
             admin_user: admin_user.clone(),
         };
         match state.store().create_tenant(&new).await {
@@ -252,8 +275,19 @@ pub async fn update(
             .transpose()?,
         tier: req.tier,
         status: req.status,
+        allowed_cidrs: match req.allowed_cidrs {
+            Some(Some(l)) => Some(Some(super::api_keys::validate_cidrs("allowed_cidrs", l)?)),
+            other => other.map(|_| None),
+        },
     };
-    if patch.name.is_none() && patch.tier.is_none() && patch.status.is_none() {
+    if let Some(tier) = &patch.tier {
+        existing_plan(&state, tier).await?;
+    }
+    if patch.name.is_none()
+        && patch.tier.is_none()
+        && patch.status.is_none()
+        && patch.allowed_cidrs.is_none()
+    {
         return Ok(Json(scope.tenant.into()));
     }
     let tenant = state

@@ -61,6 +61,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// How floods of refused requests are shed (`[proxy.fairness]`).
     pub fairness: FairnessConfig,
+    /// `[proxy.tls]`: a TLS listener beside the plaintext one.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[proxy.fairness]`: a client that keeps being refused is slowed down so a
@@ -81,7 +83,8 @@ pub struct FairnessConfig {
     pub max_held_connections: usize,
     /// Refusals per second per client address answered at full speed; beyond
     /// it, refusals to that address are delayed too (floods that open a new
-    /// connection per request). 0: off.
+    /// connection per request). 0 (default): off — turn it on where client
+    /// addresses are meaningful (not behind one NAT or a load tester's loopback).
     pub ip_refusals_per_second: u32,
 }
 
@@ -93,9 +96,35 @@ impl Default for FairnessConfig {
             max_delay_ms: 1_000,
             close_after_refusals: 1_000,
             max_held_connections: 0,
-            ip_refusals_per_second: 200,
+            ip_refusals_per_second: 0,
         }
     }
+}
+
+/// `[proxy.tls]`: the TLS (HTTP/1.1 and HTTP/2 by ALPN) listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CAs of client certificates (PEM): when set, clients are asked for one.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub sni: Vec<SniConfig>,
+}
+
+/// `[[proxy.tls.sni]]`: a certificate for some server names (`*.example.com`
+/// matches one label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniConfig {
+    pub server_names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -118,6 +147,7 @@ impl Default for ProxyConfig {
             keepalive_timeout_seconds: 60,
             max_connections: 0,
             fairness: FairnessConfig::default(),
+            tls: None,
         }
     }
 }
@@ -356,6 +386,10 @@ pub struct RouteConfig {
     /// `false`: no assertion on this route (an upstream that does not want it).
     #[serde(default = "yes")]
     pub assertion: bool,
+    /// CAs (PEM) an `https://` upstream's certificate is verified against;
+    /// default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {

@@ -69,6 +69,8 @@ pub struct ProxySettings {
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
     pub fairness: FairnessSettings,
+    /// `[proxy.tls]`: the TLS listener, when configured.
+    pub tls: Option<TlsSettings>,
 }
 
 /// `[proxy.fairness]`, validated (see the file format for each knob).
@@ -83,6 +85,25 @@ pub struct FairnessSettings {
     pub max_held_connections: Option<usize>,
     /// 0: off.
     pub ip_refusals_per_second: u32,
+}
+
+/// `[proxy.tls]`, checked: every file named was readable and held what it
+/// should when the settings were built (they are read again on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub sni: Vec<SniSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniSettings {
+    /// Lower-case; `*.example.com` matches exactly one label before `example.com`.
+    pub server_names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +234,10 @@ pub struct RouteSettings {
     pub bind_request: Option<bool>,
     /// Whether this route's requests carry the assertion (when `[assertion]` is on).
     pub assertion: bool,
+    /// `https://` upstreams: TLS with SNI = the host, verified against `ca_file`
+    /// or the system roots.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[assertion]`, validated.
@@ -274,6 +299,8 @@ impl Settings {
                 audience: "/api/v1/".into(),
                 bind_request: None,
                 assertion: true,
+                tls: false,
+                ca_file: None,
             }]
         } else {
             self.routes.clone()
@@ -391,6 +418,7 @@ fn proxy(p: &file::ProxyConfig) -> Result<ProxySettings, Invalid> {
         keepalive_timeout: secs(p.keepalive_timeout_seconds),
         max_connections: (p.max_connections > 0).then_some(p.max_connections),
         fairness,
+        tls: p.tls.as_ref().map(tls).transpose()?,
     })
 }
 
@@ -421,6 +449,71 @@ fn fairness(f: &file::FairnessConfig) -> Result<FairnessSettings, Invalid> {
         max_held_connections: (f.max_held_connections > 0).then_some(f.max_held_connections),
         ip_refusals_per_second: f.ip_refusals_per_second,
     })
+}
+
+fn tls(t: &file::TlsConfig) -> Result<TlsSettings, Invalid> {
+    let k = |f: &str| format!("proxy.tls.{f}");
+    check_cert_and_key(&t.cert_file, &t.key_file, &k("cert_file"), &k("key_file"))?;
+    if let Some(ca) = &t.client_ca_file {
+        crate::pem::read_ca_certs(ca).map_err(|e| (k("client_ca_file"), e))?;
+    }
+    let mut sni = Vec::with_capacity(t.sni.len());
+    for (i, s) in t.sni.iter().enumerate() {
+        let k = |f: &str| format!("proxy.tls.sni[{i}].{f}");
+        if s.server_names.is_empty() {
+            return Err((k("server_names"), "must name at least one server".into()));
+        }
+        let mut names = Vec::with_capacity(s.server_names.len());
+        for n in &s.server_names {
+            let lower = n.trim().to_ascii_lowercase();
+            if !valid_server_name(&lower) {
+                return Err((
+                    k("server_names"),
+                    format!("{n:?} is not a DNS name or a *.wildcard of one"),
+                ));
+            }
+            names.push(lower);
+        }
+        check_cert_and_key(&s.cert_file, &s.key_file, &k("cert_file"), &k("key_file"))?;
+        sni.push(SniSettings {
+            server_names: names,
+            cert_file: s.cert_file.clone(),
+            key_file: s.key_file.clone(),
+        });
+    }
+    Ok(TlsSettings {
+        listen: t.listen,
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        client_ca_file: t.client_ca_file.clone(),
+        sni,
+    })
+}
+
+fn check_cert_and_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    cert_key: &str,
+    key_key: &str,
+) -> Result<(), Invalid> {
+    crate::pem::check_cert_and_key(cert, key).map_err(|(is_key, e)| {
+        let name = if is_key { key_key } else { cert_key };
+        (name.to_owned(), e)
+    })
+}
+
+/// A DNS name (`api.example.com`) or a wildcard of one label (`*.example.com`).
+pub fn valid_server_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 fn assertion(a: &file::AssertionConfig) -> Result<AssertionSettings, Invalid> {
@@ -705,9 +798,16 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
         if !seen.insert(r.prefix.as_str()) {
             return Err((k("prefix"), format!("duplicate prefix {:?}", r.prefix)));
         }
-        let upstreams = r.upstream.addrs();
+        let (upstreams, tls) =
+            upstream_scheme(r.upstream.addrs()).map_err(|e| (k("upstream"), e))?;
         if upstreams.is_empty() {
             return Err((k("upstream"), "must name at least one host:port".into()));
+        }
+        if let Some(ca) = &r.ca_file {
+            if !tls {
+                return Err((k("ca_file"), "applies to https:// upstreams only".into()));
+            }
+            crate::pem::read_ca_certs(ca).map_err(|e| (k("ca_file"), e))?;
         }
         if let Some(bad) = upstreams.iter().find(|a| !valid_host_port(a)) {
             return Err((k("upstream"), format!("{bad:?} is not host:port")));
@@ -735,6 +835,8 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
             audience,
             bind_request: r.bind_request,
             assertion: r.assertion,
+            tls,
+            ca_file: r.ca_file.clone(),
         });
     }
     Ok(out)
@@ -751,6 +853,28 @@ fn log(l: &file::LogConfig) -> Result<LogSettings, Invalid> {
         level: l.level.clone(),
         format,
     })
+}
+
+/// The upstreams without their scheme, and whether it is `https://`. Bare
+/// `host:port` and `http://host:port` are plain HTTP; a route's upstreams share
+/// one scheme.
+fn upstream_scheme(addrs: Vec<String>) -> Result<(Vec<String>, bool), String> {
+    let mut tls = None;
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let (bare, is_tls) = match (a.strip_prefix("https://"), a.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, true),
+            (None, Some(rest)) => (rest, false),
+            (None, None) => (a.as_str(), false),
+        };
+        let bare = bare.strip_suffix('/').unwrap_or(bare);
+        if tls.is_some_and(|t| t != is_tls) {
+            return Err("mixes https:// and plain upstreams".into());
+        }
+        tls = Some(is_tls);
+        out.push(bare.to_owned());
+    }
+    Ok((out, tls.unwrap_or(false)))
 }
 
 /// `host:port` with a numeric port and a non-empty host (IPv6 in brackets).

@@ -283,7 +283,7 @@ fn fairness_is_on_by_default_and_configurable() {
     assert_eq!(d.max_delay, std::time::Duration::from_secs(1));
     assert_eq!(d.close_after_refusals, 1000);
     assert_eq!(d.max_held_connections, None);
-    assert_eq!(d.ip_refusals_per_second, 200);
+    assert_eq!(d.ip_refusals_per_second, 0);
     let c = parse(
         "[proxy.fairness]\nenabled = false\nclose_after_refusals = 0\nmax_held_connections = 5",
     )
@@ -399,4 +399,46 @@ fn retention_defaults_fractions_and_bad_values() {
         let err = parse(&format!("[retention]\n{text}")).unwrap_err();
         assert!(err.key.starts_with(key), "{text}: {err}");
     }
+}
+
+#[test]
+fn tls_files_and_https_upstreams_are_checked_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let bad = |text: &str, key: &str| {
+        let e = Settings::from_toml_str(text, "t.toml", &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+    };
+    bad(
+        &format!("[proxy.tls]\nlisten = \"127.0.0.1:1\"\ncert_file = \"{d}/none.pem\"\nkey_file = \"{d}/none.key\"\n"),
+        "proxy.tls.cert_file",
+    );
+    std::fs::write(dir.path().join("junk.pem"), "not pem at all").unwrap();
+    bad(
+        &format!("[proxy.tls]\nlisten = \"127.0.0.1:1\"\ncert_file = \"{d}/junk.pem\"\nkey_file = \"{d}/none.key\"\n"),
+        "proxy.tls.cert_file",
+    );
+    bad(
+        &format!("[[routes]]\nprefix = \"/a/\"\nupstream = \"https://h.example:443\"\nca_file = \"{d}/none.pem\"\n"),
+        "routes[0].ca_file",
+    );
+    bad(
+        "[[routes]]\nprefix = \"/a/\"\nupstream = \"127.0.0.1:1\"\nca_file = \"x.pem\"\n",
+        "routes[0].ca_file",
+    );
+    bad(
+        "[[routes]]\nprefix = \"/a/\"\nupstream = [\"https://a:1\", \"b:1\"]\n",
+        "routes[0].upstream",
+    );
+    let ok = Settings::from_toml_str(
+        "[[routes]]\nprefix = \"/a/\"\nupstream = \"https://api.example:8443\"\n",
+        "t.toml",
+        &[],
+    )
+    .unwrap();
+    assert!(ok.routes[0].tls);
+    assert_eq!(ok.routes[0].upstreams, vec!["api.example:8443".to_owned()]);
+    assert!(crate::config::valid_server_name("*.acme.example"));
+    assert!(!crate::config::valid_server_name("a.*.example"));
+    assert!(!crate::config::valid_server_name("*"));
 }

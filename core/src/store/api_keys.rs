@@ -1,7 +1,7 @@
 //! API key records (the digest, never the key).
 
-use super::{conflict_as, ChangeKind, Result, Store, StoreError};
-use crate::domain::ApiKeyRecord;
+use super::{conflict_as, to_i64, to_u64, ChangeKind, Result, Store, StoreError};
+use crate::domain::{ApiKeyRecord, KeyExtras, RateLimit};
 use crate::time::{from_ms, now_ms};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -20,19 +20,43 @@ impl Store {
             created_at: from_ms(row.try_get("created_at")?),
             expires_at: exp.map(from_ms),
             revoked_at: rev.map(from_ms),
+            extras: Self::extras_from_row(row)?,
+        })
+    }
+
+    fn extras_from_row(row: &AnyRow) -> Result<KeyExtras> {
+        let max: Option<i64> = row.try_get("rl_max_requests")?;
+        let window: Option<i64> = row.try_get("rl_window_seconds")?;
+        let burst: Option<i64> = row.try_get("rl_burst")?;
+        let rate_limit = match (max, window) {
+            (Some(m), Some(w)) => Some(RateLimit {
+                max_requests: to_u64(m),
+                window_seconds: to_u64(w),
+                burst: burst.map(to_u64),
+            }),
+            _ => None,
+        };
+        let scopes: Option<String> = row.try_get("scopes")?;
+        let cidrs: Option<String> = row.try_get("allowed_cidrs")?;
+        Ok(KeyExtras {
+            rate_limit,
+            scopes: scopes.as_deref().map(from_json).transpose()?,
+            allowed_cidrs: cidrs.as_deref().map(from_json).transpose()?,
         })
     }
 
     pub(super) const KEY_COLS: &'static str =
-        "id, tenant_id, prefix, digest, name, role, created_at, expires_at, revoked_at";
+        "id, tenant_id, prefix, digest, name, role, created_at, expires_at, revoked_at, \
+         rl_max_requests, rl_window_seconds, rl_burst, scopes, allowed_cidrs";
 
     pub(super) async fn insert_key(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         k: &ApiKeyRecord,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, prefix, digest, name, role, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+            "INSERT INTO api_keys (id, tenant_id, prefix, digest, name, role, created_at, expires_at, revoked_at, \
+             rl_max_requests, rl_window_seconds, rl_burst, scopes, allowed_cidrs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $13)",
         )
         .bind(&k.id)
         .bind(&k.tenant_id)
@@ -42,6 +66,11 @@ impl Store {
         .bind(&k.role)
         .bind(k.created_at.timestamp_millis())
         .bind(k.expires_at.map(|t| t.timestamp_millis()))
+        .bind(k.extras.rate_limit.map(|r| to_i64(r.max_requests)))
+        .bind(k.extras.rate_limit.map(|r| to_i64(r.window_seconds)))
+        .bind(k.extras.rate_limit.and_then(|r| r.burst).map(to_i64))
+        .bind(k.extras.scopes.as_ref().map(to_json).transpose()?)
+        .bind(k.extras.allowed_cidrs.as_ref().map(to_json).transpose()?)
         .execute(&mut **tx)
         .await
         .map_err(conflict_as("prefix"))?;
@@ -170,6 +199,39 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a key's extras (its own rate limit, scopes, allow-list) with `edit`
+    /// and returns the stored key; an unknown key is `NotFound`.
+    pub async fn update_api_key_extras(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        edit: impl FnOnce(&mut KeyExtras),
+    ) -> Result<ApiKeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let mut key = Self::fetch_key(&mut *tx, tenant_id, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        edit(&mut key.extras);
+        let e = &key.extras;
+        sqlx::query(
+            "UPDATE api_keys SET rl_max_requests = $1, rl_window_seconds = $2, rl_burst = $3, \
+             scopes = $4, allowed_cidrs = $5 WHERE id = $6",
+        )
+        .bind(e.rate_limit.map(|r| to_i64(r.max_requests)))
+        .bind(e.rate_limit.map(|r| to_i64(r.window_seconds)))
+        .bind(e.rate_limit.and_then(|r| r.burst).map(to_i64))
+        .bind(e.scopes.as_ref().map(to_json).transpose()?)
+        .bind(e.allowed_cidrs.as_ref().map(to_json).transpose()?)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let change =
+            Self::record_change(&mut tx, ChangeKind::ApiKey, tenant_id, &key.prefix).await?;
+        tx.commit().await?;
+        self.publish(vec![change]);
+        Ok(key)
+    }
+
     /// The prefixes of every API key not revoked: the proxy's index of keys that
     /// may exist.
     pub async fn live_api_key_prefixes(&self) -> Result<Vec<String>> {
@@ -180,4 +242,12 @@ impl Store {
             .map(|r| r.try_get("prefix").map_err(StoreError::from))
             .collect()
     }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

@@ -18,7 +18,7 @@ pub enum ChangeKind {
     ApiKey,
     /// A role's policy was set (subject: the role).
     Policy,
-    /// The tenant's rate limit was set (subject: empty).
+    /// The tenant's own rate limit or quota was set or removed (subject: empty).
     RateLimit,
     /// A user was created, changed or deleted (subject: user id).
     User,
@@ -30,6 +30,10 @@ pub enum ChangeKind {
     Issuer,
     /// A domain was given to the tenant or taken away (subject: the domain).
     Domain,
+    /// A plan was created or changed (tenant empty, subject: the plan's name).
+    Plan,
+    /// A client certificate was registered or deleted (subject: its fingerprint).
+    ClientCert,
 }
 
 impl ChangeKind {
@@ -44,6 +48,8 @@ impl ChangeKind {
             ChangeKind::AssertionKey => "assertion_key",
             ChangeKind::Issuer => "issuer",
             ChangeKind::Domain => "domain",
+            ChangeKind::Plan => "plan",
+            ChangeKind::ClientCert => "client_cert",
         }
     }
 
@@ -58,6 +64,8 @@ impl ChangeKind {
             "assertion_key" => ChangeKind::AssertionKey,
             "issuer" => ChangeKind::Issuer,
             "domain" => ChangeKind::Domain,
+            "plan" => ChangeKind::Plan,
+            "client_cert" => ChangeKind::ClientCert,
             _ => return None,
         })
     }

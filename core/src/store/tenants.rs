@@ -21,6 +21,8 @@ pub struct TenantPatch {
     pub name: Option<String>,
     pub tier: Option<Tier>,
     pub status: Option<TenantStatus>,
+    /// `Some(None)` clears the allow-list.
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
 }
 
 impl Store {
@@ -52,8 +54,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let rl = t.tier.default_rate_limit();
-        Self::upsert_rate_limit(&mut tx, &t.id, &rl, now).await?;
         if let Some(u) = &t.admin_user {
             Self::insert_user(&mut tx, &t.id, u, now).await?;
         }
@@ -63,9 +63,10 @@ impl Store {
         Ok(Tenant {
             id: t.id.clone(),
             name: t.name.clone(),
-            tier: t.tier,
+            tier: t.tier.clone(),
             status: TenantStatus::Active,
             created_at: from_ms(now),
+            allowed_cidrs: None,
         })
     }
 
@@ -82,70 +83,77 @@ impl Store {
                 .parse()
                 .map_err(|_| StoreError::Corrupt(format!("status {status:?}")))?,
             created_at: from_ms(row.try_get("created_at")?),
+            allowed_cidrs: match row.try_get::<Option<String>, _>("allowed_cidrs")? {
+                Some(j) => {
+                    Some(serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                }
+                None => None,
+            },
         })
     }
 
     pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let row =
-            sqlx::query("SELECT id, name, tier, status, created_at FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(Self::tenant_from_row).transpose()
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query(
-            "SELECT id, name, tier, status, created_at FROM tenants ORDER BY created_at, id",
+            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::tenant_from_row).collect()
     }
 
-    /// Applies a patch. A tier change also moves the rate limit to the new tier's
-    /// default, unless the limit was customised away from the old tier's default.
+    /// Applies a patch. A tenant following its plan follows the new tier's plan.
     pub async fn update_tenant(&self, id: &str, patch: &TenantPatch) -> Result<Tenant> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let row =
-            sqlx::query("SELECT id, name, tier, status, created_at FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(
+            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         let mut tenant = Self::tenant_from_row(&row)?;
-        let old_tier = tenant.tier;
         if let Some(n) = &patch.name {
             tenant.name = n.clone();
         }
-        if let Some(t) = patch.tier {
-            tenant.tier = t;
+        if let Some(t) = &patch.tier {
+            tenant.tier = t.clone();
         }
+        if let Some(c) = &patch.allowed_cidrs {
+            tenant.allowed_cidrs = c.clone();
+        }
+        let cidrs = tenant
+            .allowed_cidrs
+            .as_ref()
+            .map(|c| serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
         if let Some(s) = patch.status {
             tenant.status = s;
         }
         sqlx::query(
-            "UPDATE tenants SET name = $1, tier = $2, status = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE tenants SET name = $1, tier = $2, status = $3, updated_at = $4, allowed_cidrs = $5 WHERE id = $6",
         )
         .bind(&tenant.name)
         .bind(tenant.tier.as_str())
         .bind(tenant.status.as_str())
         .bind(now)
+        .bind(cidrs)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let mut changes = vec![Self::record_change(&mut tx, ChangeKind::Tenant, id, "").await?];
-        if tenant.tier != old_tier {
-            let current = Self::rate_limit_in(&mut tx, id).await?;
-            if current.is_none() || current == Some(old_tier.default_rate_limit()) {
-                Self::upsert_rate_limit(&mut tx, id, &tenant.tier.default_rate_limit(), now)
-                    .await?;
-                changes.push(Self::record_change(&mut tx, ChangeKind::RateLimit, id, "").await?);
-            }
-        }
+        let change = Self::record_change(&mut tx, ChangeKind::Tenant, id, "").await?;
         tx.commit().await?;
-        self.publish(changes);
+        self.publish(vec![change]);
         Ok(tenant)
     }
 
@@ -167,7 +175,14 @@ impl Store {
             .iter()
             .map(|r| r.try_get("id"))
             .collect::<std::result::Result<_, _>>()?;
-        for table in ["users", "api_keys", "rbac_policies", "rate_limit_configs"] {
+        for table in [
+            "users",
+            "api_keys",
+            "rbac_policies",
+            "rate_limit_configs",
+            "tenant_quotas",
+            "quota_usage",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)

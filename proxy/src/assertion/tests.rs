@@ -33,6 +33,8 @@ fn routes() -> RouteTable {
         audience: audience.into(),
         bind_request: None,
         assertion: true,
+        tls: false,
+        ca_file: None,
     };
     RouteTable::build(&[rc("/api/", "billing"), rc("/jobs/", "/jobs/")]).unwrap()
 }

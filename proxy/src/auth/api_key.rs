@@ -7,10 +7,11 @@ use super::key_index::{FeedWait, KeyIndex, Verdict, UNKNOWN_LOOKUP_TIMEOUT};
 use super::principal::{AuthMethod, Principal};
 use crate::cache::{Breaker, CacheSettings, Cached, IdKey, Shared};
 use crate::reject::Reject;
+use ipnet::IpNet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tenantgate_core::domain::ApiKeyRecord;
+use tenantgate_core::domain::{ApiKeyRecord, Grants, Policy, RateLimit};
 use tenantgate_core::secrets::{self, ApiKeyDigester};
 use tenantgate_core::store::{Change, ChangeKind, Store};
 
@@ -32,6 +33,65 @@ pub struct CachedKey {
     /// Unix milliseconds.
     pub expires_at_ms: Option<i64>,
     pub principal: Principal,
+    /// The key's own limit, scopes and allow-list; `None` for a plain key (one
+    /// pointer test on the hot path).
+    pub rules: Option<Box<KeyRules>>,
+}
+
+/// A key's own restrictions, compiled once when the key is cached.
+#[derive(Debug)]
+pub struct KeyRules {
+    /// The key's bucket in the limiter: `k:<key id>` (tenant ids never hold `:`,
+    /// so it cannot meet a tenant's bucket).
+    pub bucket: Box<str>,
+    pub rate_limit: Option<RateLimit>,
+    /// What the scopes allow (the role's policy must allow it too).
+    pub scopes: Option<Grants>,
+    /// Client addresses the key may be used from.
+    pub allowed: Option<Box<[IpNet]>>,
+}
+
+impl KeyRules {
+    fn new(rec: &ApiKeyRecord) -> Option<Box<Self>> {
+        let e = &rec.extras;
+        if e.is_empty() {
+            return None;
+        }
+        let allowed = e.allowed_cidrs.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|c| match parse_cidr(c) {
+                    Some(n) => Some(n),
+                    None => {
+                        tracing::warn!(key_id = %rec.id, cidr = %c, "unparseable allowed CIDR ignored");
+                        None
+                    }
+                })
+                .collect()
+        });
+        Some(Box::new(KeyRules {
+            bucket: format!("k:{}", rec.id).into(),
+            rate_limit: e.rate_limit,
+            scopes: e.scopes.as_ref().map(|p| {
+                Grants::new(&Policy {
+                    role: String::new(),
+                    permissions: p.clone(),
+                })
+            }),
+            allowed,
+        }))
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// Whether `client` is in `list` (an unknown client address is in no list).
+pub fn ip_allowed(list: &[IpNet], client: Option<std::net::IpAddr>) -> bool {
+    client.is_some_and(|ip| list.iter().any(|n| n.contains(&ip)))
 }
 
 impl CachedKey {
@@ -52,6 +112,7 @@ impl CachedKey {
                 Some(&rec.id),
             )
             .ok()?,
+            rules: KeyRules::new(rec),
         })
     }
 
@@ -243,6 +304,7 @@ mod tests {
             created_at: now,
             expires_at: Some(now + chrono::Duration::seconds(60)),
             revoked_at: None,
+            extras: Default::default(),
         };
         let k = CachedKey::from_record(&rec).unwrap();
         assert_eq!(k.digest, [0xab; 32]);

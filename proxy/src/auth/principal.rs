@@ -9,6 +9,8 @@ use http::{HeaderName, HeaderValue};
 pub enum AuthMethod {
     ApiKey,
     Jwt,
+    /// A registered client certificate.
+    Mtls,
 }
 
 impl AuthMethod {
@@ -16,6 +18,7 @@ impl AuthMethod {
         match self {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The control plane as the hot path sees it: per (tenant, role), a flat
-//! [`TenantView`] built from three caches (tenants, policies, rate limits) and
-//! kept while none of them changed. The change follower ([`follow`]) applies the
+//! [`TenantView`] built from four caches (tenants, policies, the tenants' own
+//! limits, plans) and kept while none of them changed. The change follower ([`follow`]) applies the
 //! store's change events to these caches and to the credential caches.
 
 pub mod domains;
@@ -10,17 +10,21 @@ use crate::cache::{
     Breaker, CacheSettings, CacheStats, Cached, IdKey, PairRef, Shared, Unavailable,
 };
 use crate::metrics::TenantSeries;
+use ipnet::IpNet;
 use quick_cache::sync::Cache;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tenantgate_core::domain::{Grants, Policy, RateLimit, Tenant, TenantStatus};
+use tenantgate_core::domain::{
+    Grants, OwnLimits, Plan, Policy, Quota, RateLimit, Tenant, TenantStatus,
+};
 use tenantgate_core::store::{Change, ChangeKind, Store};
 
 /// What a request needs once it knows its tenant and role: the tenant, the role's
-/// policy and the tenant's rate limit, resolved together so a request makes one
-/// lookup instead of three, and laid out flat (id inline, policy compiled, limit
-/// resolved) so that lookup is all it reads. Built from the three caches; valid
+/// policy and the tenant's limits (its own, else its plan's), resolved together so
+/// a request makes one lookup instead of four, and laid out flat (id inline,
+/// policy compiled, limits resolved, allow-list parsed) so that lookup is all it
+/// reads. Built from the caches; valid
 /// while none of them changed (a shared change counter) and until the first of its
 /// parts turns stale.
 #[derive(Debug)]
@@ -31,8 +35,12 @@ pub struct TenantView {
     /// The role's policy, compiled; `None`: the role has no policy in this tenant
     /// (everything is forbidden).
     pub grants: Option<Grants>,
-    /// The tenant's own rate limit, or its tier's default.
+    /// The tenant's own rate limit, or its plan's.
     pub limit: RateLimit,
+    /// The tenant's own quota, or its plan's; `None`: no quota.
+    pub quota: Option<Quota>,
+    /// Client addresses the tenant's requests may come from; `None`: any.
+    pub allowed: Option<Box<[IpNet]>>,
     /// The tenant's request counter, resolved by the first request through the view.
     pub series: TenantSeries,
     changes_seen: u64,
@@ -44,7 +52,10 @@ pub struct ControlPlane {
     store: Store,
     pub tenants: Cached<IdKey, Tenant>,
     pub policies: Cached<(IdKey, IdKey), Policy>,
-    pub limits: Cached<IdKey, RateLimit>,
+    /// Each tenant's own rate limit and quota.
+    pub limits: Cached<IdKey, OwnLimits>,
+    /// Plans by name.
+    pub plans: Cached<IdKey, Plan>,
     views: Cache<(IdKey, IdKey), Arc<TenantView>>,
     view_stats: Arc<CacheStats>,
     /// Invalidations of the tenant, policy and limit caches (views built before
@@ -55,7 +66,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// `breaker` is shared with the other caches that read the same store.
     pub fn new(store: Store, settings: CacheSettings, breaker: Arc<Breaker>) -> Self {
-        let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+        let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
         let changes = Arc::new(AtomicU64::new(0));
         let view_capacity = usize::try_from(settings.max_entries.max(16)).unwrap_or(usize::MAX);
         ControlPlane {
@@ -83,9 +94,19 @@ impl ControlPlane {
                 },
             )
             .sharing_changes(changes.clone()),
-            limits: Cached::new("rate_limits", settings, breaker, move |id: IdKey| {
-                let s = s3.clone();
-                Box::pin(async move { s.get_rate_limit(&id.to_text()).await })
+            limits: Cached::new(
+                "rate_limits",
+                settings.clone(),
+                breaker.clone(),
+                move |id: IdKey| {
+                    let s = s3.clone();
+                    Box::pin(async move { s.own_limits(&id.to_text()).await.map(Some) })
+                },
+            )
+            .sharing_changes(changes.clone()),
+            plans: Cached::new("plans", settings, breaker, move |name: IdKey| {
+                let s = s4.clone();
+                Box::pin(async move { s.get_plan(&name.to_text()).await })
             })
             .sharing_changes(changes),
         }
@@ -115,11 +136,12 @@ impl ControlPlane {
         Ok(self.policies.get_pair(tenant, role, now).await?.0)
     }
 
-    pub async fn rate_limit(
+    /// The tenant's own rate limit and quota.
+    pub async fn own_limits(
         &self,
         tenant: &str,
         now: Instant,
-    ) -> Result<Option<Shared<RateLimit>>, Unavailable> {
+    ) -> Result<Option<Shared<OwnLimits>>, Unavailable> {
         Ok(self.limits.get_id(tenant, now).await?.0)
     }
 
@@ -144,18 +166,33 @@ impl ControlPlane {
             return Ok(None);
         };
         let (policy, p_until) = self.policies.get_pair(tenant, role, now).await?;
-        let (limit, l_until) = self.limits.get_id(tenant, now).await?;
+        let (own, l_until) = self.limits.get_id(tenant, now).await?;
+        let own = own.as_deref().copied().unwrap_or_default();
+        // The plan is read only for what the tenant has not set itself.
+        let (plan, plan_until) = if own.rate_limit.is_some() && own.quota.is_some() {
+            (None, l_until)
+        } else {
+            self.plans.get_id(t.tier.as_str(), now).await?
+        };
+        let limit = own
+            .rate_limit
+            .or_else(|| plan.as_deref().map(|p| p.rate_limit))
+            .unwrap_or_else(|| t.tier.default_rate_limit());
+        let quota = own.quota.or_else(|| plan.as_deref().and_then(|p| p.quota));
         let view = Arc::new(TenantView {
             tenant_id: IdKey::new(tenant),
             status: t.status,
             grants: policy.as_deref().map(Grants::new),
-            limit: limit
-                .as_deref()
-                .copied()
-                .unwrap_or_else(|| t.tier.default_rate_limit()),
+            limit,
+            quota,
+            allowed: t.allowed_cidrs.as_ref().map(|list| {
+                list.iter()
+                    .filter_map(|c| crate::auth::parse_cidr(c))
+                    .collect()
+            }),
             series: TenantSeries::default(),
             changes_seen,
-            fresh_until: t_until.min(p_until).min(l_until),
+            fresh_until: t_until.min(p_until).min(l_until).min(plan_until),
         });
         self.views
             .insert((IdKey::new(tenant), IdKey::new(role)), view.clone());
@@ -175,12 +212,14 @@ impl ControlPlane {
                     .await
             }
             ChangeKind::RateLimit => self.limits.invalidate(&IdKey::new(&c.tenant_id)).await,
+            ChangeKind::Plan => self.plans.invalidate(&IdKey::new(&c.subject)).await,
             ChangeKind::ApiKey
             | ChangeKind::User
             | ChangeKind::SigningKey
             | ChangeKind::AssertionKey
             | ChangeKind::Issuer
-            | ChangeKind::Domain => {}
+            | ChangeKind::Domain
+            | ChangeKind::ClientCert => {}
         }
     }
 
@@ -189,6 +228,7 @@ impl ControlPlane {
         self.tenants.invalidate_all();
         self.policies.invalidate_all();
         self.limits.invalidate_all();
+        self.plans.invalidate_all();
         self.views.clear();
     }
 
@@ -198,6 +238,7 @@ impl ControlPlane {
         self.tenants.render(out);
         self.policies.render(out);
         self.limits.render(out);
+        self.plans.render(out);
     }
 }
 

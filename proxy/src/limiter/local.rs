@@ -68,38 +68,180 @@ pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limi
 pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 impl Decision {
-    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy`.
-    pub fn headers(&self) -> [(HeaderName, HeaderValue); 4] {
-        let (limit, policy) = limit_values(self.limit, self.window_secs);
+    /// The rate-limit fields of a request under this one (tenant) limit.
+    pub fn headers(&self) -> [(HeaderName, HeaderValue); 5] {
+        Limits::tenant(*self).headers()
+    }
+}
+
+/// Which limit a decision is of: the item's name in `RateLimit-Policy` and `RateLimit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LimitName {
+    Tenant = 0,
+    Key = 1,
+    Quota = 2,
+}
+
+impl LimitName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitName::Tenant => "tenant",
+            LimitName::Key => "key",
+            LimitName::Quota => "quota",
+        }
+    }
+}
+
+/// The decisions of every limit in force for one request (the tenant's bucket,
+/// the key's own bucket, the tenant's quota); the response's rate-limit fields
+/// are rendered from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub tenant: Decision,
+    pub key: Option<Decision>,
+    pub quota: Option<Decision>,
+}
+
+impl Limits {
+    pub fn tenant(d: Decision) -> Self {
+        Limits {
+            tenant: d,
+            key: None,
+            quota: None,
+        }
+    }
+
+    /// The limits in force, in order, with their names.
+    pub fn items(&self) -> impl Iterator<Item = (LimitName, &Decision)> {
+        std::iter::once((LimitName::Tenant, &self.tenant))
+            .chain(self.key.as_ref().map(|d| (LimitName::Key, d)))
+            .chain(self.quota.as_ref().map(|d| (LimitName::Quota, d)))
+    }
+
+    /// The one that binds: a denying one (the longest wait), else the one with
+    /// the fewest requests left.
+    pub fn tightest(&self) -> &Decision {
+        let mut best = &self.tenant;
+        for (_, d) in self.items().skip(1) {
+            let better = match (d.allowed, best.allowed) {
+                (false, true) => true,
+                (true, false) => false,
+                (false, false) => d.retry_after_secs > best.retry_after_secs,
+                (true, true) => d.remaining < best.remaining,
+            };
+            if better {
+                best = d;
+            }
+        }
+        best
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.items().all(|(_, d)| d.allowed)
+    }
+
+    /// Seconds until every denying limit lets a request through (≥ 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.items()
+            .filter(|(_, d)| !d.allowed)
+            .map(|(_, d)| d.retry_after_secs)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` of the tightest limit, and the
+    /// structured `RateLimit-Policy` (`"<name>";q=<limit>;w=<window>`) and
+    /// `RateLimit` (`"<name>";r=<remaining>;t=<reset>`) with one item per limit.
+    pub fn headers(&self) -> [(HeaderName, HeaderValue); 5] {
+        let t = self.tightest();
+        let (limit, tenant_policy) = limit_values(
+            LimitName::Tenant,
+            self.tenant.limit,
+            self.tenant.window_secs,
+        );
+        let limit = if std::ptr::eq(t, &self.tenant) {
+            limit
+        } else {
+            HeaderValue::from(t.limit)
+        };
+        let policy = if self.key.is_none() && self.quota.is_none() {
+            tenant_policy
+        } else {
+            let mut v = Vec::with_capacity(96);
+            for (i, (name, d)) in self.items().enumerate() {
+                if i > 0 {
+                    v.extend_from_slice(b", ");
+                }
+                let (_, p) = limit_values(name, d.limit, d.window_secs);
+                v.extend_from_slice(p.as_bytes());
+            }
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        // Per request (the numbers change every time): built by hand, no `fmt`.
+        let mut state = Vec::with_capacity(48);
+        for (i, (name, d)) in self.items().enumerate() {
+            if i > 0 {
+                state.extend_from_slice(b", ");
+            }
+            state.push(b'"');
+            state.extend_from_slice(name.as_str().as_bytes());
+            state.extend_from_slice(b"\";r=");
+            push_u64(&mut state, d.remaining);
+            state.extend_from_slice(b";t=");
+            push_u64(&mut state, d.reset_secs);
+        }
         [
             (RATELIMIT_LIMIT.clone(), limit),
-            (
-                RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(self.remaining),
-            ),
-            (RATELIMIT_RESET.clone(), HeaderValue::from(self.reset_secs)),
+            (RATELIMIT_REMAINING.clone(), HeaderValue::from(t.remaining)),
+            (RATELIMIT_RESET.clone(), HeaderValue::from(t.reset_secs)),
             (RATELIMIT_POLICY.clone(), policy),
+            (
+                RATELIMIT.clone(),
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(state))
+                    .unwrap_or_else(|_| HeaderValue::from_static("")),
+            ),
         ]
     }
 }
 
-/// How many (limit, window) renderings each thread keeps.
-const LIMIT_VALUES_KEPT: usize = 8;
-
-thread_local! {
-    /// The `RateLimit-Limit` and `RateLimit-Policy` values of the limits this
-    /// thread answered last: they change with the limit, not per request, and
-    /// rendering the policy is a `format!` and two allocations.
-    static LIMIT_VALUES: RefCell<Vec<(u64, u64, HeaderValue, HeaderValue)>> =
-        const { RefCell::new(Vec::new()) };
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
-fn limit_values(limit: u64, window_secs: u64) -> (HeaderValue, HeaderValue) {
+/// How many (name, limit, window) renderings each thread keeps.
+const LIMIT_VALUES_KEPT: usize = 8;
+
+type KeptValues = Vec<(LimitName, u64, u64, HeaderValue, HeaderValue)>;
+
+thread_local! {
+    /// The `RateLimit-Limit` and `RateLimit-Policy` item values of the limits this
+    /// thread answered last: they change with the limit, not per request, and
+    /// rendering the policy is a `format!` and two allocations.
+    static LIMIT_VALUES: RefCell<KeptValues> = const { RefCell::new(Vec::new()) };
+}
+
+fn limit_values(name: LimitName, limit: u64, window_secs: u64) -> (HeaderValue, HeaderValue) {
     let render = || {
-        let policy = HeaderValue::try_from(format!("{limit};w={window_secs}"))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let policy =
+            HeaderValue::try_from(format!("\"{}\";q={limit};w={window_secs}", name.as_str()))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
         (HeaderValue::from(limit), policy)
     };
     LIMIT_VALUES
@@ -107,16 +249,16 @@ fn limit_values(limit: u64, window_secs: u64) -> (HeaderValue, HeaderValue) {
             let mut kept = kept.try_borrow_mut().ok()?;
             if let Some(i) = kept
                 .iter()
-                .position(|(l, w, _, _)| *l == limit && *w == window_secs)
+                .position(|(n, l, w, _, _)| *n == name && *l == limit && *w == window_secs)
             {
-                let (_, _, l, p) = &kept[i];
+                let (_, _, _, l, p) = &kept[i];
                 return Some((l.clone(), p.clone()));
             }
             let (l, p) = render();
             if kept.len() == LIMIT_VALUES_KEPT {
                 kept.remove(0);
             }
-            kept.push((limit, window_secs, l.clone(), p.clone()));
+            kept.push((name, limit, window_secs, l.clone(), p.clone()));
             Some((l, p))
         })
         .ok()
@@ -359,7 +501,50 @@ mod tests {
         assert!(has("ratelimit-limit", "100"));
         assert!(has("ratelimit-remaining", "99"));
         assert!(h.iter().any(|(n, _)| n == "ratelimit-reset"));
-        assert!(has("ratelimit-policy", "100;w=60"));
+        assert!(has("ratelimit-policy", "\"tenant\";q=100;w=60"));
+        assert!(has("ratelimit", "\"tenant\";r=99;t=1"));
+    }
+
+    #[test]
+    fn several_limits_render_one_item_each_and_the_tightest_leads() {
+        let tenant_l = lim(100, 60, None);
+        let key_l = lim(5, 10, None);
+        let t = Bucket::full(&tenant_l, 0).take(&tenant_l, 0, 1);
+        let k = Bucket::full(&key_l, 0).take(&key_l, 0, 1);
+        let both = Limits {
+            tenant: t,
+            key: Some(k),
+            quota: None,
+        };
+        assert!(both.allowed());
+        let h = both.headers();
+        assert_eq!(h[0].1, "5");
+        assert_eq!(h[1].1, "4");
+        assert_eq!(h[3].1, "\"tenant\";q=100;w=60, \"key\";q=5;w=10");
+        assert_eq!(h[4].1, "\"tenant\";r=99;t=1, \"key\";r=4;t=2");
+        let denied = Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_secs: 7,
+            ..t
+        };
+        let l = Limits {
+            tenant: denied,
+            key: Some(k),
+            quota: None,
+        };
+        assert!(!l.allowed());
+        assert_eq!(l.tightest(), &denied);
+        assert_eq!(l.retry_after_secs(), 7);
+    }
+
+    #[test]
+    fn numbers_are_rendered_in_decimal() {
+        for n in [0u64, 7, 10, 99, 1_000_001, u64::MAX] {
+            let mut v = Vec::new();
+            push_u64(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -372,7 +557,10 @@ mod tests {
                 let d = Bucket::full(&l, 0).take(&l, 0, 1);
                 let h = d.headers();
                 assert_eq!(h[0].1, (n * 10).to_string().as_str(), "round {round}");
-                assert_eq!(h[3].1, format!("{};w={}", n * 10, 60 + n).as_str());
+                assert_eq!(
+                    h[3].1,
+                    format!("\"tenant\";q={};w={}", n * 10, 60 + n).as_str()
+                );
             }
         }
     }

@@ -13,10 +13,13 @@
 
 mod lease;
 pub mod local;
+pub mod quota;
 pub mod redis_backend;
 
 pub use self::lease::Grant;
-pub use self::local::{Bucket, Clock, Decision, LocalLimiter, ManualClock, MonotonicClock};
+pub use self::local::{
+    Bucket, Clock, Decision, LimitName, Limits, LocalLimiter, ManualClock, MonotonicClock,
+};
 pub use self::redis_backend::RedisLimiterOptions;
 
 use std::sync::Arc;
@@ -164,6 +167,31 @@ impl Limiter {
             backend: Backend::Redis(Arc::new(r)),
             local,
         })
+    }
+
+    /// With Redis: takes up to `want` units of a tenant's quota period shared by
+    /// the fleet, `Some(Ok((granted, used after)))`; `Some(Err(()))` when Redis is
+    /// not usable; `None` for the local backend (quotas are counted in process).
+    pub(crate) async fn quota_take(
+        &self,
+        tenant: &str,
+        period_start: i64,
+        max: u64,
+        want: u64,
+        ttl_ms: u64,
+    ) -> Option<Result<(u64, u64), ()>> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Redis(r) => Some(r.quota_take(tenant, period_start, max, want, ttl_ms).await),
+        }
+    }
+
+    /// The fail mode and the live proxies of the Redis backend.
+    pub(crate) fn redis_shape(&self) -> Option<(FailMode, u64)> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Redis(r) => Some((r.fail_mode(), r.live_proxies())),
+        }
     }
 
     pub fn is_redis(&self) -> bool {

@@ -88,6 +88,22 @@ redis.call('PEXPIRE', KEYS[1], ttl * 10)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
+/// Takes up to `want` units of a quota period's counter without passing `max`.
+///
+/// KEYS[1] counter; ARGV: max, want, ttl ms. Returns {granted, used after}.
+const QUOTA_LUA: &str = r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local max = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local grant = math.min(want, max - used)
+if grant < 0 then grant = 0 end
+if grant > 0 then
+  used = redis.call('INCRBY', KEYS[1], grant)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {grant, used}
+"#;
+
 /// The bucket script (for callers that drive Redis themselves, e.g. tests).
 pub fn bucket_script() -> Script {
     Script::new(BUCKET_LUA)
@@ -309,6 +325,7 @@ pub(crate) struct RedisLimiter {
     heartbeat: Script,
     bucket_prefix: String,
     proxies_key: String,
+    quota: Script,
 }
 
 impl RedisLimiter {
@@ -343,6 +360,7 @@ impl RedisLimiter {
             heartbeat: Script::new(HEARTBEAT_LUA),
             bucket_prefix: format!("{}:b:", opts.key_prefix),
             proxies_key: format!("{}:proxies", opts.key_prefix),
+            quota: Script::new(QUOTA_LUA),
             opts,
         })
     }
@@ -481,6 +499,53 @@ impl RedisLimiter {
             // The tokens owed back are dropped: the call may have run.
             Err(()) => self.fallback(tenant, limit),
         }
+    }
+
+    /// Takes up to `want` units of the tenant's quota for the period starting at
+    /// `period_start` (unix ms): `(granted, used after)`; `Err` when Redis is not
+    /// usable (the caller applies the fail mode).
+    pub(crate) async fn quota_take(
+        &self,
+        tenant: &str,
+        period_start: i64,
+        max: u64,
+        want: u64,
+        ttl_ms: u64,
+    ) -> Result<(u64, u64), ()> {
+        if self.breaker.is_open() && self.background.load(Ordering::Acquire) {
+            return Err(());
+        }
+        if !self.breaker.allow(!self.background.load(Ordering::Acquire)) {
+            return Err(());
+        }
+        let key = format!("{}:q:{tenant}:{period_start}", self.opts.key_prefix);
+        let r: Vec<i64> = self
+            .call(self.opts.call_timeout, |mut c| {
+                let key = key.clone();
+                async move {
+                    self.quota
+                        .key(&key)
+                        .arg(max)
+                        .arg(want)
+                        .arg(ttl_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let at = |i: usize| u64::try_from(r.get(i).copied().unwrap_or(0)).unwrap_or(0);
+        Ok((at(0), at(1)))
+    }
+
+    pub(crate) fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
+
+    pub(crate) fn live_proxies(&self) -> u64 {
+        self.live
+            .load(Ordering::Relaxed)
+            .max(self.opts.min_expected_proxies)
+            .max(1)
     }
 
     fn fallback(&self, tenant: &str, limit: &RateLimit) -> Result<Decision, LimitError> {
