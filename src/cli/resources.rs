@@ -271,7 +271,7 @@ pub static RESOURCES: &[Resource] = &[
                 Update,
                 M::Patch,
                 "/v1/tenants/{tenant}/api-keys/{id}",
-                "Change a key's allowed CIDRs",
+                "Change a key's allowed CIDRs or scopes",
             ),
             Op::new(
                 Delete,
@@ -312,7 +312,7 @@ pub static RESOURCES: &[Resource] = &[
                 "scope",
                 &["scopes"],
                 Permissions,
-                &[Create],
+                &[Create, Update],
                 "action:resource the key is limited to (repeatable)",
             ),
             body(
