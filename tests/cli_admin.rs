@@ -475,9 +475,10 @@ async fn keys_users_policies_and_usage() {
         run(&["policies", "create", "x", "--permission", "read"]).code,
         2
     );
-    // No DELETE route for policies (yet): the API's refusal is exit 1, not a crash.
+    // No DELETE route for policies (yet): the API's refusal is printed, exit 1.
     let del = run(&["policies", "delete", "auditor"]);
-    assert!(del.code == 0 || del.code == 1, "{}", del.stderr);
+    assert_eq!(del.code, 1, "{}", del.stderr);
+    assert!(del.stderr.contains("method_not_allowed"), "{}", del.stderr);
 
     // Usage: JSON as the API answers it; the table ends with a total row.
     let usage = run(&["usage", "get", "--granularity", "hour", "-o", "json"])
