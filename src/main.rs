@@ -1,12 +1,14 @@
 //! `tenantgate`: one binary, subcommands `up`, `proxy`, `admin`, `demo-upstream`,
-//! `migrate`, `check-config`.
+//! `migrate`, `check-config`, and the admin API's CLI (`tenants`, `keys`, `users`,
+//! `policies`, `plans`, `usage`; see `cli`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tenantgate_core::config::{ConfigError, LogFormat, Settings};
 
+mod cli;
 mod stack;
 mod up;
 
@@ -68,7 +70,8 @@ enum Cmd {
     },
 }
 
-/// A failure that ends the process: exit code (2: configuration) and one line.
+/// A failure that ends the process: exit code (1: runtime or API error, 2:
+/// configuration or usage) and one line.
 pub struct Fatal {
     code: u8,
     message: String,
@@ -78,6 +81,13 @@ impl Fatal {
     pub fn runtime(message: impl Into<String>) -> Self {
         Fatal {
             code: 1,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Fatal {
+            code: 2,
             message: message.into(),
         }
     }
@@ -93,8 +103,15 @@ impl From<ConfigError> for Fatal {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = cli::augment(Cli::command()).get_matches();
+    let result = match matches.subcommand() {
+        Some((name, sub)) if cli::handles(name) => cli::run(name, sub),
+        _ => match Cli::from_arg_matches(&matches) {
+            Ok(parsed) => run(parsed),
+            Err(e) => e.exit(),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("tenantgate: {}", f.message);
