@@ -251,15 +251,7 @@ async fn usage_over_any_range_from_rollups_on_postgres() {
 }
 
 async fn login(s: &Stack, tenant: &str) -> (String, String) {
-    let (st, v) = s
-        .admin(
-            "POST",
-            "/v1/auth/login",
-            Some(json!({"tenant_id": tenant, "email": format!("admin@{tenant}.test"), "password": format!("password-{tenant}")})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let token = v["access_token"].as_str().unwrap().to_owned();
+    let token = s.tenant_admin_token(tenant).await;
     let claims = token.split('.').nth(1).unwrap();
     use base64::Engine;
     let claims: Value = serde_json::from_slice(
