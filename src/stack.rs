@@ -171,9 +171,27 @@ impl Stack {
         Ok(())
     }
 
-    /// Serves what was started until SIGTERM/SIGINT, then drains it.
+    /// Serves what was started until SIGTERM/SIGINT, then drains it. SIGHUP (the
+    /// proxy's certificate reload, often sent to every process of a host) is
+    /// logged and ignored: its default action would end the process.
     pub fn wait_for_signal(self) -> Result<(), Fatal> {
-        self.rt.block_on(shutdown_signal());
+        self.rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).ok();
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    Some(()) = async {
+                        match hup.as_mut() {
+                            Some(h) => h.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => tracing::info!("SIGHUP: nothing to reload in this process"),
+                }
+            }
+        });
         self.finish();
         Ok(())
     }

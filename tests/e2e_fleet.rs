@@ -238,3 +238,41 @@ async fn notify_resumes_after_a_postgres_restart_and_nothing_is_missed() {
     assert!(took.is_some(), "no NOTIFY within 1 s after the restart");
     f.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_survived_by_every_process_of_a_fleet() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut f = fleet::Fleet::start(&db.url, 1, "").await;
+    // An operator's `kill -HUP` to every tenantgate process of a host (the proxy
+    // reloads its certificates; the admin API and the demo have nothing to reload).
+    for p in &f.procs {
+        let pid = p.child.as_ref().unwrap().id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for url in [
+        format!("{}/health", f.admin),
+        format!("{}/health", f.demo),
+        format!("{}/health", f.proxy_admins[0]),
+    ] {
+        let r = f.http.get(&url).send().await;
+        assert!(
+            r.is_ok_and(|r| r.status().is_success()),
+            "{url} after SIGHUP"
+        );
+    }
+    for p in &mut f.procs {
+        assert!(
+            p.sigterm().success(),
+            "{} after SIGHUP then SIGTERM",
+            p.name
+        );
+    }
+    db.cleanup().await;
+}
