@@ -230,15 +230,7 @@ impl Store {
                     r.try_get("api_key_id")?,
                     UsageRow {
                         bucket_start: r.try_get("bucket_start")?,
-                        counts: UsageCounts {
-                            requests: to_u64(r.try_get("requests")?),
-                            rate_limited: to_u64(r.try_get("rate_limited")?),
-                            denied: to_u64(r.try_get("denied")?),
-                            upstream_errors: to_u64(r.try_get("upstream_errors")?),
-                            bytes_in: to_u64(r.try_get("bytes_in")?),
-                            bytes_out: to_u64(r.try_get("bytes_out")?),
-                            ..Default::default()
-                        },
+                        counts: counts_of(r)?,
                     },
                 ))
             })
@@ -267,20 +259,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("api_key_id")?,
-                    UsageCounts {
-                        requests: to_u64(r.try_get("requests")?),
-                        rate_limited: to_u64(r.try_get("rate_limited")?),
-                        denied: to_u64(r.try_get("denied")?),
-                        upstream_errors: to_u64(r.try_get("upstream_errors")?),
-                        bytes_in: to_u64(r.try_get("bytes_in")?),
-                        bytes_out: to_u64(r.try_get("bytes_out")?),
-                        ..Default::default()
-                    },
-                ))
-            })
+            .map(|r| Ok((r.try_get("api_key_id")?, counts_of(r)?)))
             .collect()
     }
 
@@ -539,15 +518,23 @@ fn usage_row(r: &sqlx::any::AnyRow) -> Result<UsageRow> {
     Ok(UsageRow {
         bucket_start: r.try_get("bucket_start")?,
         counts: UsageCounts {
-            requests: to_u64(r.try_get("requests")?),
-            rate_limited: to_u64(r.try_get("rate_limited")?),
-            denied: to_u64(r.try_get("denied")?),
-            upstream_errors: to_u64(r.try_get("upstream_errors")?),
-            bytes_in: to_u64(r.try_get("bytes_in")?),
-            bytes_out: to_u64(r.try_get("bytes_out")?),
             latency_sum_us: to_u64(r.try_get("latency_sum_us")?),
             latency_buckets,
+            ..counts_of(r)?
         },
+    })
+}
+
+/// The counters every usage row has (per-key rows have no latency columns).
+fn counts_of(r: &sqlx::any::AnyRow) -> Result<UsageCounts> {
+    Ok(UsageCounts {
+        requests: to_u64(r.try_get("requests")?),
+        rate_limited: to_u64(r.try_get("rate_limited")?),
+        denied: to_u64(r.try_get("denied")?),
+        upstream_errors: to_u64(r.try_get("upstream_errors")?),
+        bytes_in: to_u64(r.try_get("bytes_in")?),
+        bytes_out: to_u64(r.try_get("bytes_out")?),
+        ..Default::default()
     })
 }
 

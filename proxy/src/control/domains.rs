@@ -67,12 +67,6 @@ impl Domains {
         }
     }
 
-    /// The tenant `host` belongs to, if it is a tenant's domain.
-    pub fn owner(&self, host: &str) -> Option<Arc<str>> {
-        let host = tenantgate_core::domain::request_host(host)?;
-        self.current().get(host.as_str()).cloned()
-    }
-
     /// Loads every domain; `false` if the store could not be read.
     pub async fn load(&self) -> bool {
         match self.store.all_tenant_domains().await {
