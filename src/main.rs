@@ -8,20 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tenantgate_core::config::{ConfigError, LogFormat, Settings};
 
+mod alloc;
 mod cli;
 mod stack;
 mod up;
 
 use stack::Stack;
-
-/// mimalloc instead of glibc's malloc: the proxy allocates and frees many small
-/// buffers per request (headers, futures, strings); glibc's malloc/free/consolidate
-/// took about a tenth of the proxy's CPU in the load harness's profiles.
-/// Built with `no_thp`: mimalloc 3 otherwise asks for transparent huge pages on its
-/// arenas, and every 2 MiB region touched then counts whole in the RSS (~55 MB more
-/// with 100k keys cached, for no measurable throughput gain).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -217,10 +209,29 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             }
             let routes = cfg.routes.clone();
             let stack = Stack::new(cfg)?;
-            stack.run_proxy(&routes, || {})
+            let source = route_source(config.as_deref(), |s| s.routes);
+            stack.run_proxy(&routes, source, || {})
         }
-        Cmd::Up { config } => up::run(load(config.as_deref())?),
+        Cmd::Up { config } => {
+            let cfg = load(config.as_deref())?;
+            let source = route_source(config.as_deref(), |s| s.routes_or_demo());
+            up::run(cfg, source)
+        }
     }
+}
+
+/// What SIGHUP reads the routes from: the config file again, validated whole
+/// (`None` without a file: nothing to read again).
+fn route_source(
+    path: Option<&Path>,
+    pick: fn(Settings) -> Vec<tenantgate_core::config::RouteSettings>,
+) -> Option<tenantgate_proxy::server::RouteSource> {
+    let path = path?.to_path_buf();
+    Some(Box::new(move || {
+        Settings::load(Some(&path))
+            .map(pick)
+            .map_err(|e| e.to_string())
+    }))
 }
 
 /// A store URL without its password, for messages.

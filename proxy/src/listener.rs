@@ -82,7 +82,7 @@ pub struct HeaderDeadline {
 
 /// Bytes of the next request read by the idle wait: most request heads fit, so
 /// waiting costs no extra read; a longer head is read on by Pingora as usual.
-const EARLY_BYTES: usize = 1024;
+const EARLY_BYTES: usize = 512;
 
 /// Pingora's answer to a header section it could not parse, in the contract's shape.
 fn contract_400() -> Vec<u8> {
