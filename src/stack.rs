@@ -155,14 +155,21 @@ impl Stack {
     }
 
     /// Runs the proxy for `routes` until SIGTERM/SIGINT (`ready` is called when
-    /// it is about to serve), then stops everything else started here.
-    pub fn run_proxy(self, routes: &[RouteSettings], ready: impl FnOnce()) -> Result<(), Fatal> {
+    /// it is about to serve; SIGHUP reads the routes again from `source`), then
+    /// stops everything else started here.
+    pub fn run_proxy(
+        self,
+        routes: &[RouteSettings],
+        source: Option<tenantgate_proxy::server::RouteSource>,
+        ready: impl FnOnce(),
+    ) -> Result<(), Fatal> {
         let store = self.store()?;
         tenantgate_proxy::server::run(
             self.rt.handle(),
             &self.settings,
             store,
             routes,
+            source,
             &self.shutdown,
             ready,
         )

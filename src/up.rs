@@ -6,6 +6,7 @@ use tenantgate_core::config::Settings;
 use tenantgate_core::domain::Tier;
 use tenantgate_core::secrets;
 use tenantgate_core::store::{NewTenant, Store};
+use tenantgate_proxy::server::RouteSource;
 
 const TOKEN_SETTING: &str = "bootstrap_token_sha256";
 pub const DEMO_TENANT: &str = "demo";
@@ -73,7 +74,7 @@ async fn seed_demo(cfg: &Settings, store: &Store) -> Result<Option<String>, Fata
     Ok(Some(key))
 }
 
-pub fn run(cfg: Settings) -> Result<(), Fatal> {
+pub fn run(cfg: Settings, source: Option<RouteSource>) -> Result<(), Fatal> {
     init_logging(&cfg);
     let stack = Stack::new(cfg)?;
     let store = stack.store()?;
@@ -86,7 +87,7 @@ pub fn run(cfg: Settings) -> Result<(), Fatal> {
         let cfg = stack.settings.clone();
         move || print_banner(&cfg, new_token.as_deref(), demo_key.as_deref())
     };
-    stack.run_proxy(&routes, banner)
+    stack.run_proxy(&routes, source, banner)
 }
 
 fn print_banner(cfg: &Settings, new_token: Option<&str>, demo_key: Option<&str>) {

@@ -82,6 +82,31 @@ impl Route {
     }
 }
 
+/// The route table in force: read once per request, replaced whole by a reload
+/// (SIGHUP). A request keeps the route it matched, even across a reload.
+#[derive(Debug)]
+pub struct LiveRoutes(arc_swap::ArcSwap<RouteTable>);
+
+impl LiveRoutes {
+    pub fn new(table: RouteTable) -> Self {
+        LiveRoutes(arc_swap::ArcSwap::from_pointee(table))
+    }
+
+    /// The longest prefix that matches `path`, in the table in force now.
+    pub fn find(&self, path: &str) -> Option<Arc<Route>> {
+        self.0.load().find(path).cloned()
+    }
+
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// New requests use `table` from now on.
+    pub fn replace(&self, table: RouteTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// Sorted by prefix length, longest first.

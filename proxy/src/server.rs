@@ -18,7 +18,7 @@ use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions}
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
-use crate::route::{Route, RouteTable, Upstream};
+use crate::route::{LiveRoutes, Route, RouteTable, Upstream};
 use crate::service::{Gate, GateOptions};
 use crate::tls::{TlsAcceptor, UpstreamTls};
 use axum::extract::State;
@@ -30,7 +30,6 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
-use pingora::services::background::{background_service, GenBackgroundService};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenantgate_core::config::{LimiterBackend, RouteSettings, Settings};
@@ -59,24 +58,31 @@ pub struct ProxyParts {
     pub domains: Arc<Domains>,
 }
 
-/// The gate, its health-checked upstream balancers and the parts shared with
-/// the background work.
+/// The gate, its health-checked upstreams and the parts shared with the
+/// background work.
 pub struct Built {
     pub gate: Gate,
-    pub balancers: Vec<GenBackgroundService<Upstream>>,
+    /// The route table's upstreams, whose health checks run on the control runtime.
+    pub upstreams: Vec<Arc<Upstream>>,
     pub parts: ProxyParts,
 }
 
-/// Builds the gate for `routes` over `store`.
-pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Result<Built, String> {
-    let mut balancers = Vec::new();
+/// How often each upstream backend is health-checked (TCP connect).
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The route table for `routes` and its upstreams (health checks set, not started).
+pub fn build_routes(
+    settings: &Settings,
+    routes: &[RouteSettings],
+) -> Result<(RouteTable, Vec<Arc<Upstream>>), String> {
+    let mut upstreams = Vec::new();
     let mut built = Vec::new();
     for (i, rc) in routes.iter().enumerate() {
         let mut lb = Upstream::try_from_iter(rc.upstreams.iter().map(String::as_str))
             .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
         lb.set_health_check(TcpHealthCheck::new());
-        lb.health_check_frequency = Some(Duration::from_secs(2));
-        let svc = background_service(&format!("health check {}", rc.prefix), lb);
+        lb.health_check_frequency = Some(HEALTH_CHECK_EVERY);
+        let lb = Arc::new(lb);
         let tls = if rc.tls {
             Some(Arc::new(
                 UpstreamTls::new(
@@ -89,9 +95,28 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         } else {
             None
         };
-        built.push(Arc::new(Route::with_tls(rc, svc.task(), tls)));
-        balancers.push(svc);
+        built.push(Arc::new(Route::with_tls(rc, lb.clone(), tls)));
+        upstreams.push(lb);
     }
+    Ok((RouteTable::from_routes(built), upstreams))
+}
+
+/// Runs the health checks of `upstreams` on `rt` until `stop` says true.
+pub fn spawn_health_checks(
+    rt: &tokio::runtime::Handle,
+    upstreams: Vec<Arc<Upstream>>,
+    stop: &watch::Receiver<bool>,
+) {
+    use pingora::services::background::BackgroundService;
+    for lb in upstreams {
+        let stop = stop.clone();
+        rt.spawn(async move { lb.start(stop).await });
+    }
+}
+
+/// Builds the gate for `routes` over `store`.
+pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Result<Built, String> {
+    let (table, upstreams) = build_routes(settings, routes)?;
     let p = &settings.proxy;
     let cache = CacheSettings {
         ttl: p.cache_ttl,
@@ -178,7 +203,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
     let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
-        routes: RouteTable::from_routes(built),
+        routes: Arc::new(LiveRoutes::new(table)),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
@@ -210,7 +235,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     };
     Ok(Built {
         gate,
-        balancers,
+        upstreams,
         parts,
     })
 }
@@ -355,12 +380,7 @@ pub fn start_background(
 }
 
 /// The Pingora server with the gate on `proxy.listen`.
-pub fn pingora_server(
-    settings: &Settings,
-    gate: Gate,
-    balancers: Vec<GenBackgroundService<Upstream>>,
-    tls: Option<Arc<TlsAcceptor>>,
-) -> Server {
+pub fn pingora_server(settings: &Settings, gate: Gate, tls: Option<Arc<TlsAcceptor>>) -> Server {
     let conf = ServerConf {
         threads: settings.proxy.threads,
         grace_period_seconds: Some(settings.proxy.grace_period.as_secs()),
@@ -402,40 +422,92 @@ pub fn pingora_server(
         );
         server.add_service(svc);
     }
-    for b in balancers {
-        server.add_service(b);
-    }
     server
 }
 
-/// SIGHUP reloads the TLS certificates (open connections keep theirs). Pingora
-/// does not handle SIGHUP (its upgrade signal is SIGQUIT), and its default action
-/// would end the process, so the handler is installed before serving, TLS or not.
+/// Reads the routes again (the config file, validated whole) for a reload.
+pub type RouteSource = Box<dyn Fn() -> Result<Vec<RouteSettings>, String> + Send + Sync>;
+
+/// What SIGHUP reloads: the TLS certificates and the routes.
+pub struct Reloadable {
+    pub tls: Option<Arc<TlsAcceptor>>,
+    pub routes: Arc<LiveRoutes>,
+    /// `None`: no config file (built-in defaults), so no routes to read again.
+    pub source: Option<RouteSource>,
+    /// The settings the route table is built with (timeouts of https upstreams).
+    pub settings: Settings,
+}
+
+impl Reloadable {
+    /// Builds the new route table from the source and swaps it in, starting its
+    /// health checks and stopping the previous ones. On any error the table in
+    /// force stays and one error line says why (the message names the key).
+    fn reload_routes(
+        &self,
+        rt: &tokio::runtime::Handle,
+        generation: &mut watch::Sender<bool>,
+    ) -> bool {
+        let Some(source) = &self.source else {
+            tracing::info!("SIGHUP: routes not reloaded (no config file)");
+            return false;
+        };
+        let built = source().and_then(|routes| {
+            if routes.is_empty() {
+                return Err("routes: the new configuration has no [[routes]]".into());
+            }
+            build_routes(&self.settings, &routes)
+        });
+        match built {
+            Ok((table, upstreams)) => {
+                let (next, stop) = watch::channel(false);
+                spawn_health_checks(rt, upstreams, &stop);
+                let n = table.routes().len();
+                self.routes.replace(table);
+                let _ = generation.send(true);
+                *generation = next;
+                tracing::info!(routes = n, "SIGHUP: routes reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: routes not reloaded; keeping the previous ones");
+                false
+            }
+        }
+    }
+}
+
+/// SIGHUP reloads the TLS certificates (open connections keep theirs) and the
+/// routes (requests in flight keep theirs). Pingora does not handle SIGHUP (its
+/// upgrade signal is SIGQUIT), and its default action would end the process, so
+/// the handler is installed before serving. `generation` stops the health checks
+/// of the route table in force when it is replaced (or at shutdown).
 pub fn reload_on_hangup(
     rt: &tokio::runtime::Handle,
-    tls: Option<Arc<TlsAcceptor>>,
+    reload: Reloadable,
+    mut generation: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let _entered = rt.enter();
     let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let handle = rt.clone();
     rt.spawn(async move {
         loop {
             tokio::select! {
                 got = hup.recv() => {
                     if got.is_none() {
-                        return;
+                        break;
                     }
-                    match &tls {
-                        Some(tls) => {
-                            tls.reload();
-                        }
-                        None => tracing::info!("SIGHUP: nothing to reload (no [proxy.tls])"),
+                    if let Some(tls) = &reload.tls {
+                        tls.reload();
                     }
+                    // Reading and parsing the file blocks; it is small and rare.
+                    reload.reload_routes(&handle, &mut generation);
                 }
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
         }
+        let _ = generation.send(true);
     });
     Ok(())
 }
@@ -456,12 +528,13 @@ pub fn run(
     settings: &Settings,
     store: Store,
     routes: &[RouteSettings],
+    source: Option<RouteSource>,
     shutdown: &watch::Sender<bool>,
     ready: impl FnOnce(),
 ) -> Result<(), String> {
     let Built {
         gate,
-        balancers,
+        upstreams,
         parts,
     } = build(settings, store, routes)?;
     let tls = match &settings.proxy.tls {
@@ -473,8 +546,16 @@ pub fn run(
     if let Some(t) = &settings.proxy.tls {
         check_listen_free(t.listen, "proxy.tls.listen")?;
     }
-    reload_on_hangup(rt, tls.clone(), shutdown.subscribe())?;
-    let server = pingora_server(settings, gate, balancers, tls);
+    let (generation, checks) = watch::channel(false);
+    spawn_health_checks(rt, upstreams, &checks);
+    let reload = Reloadable {
+        tls: tls.clone(),
+        routes: gate.routes.clone(),
+        source,
+        settings: settings.clone(),
+    };
+    reload_on_hangup(rt, reload, generation, shutdown.subscribe())?;
+    let server = pingora_server(settings, gate, tls);
     tracing::info!(
         listen = %settings.proxy.listen,
         tls = ?settings.proxy.tls.as_ref().map(|t| t.listen),

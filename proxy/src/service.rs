@@ -18,7 +18,7 @@ use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
-use crate::route::{check_path, normalize_path, Route, RouteTable};
+use crate::route::{check_path, normalize_path, LiveRoutes, Route};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -57,7 +57,7 @@ impl Default for GateOptions {
 }
 
 pub struct Gate {
-    pub routes: RouteTable,
+    pub routes: Arc<LiveRoutes>,
     pub auth: Arc<Authenticator>,
     pub control: Arc<ControlPlane>,
     pub limiter: Limiter,
@@ -109,7 +109,7 @@ impl Gate {
         let normal = normalize_path(uri.path()).map_err(Reject::BadRequest)?;
         let path = normal.as_deref().unwrap_or(uri.path());
         check_path(path).map_err(Reject::BadRequest)?;
-        let route = self.routes.find(path).cloned().ok_or(Reject::NoRoute)?;
+        let route = self.routes.find(path).ok_or(Reject::NoRoute)?;
         ctx.route = Some(route.clone());
         // The upstream gets the path that was matched and authorised.
         if let Some(normal) = &normal {
