@@ -139,6 +139,16 @@ impl Tenancy {
                     self.mark_ready(&schema);
                 }
                 let mut tx = self.pool.begin().await?;
+                if scope_to(&mut tx, &schema).await? {
+                    return Ok(tx);
+                }
+                // Dropped since this process migrated it: create it again.
+                tx.rollback().await?;
+                self.forget_schema(&schema);
+                tracing::warn!(schema = %schema, "tenant schema was missing; creating it again");
+                self.migrate_schema(&schema).await?;
+                self.mark_ready(&schema);
+                let mut tx = self.pool.begin().await?;
                 scope_to(&mut tx, &schema).await?;
                 Ok(tx)
             }
@@ -159,15 +169,11 @@ impl Tenancy {
         };
     }
 
-    /// Forgets that `tenant_id`'s schema was migrated (the next `begin` checks
-    /// again, e.g. after the schema was dropped by hand).
-    pub fn forget(&self, tenant_id: &str) {
-        if let Some(schema) = schema_name(tenant_id) {
-            match self.ready.write() {
-                Ok(mut r) => r.remove(&schema),
-                Err(p) => p.into_inner().remove(&schema),
-            };
-        }
+    fn forget_schema(&self, schema: &str) {
+        match self.ready.write() {
+            Ok(mut r) => r.remove(schema),
+            Err(p) => p.into_inner().remove(schema),
+        };
     }
 
     /// At start: the shared set, then every tenant schema that exists (PostgreSQL)
@@ -245,13 +251,19 @@ impl Tenancy {
 }
 
 /// `SET LOCAL search_path` to the tenant's schema alone (then `pg_temp`, so a
-/// temporary table can never shadow a tenant table), the value bound as a parameter.
-async fn scope_to(conn: &mut AnyConnection, schema: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('search_path', $1, true) AS search_path")
-        .bind(format!("{}, pg_temp", quote_ident(schema)))
-        .execute(conn)
-        .await?;
-    Ok(())
+/// temporary table can never shadow a tenant table), the value bound as a
+/// parameter. In the same round trip: whether the schema exists (false: it was
+/// dropped since this process migrated it).
+async fn scope_to(conn: &mut AnyConnection, schema: &str) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT set_config('search_path', $1, true) AS search_path, \
+         EXISTS (SELECT 1 FROM pg_namespace WHERE nspname::text = $2) AS present",
+    )
+    .bind(format!("{}, pg_temp", quote_ident(schema)))
+    .bind(schema)
+    .fetch_one(conn)
+    .await?;
+    row.try_get("present")
 }
 
 /// A transaction-scoped advisory lock keyed by `name`.

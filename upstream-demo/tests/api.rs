@@ -472,6 +472,58 @@ async fn jobs_api(state: DemoState) {
     assert_error(&r, StatusCode::BAD_REQUEST, "missing_tenant");
 }
 
+/// The queue's lease: an expired claim is taken over, and the worker that lost it
+/// can no longer record an outcome.
+async fn job_lease_guards_the_outcome(state: DemoState) {
+    use tenantgate_demo::jobs::queue;
+    let app = app(state.clone());
+    let r = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        A,
+        Some(r#"{"kind":"report"}"#),
+    )
+    .await;
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let (pool, backend) = (state.pool(), state.tenancy().backend());
+    let now = tenantgate_core::time::now_ms() + 1;
+    let first = queue::claim(pool, backend, "t1", now, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.id.as_str(), first.attempts, first.tenant_id.as_str()),
+        (id.as_str(), 1, "tenant-a")
+    );
+    // Held: nobody else gets it before the lease ends.
+    assert!(queue::claim(pool, backend, "t2", now + 50, 100)
+        .await
+        .unwrap()
+        .is_none());
+    let second = queue::claim(pool, backend, "t2", now + 200, 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.id.as_str(), second.attempts), (id.as_str(), 2));
+    let done = serde_json::json!({"ok": true});
+    let ok = queue::Outcome::Succeeded(&done);
+    assert!(!queue::finish(pool, &id, "t1", &ok, now + 300)
+        .await
+        .unwrap());
+    assert!(!queue::extend(pool, &id, "t1", now + 9_000).await.unwrap());
+    assert!(queue::finish(pool, &id, "t2", &ok, now + 300)
+        .await
+        .unwrap());
+    let r = call(&app, "GET", &format!("/api/v1/jobs/{id}"), A, None).await;
+    assert_eq!(r.json["status"], "succeeded");
+    assert_eq!(r.json["result"], done);
+    assert!(queue::claim(pool, backend, "t3", now + 60_000, 100)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 // ---- PostgreSQL only: the schema-per-tenant router ----------------------------------
 
 /// A pool of one connection: after tenant requests (one of them abandoning its
@@ -508,6 +560,14 @@ async fn pooled_connections_never_keep_a_tenant_search_path() {
         .execute(state.pool())
         .await
         .is_err());
+    // A schema dropped behind the process's back is created again on next use.
+    sqlx::query("DROP SCHEMA tenant_tenant_a CASCADE")
+        .execute(state.pool())
+        .await
+        .unwrap();
+    let r = call(&app, "GET", "/api/v1/resources", A, None).await;
+    assert_eq!((r.status, r.json), (StatusCode::OK, json!([])));
+    create(&app, A, json!({"name": "again"})).await;
     // A tenant id that cannot name a schema is refused before any SQL.
     let r = call(
         &app,
@@ -577,4 +637,5 @@ on_both_backends!(
     health_and_store_outage,
     init_twice_shares_rows,
     jobs_api,
+    job_lease_guards_the_outcome,
 );

@@ -107,6 +107,19 @@ pub async fn get(
     row.as_ref().map(from_row).transpose()
 }
 
+/// Whether any job is due: a cheap read an idle worker polls with, so that it
+/// only writes (claims) when there is work.
+pub async fn any_due(pool: &AnyPool, now: i64) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT id FROM demo_jobs \
+         WHERE (status = 'queued' AND run_at <= $1) OR (status = 'running' AND locked_until < $1) LIMIT 1) AS due",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
+}
+
 /// Claims the oldest due job for `token` until `now + lease_ms`; its attempt
 /// count includes this attempt.
 pub async fn claim(

@@ -64,14 +64,21 @@ pub async fn run(state: DemoState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         };
         let token = uuid::Uuid::new_v4().to_string();
-        let claimed = queue::claim(
-            state.pool(),
-            state.tenancy().backend(),
-            &token,
-            now_ms(),
-            LEASE_MS,
-        )
-        .await;
+        let now = now_ms();
+        let claimed = match queue::any_due(state.pool(), now).await {
+            Ok(true) => {
+                queue::claim(
+                    state.pool(),
+                    state.tenancy().backend(),
+                    &token,
+                    now,
+                    LEASE_MS,
+                )
+                .await
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         match claimed {
             Ok(Some(job)) => {
                 let state = state.clone();
