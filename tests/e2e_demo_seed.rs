@@ -639,3 +639,44 @@ async fn with_require_assertion_a_forged_tenant_header_reaches_no_schema() {
     }
     db.cleanup().await;
 }
+
+/// SIGTERM while a job runs longer than the drain: the job is handed back to the
+/// queue (due now, the interrupted attempt not counted) instead of waiting for its
+/// lease to run out.
+#[tokio::test]
+async fn sigterm_hands_a_running_job_back_to_the_queue() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let url = db.url.clone();
+    {
+        let mut s = stack().store_url(&url).start().await;
+        s.tenant("acme", "enterprise").await;
+        let (key, _) = s.key("acme", "developer").await;
+        let id = submit(
+            &s,
+            &key,
+            json!({"kind": "export", "params": {"sleep_ms": 9000}}),
+        )
+        .await;
+        let up = eventually(Duration::from_secs(10), || async {
+            let (_, v) = s.with_key("GET", &format!("/api/v1/jobs/{id}"), &key).await;
+            v["status"] == "running"
+        })
+        .await;
+        assert!(up.is_some(), "job never ran:\n{}", s.log());
+        let st = s.sigterm();
+        assert!(st.success(), "{st:?}\n{}", s.log());
+        let mut c = pg(&url).await;
+        let row = sqlx::query("SELECT status, attempts, locked_by FROM demo_jobs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>("status"), "queued");
+        assert_eq!(row.get::<i64, _>("attempts"), 0);
+        assert_eq!(row.get::<Option<String>, _>("locked_by"), None);
+        let _ = c.close().await;
+    }
+    db.cleanup().await;
+}

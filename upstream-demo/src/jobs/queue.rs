@@ -162,6 +162,21 @@ pub async fn extend(pool: &AnyPool, id: &str, token: &str, until: i64) -> Result
     Ok(res.rows_affected() > 0)
 }
 
+/// Hands a running job back to the queue, due now, without counting the
+/// interrupted attempt; false when `token` no longer holds it.
+pub async fn release(pool: &AnyPool, id: &str, token: &str, now: i64) -> Result<bool, StoreError> {
+    let res = sqlx::query(
+        "UPDATE demo_jobs SET status = 'queued', attempts = attempts - 1, run_at = $1, locked_by = NULL, locked_until = NULL, updated_at = $1 \
+         WHERE id = $2 AND locked_by = $3 AND status = 'running'",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(token)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected() > 0)
+}
+
 /// How an attempt ended.
 #[derive(Debug)]
 pub enum Outcome<'a> {

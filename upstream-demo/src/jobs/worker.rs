@@ -38,9 +38,24 @@ pub const BACKOFF_BASE_MS: i64 = 500;
 pub const BACKOFF_MAX_MS: i64 = 60_000;
 /// Attempts running at once in one process.
 pub const CONCURRENCY: usize = 4;
-/// After a stop, how long running attempts get to finish (the rest are picked up
-/// again once their leases run out).
+/// After a stop, how long running attempts get to finish; the rest are handed
+/// back to the queue (due at once, the interrupted attempt not counted), so the
+/// next process to start runs them without waiting for their leases.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// The attempts this worker is running: job id → lease token.
+type Active = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+fn set_active(active: &Active, id: &str, token: Option<&str>) {
+    let mut map = match active.lock() {
+        Ok(m) => m,
+        Err(p) => p.into_inner(),
+    };
+    match token {
+        Some(t) => map.insert(id.to_owned(), t.to_owned()),
+        None => map.remove(id),
+    };
+}
 
 /// The delay before the attempt after `attempt` (1-based): 0.5 s · 2^(attempt-1).
 pub fn backoff_ms(attempt: i64) -> i64 {
@@ -53,6 +68,7 @@ pub fn backoff_ms(attempt: i64) -> i64 {
 /// Runs the worker until `stop` turns true (or its sender is dropped).
 pub async fn run(state: DemoState, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let active: Active = Default::default();
     let notify = state.jobs_notify().clone();
     tracing::debug!("job worker started");
     loop {
@@ -93,9 +109,12 @@ pub async fn run(state: DemoState, mut stop: watch::Receiver<bool>) {
                     request_id = %job.request_id,
                     attempt = job.attempts,
                 );
+                let active = active.clone();
+                set_active(&active, &job.id, Some(&token));
                 tokio::spawn(
                     async move {
                         attempt(&state, &job, &token).await;
+                        set_active(&active, &job.id, None);
                         drop(permit);
                     }
                     .instrument(span),
@@ -121,7 +140,24 @@ pub async fn run(state: DemoState, mut stop: watch::Receiver<bool>) {
     }
     // Let running attempts finish (or leave them to their leases).
     let all = u32::try_from(CONCURRENCY).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(DRAIN, slots.acquire_many(all)).await;
+    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(all)).await;
+    if drained.is_err() {
+        let left: Vec<(String, String)> = match active.lock() {
+            Ok(m) => m.clone().into_iter().collect(),
+            Err(p) => p.into_inner().clone().into_iter().collect(),
+        };
+        for (id, token) in left {
+            match queue::release(state.pool(), &id, &token, now_ms()).await {
+                Ok(true) => {
+                    tracing::info!(job_id = %id, "job handed back to the queue at shutdown")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, "job not handed back; its lease will run out")
+                }
+            }
+        }
+    }
     tracing::debug!("job worker stopped");
 }
 
