@@ -67,6 +67,17 @@ impl ApiError {
         )
     }
 
+    /// A tenant id the store cannot keep rows for (on PostgreSQL it must name a
+    /// schema: `[a-z0-9][a-z0-9-]{1,62}`, the admin API's tenant id rule).
+    pub fn bad_tenant(request_id: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            code::MISSING_TENANT,
+            "the x-tenant-id header is not a valid tenant id",
+            request_id,
+        )
+    }
+
     pub fn invalid_assertion(request_id: &str, message: &str) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

@@ -1,18 +1,15 @@
-//! SQL for the demo's one table. Portable across SQLite and PostgreSQL through
-//! sqlx's `Any` driver; every statement is scoped by `tenant_id`.
+//! SQL for the demo's resources. Portable across SQLite and PostgreSQL through
+//! sqlx's `Any` driver. Every function runs on a connection inside the tenant's
+//! transaction ([`crate::tenancy::Tenancy::begin`]: on PostgreSQL the tenant's own
+//! schema), and every statement is also scoped by `tenant_id`, so the SQLite
+//! layout (one table for all tenants) needs no other code.
 
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
-use std::time::Duration;
+use sqlx::{AnyConnection, Row};
 use tenantgate_core::time::now_ms;
 use tenantgate_core::StoreError;
-
-const SCHEMA: [&str; 2] = [
-    "CREATE TABLE IF NOT EXISTS demo_resources (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, owner_id TEXT, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS demo_resources_tenant_idx ON demo_resources (tenant_id, created_at)",
-];
 
 const COLUMNS: &str = "id, name, data, owner_id";
 
@@ -30,31 +27,6 @@ pub struct Resource {
 pub struct Changes {
     pub name: Option<String>,
     pub data: Option<Value>,
-}
-
-/// Creates the table and its index. Retries a few times because concurrent
-/// `CREATE TABLE IF NOT EXISTS` on PostgreSQL (a fleet starting at once) can
-/// still fail with a unique violation in the catalog.
-pub async fn create_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
-    let mut attempt = 0;
-    loop {
-        match create_schema_once(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < 3 => {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "retrying demo schema creation");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn create_schema_once(pool: &AnyPool) -> Result<(), sqlx::Error> {
-    for stmt in SCHEMA {
-        sqlx::query(stmt).execute(pool).await?;
-    }
-    Ok(())
 }
 
 fn from_row(row: &AnyRow) -> Result<Resource, StoreError> {
@@ -86,7 +58,7 @@ fn creation_ms() -> i64 {
 }
 
 pub async fn insert(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     tenant_id: &str,
     name: &str,
     data: &Value,
@@ -103,7 +75,7 @@ pub async fn insert(
     .bind(data.to_string())
     .bind(owner_id.map(str::to_owned))
     .bind(now)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(Resource {
         id,
@@ -114,7 +86,7 @@ pub async fn insert(
 }
 
 pub async fn list(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     tenant_id: &str,
     limit: i64,
     offset: i64,
@@ -125,13 +97,13 @@ pub async fn list(
     .bind(tenant_id)
     .bind(limit)
     .bind(offset)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     rows.iter().map(from_row).collect()
 }
 
 pub async fn get(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     tenant_id: &str,
     id: &str,
 ) -> Result<Option<Resource>, StoreError> {
@@ -140,14 +112,14 @@ pub async fn get(
     ))
     .bind(tenant_id)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Applies `changes` in one statement; `None` when the tenant has no such row.
 pub async fn update(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     tenant_id: &str,
     id: &str,
     changes: &Changes,
@@ -161,19 +133,78 @@ pub async fn update(
     .bind(now_ms())
     .bind(tenant_id)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Whether a row of the tenant was deleted.
-pub async fn delete(pool: &AnyPool, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+pub async fn delete(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
     let res = sqlx::query("DELETE FROM demo_resources WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id)
         .bind(id)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(res.rows_affected() > 0)
+}
+
+/// How many rows the tenant has.
+pub async fn count(conn: &mut AnyConnection, tenant_id: &str) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM demo_resources WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// The tenant's rows per owner (`None`: rows created without a user).
+pub async fn count_by_owner(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT owner_id, COUNT(*) AS n FROM demo_resources WHERE tenant_id = $1 GROUP BY owner_id ORDER BY owner_id",
+    )
+    .bind(tenant_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("owner_id")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// What a job wrote for its tenant: one row per job, replaced when a job that
+/// was interrupted after writing runs again.
+#[derive(Debug)]
+pub struct JobOutput<'a> {
+    pub job_id: &'a str,
+    pub tenant_id: &'a str,
+    pub kind: &'a str,
+    pub user_id: Option<&'a str>,
+    pub request_id: &'a str,
+    pub output: &'a Value,
+}
+
+pub async fn save_output(conn: &mut AnyConnection, out: &JobOutput<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO demo_job_outputs (job_id, tenant_id, kind, user_id, request_id, output, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (job_id) DO UPDATE SET output = excluded.output, created_at = excluded.created_at",
+    )
+    .bind(out.job_id)
+    .bind(out.tenant_id)
+    .bind(out.kind)
+    .bind(out.user_id.map(str::to_owned))
+    .bind(out.request_id)
+    .bind(out.output.to_string())
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,9 +56,11 @@ async fn list(
             "offset must not be negative",
         ));
     }
-    let rows = repo::list(state.pool(), &ctx.tenant_id, limit, offset)
+    let mut tx = state.begin(&ctx).await?;
+    let rows = repo::list(&mut tx, &ctx.tenant_id, limit, offset)
         .await
         .map_err(|e| ApiError::store(rid, e))?;
+    commit(rid, tx).await?;
     Ok(Json(rows))
 }
 
@@ -73,8 +75,9 @@ async fn create(
         return Err(ApiError::validation(rid, "name", "name is required"));
     };
     let data = data_field(&body).unwrap_or_else(empty_object);
+    let mut tx = state.begin(&ctx).await?;
     let created = repo::insert(
-        state.pool(),
+        &mut tx,
         &ctx.tenant_id,
         &name,
         &data,
@@ -82,6 +85,7 @@ async fn create(
     )
     .await
     .map_err(|e| ApiError::store(rid, e))?;
+    commit(rid, tx).await?;
     tracing::debug!(request_id = %rid, tenant_id = %ctx.tenant_id, id = %created.id, "resource created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -95,11 +99,12 @@ async fn get_one(
     let Ok(Path(id)) = id else {
         return Err(ApiError::not_found(rid));
     };
-    repo::get(state.pool(), &ctx.tenant_id, &id)
+    let mut tx = state.begin(&ctx).await?;
+    let row = repo::get(&mut tx, &ctx.tenant_id, &id)
         .await
-        .map_err(|e| ApiError::store(rid, e))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(rid))
+        .map_err(|e| ApiError::store(rid, e))?;
+    commit(rid, tx).await?;
+    row.map(Json).ok_or_else(|| ApiError::not_found(rid))
 }
 
 /// PUT and PATCH alike: `name` and `data` are each optional; what is absent is kept.
@@ -118,11 +123,12 @@ async fn update(
         name: name_field(rid, &body)?,
         data: data_field(&body),
     };
-    repo::update(state.pool(), &ctx.tenant_id, &id, &changes)
+    let mut tx = state.begin(&ctx).await?;
+    let row = repo::update(&mut tx, &ctx.tenant_id, &id, &changes)
         .await
-        .map_err(|e| ApiError::store(rid, e))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(rid))
+        .map_err(|e| ApiError::store(rid, e))?;
+    commit(rid, tx).await?;
+    row.map(Json).ok_or_else(|| ApiError::not_found(rid))
 }
 
 async fn delete(
@@ -134,14 +140,26 @@ async fn delete(
     let Ok(Path(id)) = id else {
         return Err(ApiError::not_found(rid));
     };
-    let deleted = repo::delete(state.pool(), &ctx.tenant_id, &id)
+    let mut tx = state.begin(&ctx).await?;
+    let deleted = repo::delete(&mut tx, &ctx.tenant_id, &id)
         .await
         .map_err(|e| ApiError::store(rid, e))?;
+    commit(rid, tx).await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(rid))
     }
+}
+
+/// Commits the tenant's transaction; a failure is the store's (503).
+pub(crate) async fn commit(
+    rid: &str,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+) -> Result<(), ApiError> {
+    tx.commit()
+        .await
+        .map_err(|e| ApiError::store(rid, e.into()))
 }
 
 /// The request body as a JSON object; anything else is a 400 (413 when too large).

@@ -415,6 +415,173 @@ async fn init_twice_shares_rows(state: DemoState) {
     assert_eq!(r.json, json!([row]));
 }
 
+/// Jobs in-process (no worker runs here): submission, status, tenant scoping.
+async fn jobs_api(state: DemoState) {
+    let app = app(state);
+    let r = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        A,
+        Some(r#"{"kind":"export","params":{"max_attempts":4}}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "body: {}", r.json);
+    assert_eq!(r.json["status"], "queued");
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/jobs/{id}");
+    let r = call(&app, "GET", &path, A, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json,
+        json!({"id": id, "kind": "export", "status": "queued", "attempts": 0, "max_attempts": 4})
+    );
+    let r = call(&app, "GET", &path, B, None).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(&app, "GET", "/api/v1/jobs/usage", A, None).await;
+    assert_eq!(r.json["jobs"], 1, "{}", r.json);
+    assert_eq!(r.json["kinds"]["export"]["queued"]["jobs"], 1, "{}", r.json);
+    let r = call(&app, "GET", "/api/v1/jobs/usage", B, None).await;
+    assert_eq!(r.json["jobs"], 0, "{}", r.json);
+    for (body, field) in [
+        (r#"{"kind":"x"}"#, "kind"),
+        (r#"{"params":{}}"#, "kind"),
+        (
+            r#"{"kind":"report","params":{"schema":"public"}}"#,
+            "params",
+        ),
+        (
+            r#"{"kind":"report","params":{"sleep_ms":600000}}"#,
+            "params.sleep_ms",
+        ),
+    ] {
+        let r = call(&app, "POST", "/api/v1/jobs", A, Some(body)).await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+        assert_eq!(r.json["error"]["field"], field, "{body}");
+    }
+    let r = call(&app, "POST", "/api/v1/jobs", A, Some("[]")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request");
+    let r = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        &[],
+        Some(r#"{"kind":"export"}"#),
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "missing_tenant");
+}
+
+/// The queue's lease: an expired claim is taken over, and the worker that lost it
+/// can no longer record an outcome.
+async fn job_lease_guards_the_outcome(state: DemoState) {
+    use tenantgate_demo::jobs::queue;
+    let app = app(state.clone());
+    let r = call(
+        &app,
+        "POST",
+        "/api/v1/jobs",
+        A,
+        Some(r#"{"kind":"report"}"#),
+    )
+    .await;
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let (pool, backend) = (state.pool(), state.tenancy().backend());
+    let now = tenantgate_core::time::now_ms() + 1;
+    let first = queue::claim(pool, backend, "t1", now, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.id.as_str(), first.attempts, first.tenant_id.as_str()),
+        (id.as_str(), 1, "tenant-a")
+    );
+    // Held: nobody else gets it before the lease ends.
+    assert!(queue::claim(pool, backend, "t2", now + 50, 100)
+        .await
+        .unwrap()
+        .is_none());
+    let second = queue::claim(pool, backend, "t2", now + 200, 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.id.as_str(), second.attempts), (id.as_str(), 2));
+    let done = serde_json::json!({"ok": true});
+    let ok = queue::Outcome::Succeeded(&done);
+    assert!(!queue::finish(pool, &id, "t1", &ok, now + 300)
+        .await
+        .unwrap());
+    assert!(!queue::extend(pool, &id, "t1", now + 9_000).await.unwrap());
+    assert!(queue::finish(pool, &id, "t2", &ok, now + 300)
+        .await
+        .unwrap());
+    let r = call(&app, "GET", &format!("/api/v1/jobs/{id}"), A, None).await;
+    assert_eq!(r.json["status"], "succeeded");
+    assert_eq!(r.json["result"], done);
+    assert!(queue::claim(pool, backend, "t3", now + 60_000, 100)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+// ---- PostgreSQL only: the schema-per-tenant router ----------------------------------
+
+/// A pool of one connection: after tenant requests (one of them abandoning its
+/// transaction half-way), the connection is back at the default `search_path`.
+#[tokio::test]
+async fn pooled_connections_never_keep_a_tenant_search_path() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = tenantgate_core::Store::connect(&db.url, 1).await.unwrap();
+    let state = tenantgate_demo::init_with_store(store).await.unwrap();
+    let app = app(state.clone());
+    create(&app, A, json!({"name": "a"})).await;
+    {
+        let mut tx = state.tenancy().begin("tenant-b").await.unwrap();
+        let r = sqlx::query("SELECT current_setting('search_path') AS p")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let p: String = sqlx::Row::get(&r, "p");
+        assert_eq!(p, "\"tenant_tenant_b\", pg_temp");
+        // dropped without commit
+    }
+    let r = call(&app, "GET", "/api/v1/resources", A, None).await;
+    assert_eq!(r.json.as_array().unwrap().len(), 1);
+    let row = sqlx::query("SELECT current_setting('search_path') AS p")
+        .fetch_one(state.pool())
+        .await
+        .unwrap();
+    let p: String = sqlx::Row::get(&row, "p");
+    assert_eq!(p, "\"$user\", public");
+    // Outside a tenant transaction there is no resource table to reach.
+    assert!(sqlx::query("SELECT COUNT(*) FROM demo_resources")
+        .execute(state.pool())
+        .await
+        .is_err());
+    // A schema dropped behind the process's back is created again on next use.
+    sqlx::query("DROP SCHEMA tenant_tenant_a CASCADE")
+        .execute(state.pool())
+        .await
+        .unwrap();
+    let r = call(&app, "GET", "/api/v1/resources", A, None).await;
+    assert_eq!((r.status, r.json), (StatusCode::OK, json!([])));
+    create(&app, A, json!({"name": "again"})).await;
+    // A tenant id that cannot name a schema is refused before any SQL.
+    let r = call(
+        &app,
+        "GET",
+        "/api/v1/resources",
+        &[("x-tenant-id", "x")],
+        None,
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "missing_tenant");
+    state.close().await;
+    db.cleanup().await;
+}
+
 // ---- backends --------------------------------------------------------------------
 
 async fn run_on<F, Fut>(db: TestDb, case: F)
@@ -469,4 +636,6 @@ on_both_backends!(
     echo_and_bytes,
     health_and_store_outage,
     init_twice_shares_rows,
+    jobs_api,
+    job_lease_guards_the_outcome,
 );
