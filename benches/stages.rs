@@ -487,6 +487,7 @@ fn route(c: &mut Criterion) {
         assertion: true,
         tls: false,
         ca_file: None,
+        ..RouteSettings::default()
     };
     let table = RouteTable::build(&[
         rc("/api/", false),
@@ -527,6 +528,7 @@ fn assertion(c: &mut Criterion) {
         assertion: true,
         tls: false,
         ca_file: None,
+        ..RouteSettings::default()
     }])
     .unwrap();
     let route = table.find("/api/v1/x").unwrap();
