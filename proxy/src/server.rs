@@ -18,8 +18,9 @@ use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions}
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
-use crate::route::{Route, RouteTable, Upstream};
+use crate::route::{Route, RouteTable, Upstream, UpstreamGroup};
 use crate::service::{Gate, GateOptions};
+use crate::signals::SignalBoard;
 use crate::tls::{TlsAcceptor, UpstreamTls};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,9 +32,10 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFF
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, GenBackgroundService};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::config::{LimiterBackend, RouteSettings, Settings};
+use tenantgate_core::config::{LimiterBackend, RouteSettings, Settings, UpstreamSettings};
 use tenantgate_core::secrets::ApiKeyDigester;
 use tenantgate_core::store::{Backend, Store};
 use tokio::sync::watch;
@@ -67,31 +69,72 @@ pub struct Built {
     pub parts: ProxyParts,
 }
 
+/// A health-checked balancer over `up` (its checks run as a Pingora background
+/// service, pushed to `balancers`); `key` names it in errors and logs.
+fn upstream_group(
+    settings: &Settings,
+    up: &UpstreamSettings,
+    key: &str,
+    balancers: &mut Vec<GenBackgroundService<Upstream>>,
+) -> Result<Arc<UpstreamGroup>, String> {
+    let mut lb = Upstream::try_from_iter(up.addrs.iter().map(String::as_str))
+        .map_err(|e| format!("{key}: {e}"))?;
+    lb.set_health_check(TcpHealthCheck::new());
+    lb.health_check_frequency = Some(Duration::from_secs(2));
+    let svc = background_service(&format!("health check {key}"), lb);
+    let tls = if up.tls {
+        Some(Arc::new(
+            UpstreamTls::new(
+                &up.addrs,
+                up.ca_file.as_deref(),
+                settings.proxy.upstream_connect_timeout,
+            )
+            .map_err(|e| format!("{key}: {e}"))?,
+        ))
+    } else {
+        None
+    };
+    let group = UpstreamGroup::new(up.addrs.clone(), svc.task(), tls);
+    balancers.push(svc);
+    Ok(Arc::new(group))
+}
+
 /// Builds the gate for `routes` over `store`.
 pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Result<Built, String> {
     let mut balancers = Vec::new();
     let mut built = Vec::new();
     for (i, rc) in routes.iter().enumerate() {
-        let mut lb = Upstream::try_from_iter(rc.upstreams.iter().map(String::as_str))
-            .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-        lb.set_health_check(TcpHealthCheck::new());
-        lb.health_check_frequency = Some(Duration::from_secs(2));
-        let svc = background_service(&format!("health check {}", rc.prefix), lb);
-        let tls = if rc.tls {
-            Some(Arc::new(
-                UpstreamTls::new(
-                    &rc.upstreams,
-                    rc.ca_file.as_deref(),
-                    settings.proxy.upstream_connect_timeout,
-                )
-                .map_err(|e| format!("routes[{i}].upstream: {e}"))?,
-            ))
-        } else {
-            None
+        let own = UpstreamSettings {
+            addrs: rc.upstreams.clone(),
+            tls: rc.tls,
+            ca_file: rc.ca_file.clone(),
         };
-        built.push(Arc::new(Route::with_tls(rc, svc.task(), tls)));
-        balancers.push(svc);
+        let group = upstream_group(
+            settings,
+            &own,
+            &format!("routes[{i}].upstream"),
+            &mut balancers,
+        )?;
+        let mut route = Route::new(rc, group);
+        for (tenant, up) in &rc.tenant_upstreams {
+            let key = format!("routes[{i}].tenant_upstreams.{tenant}");
+            let group = upstream_group(settings, up, &key, &mut balancers)?;
+            route.tenant_upstreams.insert(tenant.as_str().into(), group);
+        }
+        built.push(Arc::new(route));
     }
+    let mut pools = HashMap::new();
+    for (i, p) in settings.upstream_pools.iter().enumerate() {
+        let key = format!("upstream_pools[{i}].upstream");
+        let group = upstream_group(settings, &p.upstream, &key, &mut balancers)?;
+        pools.insert(p.name.as_str().into(), group);
+    }
+    let signals = Arc::new(SignalBoard::new(
+        built
+            .iter()
+            .map(|r| (r.name.clone(), r.signals.clone()))
+            .collect(),
+    ));
     let p = &settings.proxy;
     let cache = CacheSettings {
         ttl: p.cache_ttl,
@@ -154,6 +197,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.store.data_dir.join("spool"),
         meter::SpoolLimits::default(),
     ));
+    meter.attach_signals(signals);
     let metrics = Arc::new(ProxyMetrics::new(p.metrics_top_tenants).map_err(|e| e.to_string())?);
     let local = Arc::new(LocalLimiter::new(Arc::new(MonotonicClock::default())));
     let limiter = match &settings.ratelimit.backend {
@@ -179,6 +223,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
         routes: RouteTable::from_routes(built),
+        pools,
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
