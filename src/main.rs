@@ -1,5 +1,5 @@
 //! `tenantgate`: one binary, subcommands `up`, `proxy`, `admin`, `demo-upstream`,
-//! `migrate`, `check-config`, and the admin API's CLI (`tenants`, `keys`, `users`,
+//! `migrate`, `check-config`, `simulate-scaling`, and the admin API's CLI (`tenants`, `keys`, `users`,
 //! `policies`, `plans`, `usage`; see `cli`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use tenantgate_core::config::{ConfigError, LogFormat, Settings};
 
 mod cli;
+mod simulate;
 mod stack;
 mod up;
 
@@ -61,6 +62,8 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Replay a load trace (CSV `second,rps`) through an autoscaling policy.
+    SimulateScaling(simulate::SimulateArgs),
     /// Validate a config file without starting anything.
     CheckConfig {
         /// The file to check.
@@ -220,6 +223,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             stack.run_proxy(&routes, || {})
         }
         Cmd::Up { config } => up::run(load(config.as_deref())?),
+        Cmd::SimulateScaling(args) => simulate::run(&args),
     }
 }
 
