@@ -835,6 +835,22 @@ async fn scaling_events_api(h: H, _url: String) {
         )
         .await
         .unwrap();
+    // A second proxy's reading adds to the first's; a stale third one is left out.
+    let row = |rps_milli, p95_us| tenantgate_core::store::RouteSignalRow {
+        route: "/api/".into(),
+        rps_milli,
+        in_flight: 1,
+        p95_us,
+        requests: 1,
+    };
+    h.store()
+        .put_route_signals("node-2", now, &[row(5_000, 30_000)])
+        .await
+        .unwrap();
+    h.store()
+        .put_route_signals("node-3", now - 60_000, &[row(900_000, 1)])
+        .await
+        .unwrap();
     let out = h
         .store()
         .scaling_pass(&[("/api/".into(), policy)], now, now - 10_000)
@@ -852,10 +868,10 @@ async fn scaling_events_api(h: H, _url: String) {
     );
     assert_eq!(e["route"], "/api/");
     assert!(is_rfc3339_z(e["at"].as_str().unwrap()), "{e}");
-    assert_eq!(e["signals"]["rps"], 35.0);
-    assert_eq!(e["signals"]["in_flight"], 3);
-    assert_eq!(e["signals"]["p95_ms"], 12.0);
-    assert_eq!(e["signals"]["proxies"], 1);
+    assert_eq!(e["signals"]["rps"], 40.0);
+    assert_eq!(e["signals"]["in_flight"], 4);
+    assert_eq!(e["signals"]["p95_ms"], 30.0, "the highest proxy's");
+    assert_eq!(e["signals"]["proxies"], 2);
     assert!(e["reason"].as_str().unwrap().contains("scale up"), "{e}");
     let other = h.p("GET", "/v1/scaling/events?route=/other/", None).await;
     assert_eq!(other.expect(200), &json!([]));
