@@ -5,7 +5,7 @@
 //! per node and route, replaced each time), where the admin API's evaluator sums
 //! the fleet's.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tenantgate_core::store::{RouteSignalRow, Store};
@@ -18,22 +18,44 @@ const BOUNDS_US: [u64; 27] = [
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
 
-/// One route's counters.
+/// Counter shards per route: each thread adds to its own (by a per-thread
+/// index), so busy routes do not bounce one cache line between cores.
+const SHARDS: usize = 8;
+
+/// One shard's counters, on cache lines of its own.
 #[derive(Debug)]
-pub struct RouteSignals {
+#[repr(align(128))]
+struct Shard {
     requests: AtomicU64,
+    /// Started minus finished on this shard (a request may finish on another
+    /// thread's shard: only the sum over shards means anything).
     in_flight: AtomicI64,
     latency: [AtomicU64; BUCKETS],
 }
 
-impl Default for RouteSignals {
+impl Default for Shard {
     fn default() -> Self {
-        RouteSignals {
+        Shard {
             requests: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
+}
+
+/// This thread's shard (threads are numbered in the order they first record).
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+/// One route's counters.
+#[derive(Debug, Default)]
+pub struct RouteSignals {
+    shards: [Shard; SHARDS],
 }
 
 /// What a route's counters held since the last reading.
@@ -46,27 +68,39 @@ pub struct Reading {
 }
 
 impl RouteSignals {
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
     /// A request is being forwarded.
     pub fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.shard().in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request [`started`](Self::started) is done after `latency_us`.
     pub fn finished(&self, latency_us: u64) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let s = self.shard();
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        s.requests.fetch_add(1, Ordering::Relaxed);
         let i = BOUNDS_US.partition_point(|&b| b < latency_us);
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        s.latency[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads and resets the counts (in-flight is a level, not reset).
     pub fn take(&self) -> Reading {
-        let requests = self.requests.swap(0, Ordering::Relaxed);
-        let counts: [u64; BUCKETS] =
-            std::array::from_fn(|i| self.latency[i].swap(0, Ordering::Relaxed));
+        let mut requests = 0;
+        let mut in_flight = 0i64;
+        let mut counts = [0u64; BUCKETS];
+        for s in &self.shards {
+            requests += s.requests.swap(0, Ordering::Relaxed);
+            in_flight += s.in_flight.load(Ordering::Relaxed);
+            for (c, l) in counts.iter_mut().zip(&s.latency) {
+                *c += l.swap(0, Ordering::Relaxed);
+            }
+        }
         Reading {
             requests,
-            in_flight: u64::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(0),
+            in_flight: u64::try_from(in_flight).unwrap_or(0),
             p95_us: percentile_us(&counts, 0.95),
         }
     }
@@ -171,6 +205,25 @@ mod tests {
         let r = s.take();
         assert_eq!((r.requests, r.in_flight, r.p95_us), (1, 0, 50_000));
         assert_eq!(s.take(), Reading::default(), "reset after each reading");
+    }
+
+    #[test]
+    fn requests_finishing_on_other_threads_add_up() {
+        let s = std::sync::Arc::new(RouteSignals::default());
+        for _ in 0..10 {
+            s.started();
+        }
+        let threads: Vec<_> = (0..10)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || s.finished(2_500))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = s.take();
+        assert_eq!((r.requests, r.in_flight, r.p95_us), (10, 0, 3_000));
     }
 
     #[test]
