@@ -801,6 +801,22 @@ async fn scaling_events_api(h: H, _url: String) {
         .error(403, "forbidden");
     let r = h.p("GET", "/v1/scaling/events", None).await;
     assert_eq!(r.expect(200), &json!([]));
+    let policy = tenantgate_core::scaling::Policy {
+        target_rps_per_replica: 10.0,
+        min: 1,
+        max: 5,
+        cooldown_s: 0,
+        stabilisation_s: 60,
+    };
+    // No proxy heard from: the policy holds (at min, no event).
+    let now = tenantgate_core::time::now_ms();
+    let out = h
+        .store()
+        .scaling_pass(&[("/api/".into(), policy)], now - 1, now - 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((out[0].replicas, out[0].event.is_none()), (1, true));
     for (q, field) in [
         ("from=yesterday", "from"),
         ("to=2024-13-40T00:00:00Z", "to"),
@@ -813,14 +829,6 @@ async fn scaling_events_api(h: H, _url: String) {
             .invalid(field);
     }
     // A pass over a policy with signals above target stores an event.
-    let policy = tenantgate_core::scaling::Policy {
-        target_rps_per_replica: 10.0,
-        min: 1,
-        max: 5,
-        cooldown_s: 0,
-        stabilisation_s: 60,
-    };
-    let now = tenantgate_core::time::now_ms();
     h.store()
         .put_route_signals(
             "node-1",

@@ -165,7 +165,13 @@ impl Store {
                 }
                 None => State::new(policy, now_ms),
             };
-            let decision = evaluate(policy, &mut state, &signals, now_ms);
+            // No proxy heard from (all down, or none started yet): no data is not
+            // zero load, so the policy holds rather than scale down blind.
+            let decision = if signals.proxies == 0 {
+                None
+            } else {
+                evaluate(policy, &mut state, &signals, now_ms)
+            };
             let json =
                 serde_json::to_string(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
