@@ -487,6 +487,7 @@ fn route(c: &mut Criterion) {
         assertion: true,
         tls: false,
         ca_file: None,
+        ..RouteSettings::default()
     };
     let table = RouteTable::build(&[
         rc("/api/", false),
@@ -527,6 +528,7 @@ fn assertion(c: &mut Criterion) {
         assertion: true,
         tls: false,
         ca_file: None,
+        ..RouteSettings::default()
     }])
     .unwrap();
     let route = table.find("/api/v1/x").unwrap();
@@ -784,6 +786,26 @@ fn meter(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- autoscaling signals ----------------------------------------------------------
+
+/// What the hot path adds per forwarded request for autoscaling: the route's
+/// in-flight up, then down with the request count and latency bucket.
+fn signals(c: &mut Criterion) {
+    use tenantgate_proxy::signals::RouteSignals;
+    let s = RouteSignals::default();
+    let mut g = c.benchmark_group("signals");
+    g.throughput(Throughput::Elements(1));
+    let mut latency = 0u64;
+    g.bench_function("started+finished", |b| {
+        b.iter(|| {
+            latency = (latency + 7_919) % 2_000_000;
+            s.started();
+            s.finished(black_box(latency));
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -794,6 +816,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = stages;
     config = config();
-    targets = api_keys, control, jwt, rbac, route, assertion, ratelimit, headers, meter
+    targets = api_keys, control, jwt, rbac, route, assertion, ratelimit, headers, meter, signals
 }
 criterion_main!(stages);

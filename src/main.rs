@@ -1,5 +1,5 @@
 //! `tenantgate`: one binary, subcommands `up`, `proxy`, `admin`, `demo-upstream`,
-//! `migrate`, `check-config`, and the admin API's CLI (`tenants`, `keys`, `users`,
+//! `migrate`, `check-config`, `simulate-scaling`, and the admin API's CLI (`tenants`, `keys`, `users`,
 //! `policies`, `plans`, `usage`; see `cli`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -10,6 +10,7 @@ use tenantgate_core::config::{ConfigError, LogFormat, Settings};
 
 mod alloc;
 mod cli;
+mod simulate;
 mod stack;
 mod up;
 
@@ -53,6 +54,8 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Replay a load trace (CSV `second,rps`) through an autoscaling policy.
+    SimulateScaling(simulate::SimulateArgs),
     /// Validate a config file without starting anything.
     CheckConfig {
         /// The file to check.
@@ -209,14 +212,15 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             }
             let routes = cfg.routes.clone();
             let stack = Stack::new(cfg)?;
-            let source = route_source(config.as_deref(), |s| s.routes);
+            let source = route_source(config.as_deref(), |s| s.routes.clone());
             stack.run_proxy(&routes, source, || {})
         }
         Cmd::Up { config } => {
             let cfg = load(config.as_deref())?;
-            let source = route_source(config.as_deref(), |s| s.routes_or_demo());
+            let source = route_source(config.as_deref(), Settings::routes_or_demo);
             up::run(cfg, source)
         }
+        Cmd::SimulateScaling(args) => simulate::run(&args),
     }
 }
 
@@ -224,13 +228,13 @@ fn run(cli: Cli) -> Result<(), Fatal> {
 /// (`None` without a file: nothing to read again).
 fn route_source(
     path: Option<&Path>,
-    pick: fn(Settings) -> Vec<tenantgate_core::config::RouteSettings>,
+    pick: fn(&Settings) -> Vec<tenantgate_core::config::RouteSettings>,
 ) -> Option<tenantgate_proxy::server::RouteSource> {
     let path = path?.to_path_buf();
     Some(Box::new(move || {
-        Settings::load(Some(&path))
-            .map(pick)
-            .map_err(|e| e.to_string())
+        let settings = Settings::load(Some(&path)).map_err(|e| e.to_string())?;
+        let routes = pick(&settings);
+        Ok((settings, routes))
     }))
 }
 

@@ -117,6 +117,11 @@ impl Stack {
             state.clone(),
             self.shutdown.subscribe(),
         ));
+        // Autoscaling: likewise, one process per pass evaluates the policies.
+        self.spawn(tenantgate_admin::scaling::run(
+            state.clone(),
+            self.shutdown.subscribe(),
+        ));
         let stop = self.stopped();
         self.spawn(async move {
             if let Err(e) = tenantgate_admin::serve(listener, state, stop).await {

@@ -209,3 +209,209 @@ fn tls_key_files_that_are_missing_or_do_not_fit_fail_naming_the_key() {
         }
     }
 }
+
+#[test]
+fn silo_and_autoscale_configs_fail_naming_the_key() {
+    let route = "[[routes]]\nprefix = \"/a/\"\nupstream = \"127.0.0.1:9000\"\n";
+    let pool = |name: &str, up: &str| {
+        format!("[[upstream_pools]]\nname = \"{name}\"\nupstream = \"{up}\"\n")
+    };
+    let scale = |body: &str| format!("{route}[[autoscale]]\nroute = \"/a/\"\n{body}\n");
+    for (text, key) in [
+        (pool("big", "nohost"), "upstream_pools[0].upstream"),
+        (pool("big", "127.0.0.1:0"), "upstream_pools[0].upstream"),
+        (
+            format!(
+                "{}{}",
+                pool("big", "127.0.0.1:9001"),
+                pool("big", "127.0.0.1:9002")
+            ),
+            "upstream_pools[1].name",
+        ),
+        (pool("Big Pool", "127.0.0.1:9001"), "upstream_pools[0].name"),
+        (
+            format!("{route}tenant_upstreams = {{ \"acme\" = \"not an address\" }}\n"),
+            "routes[0].tenant_upstreams.acme",
+        ),
+        (
+            format!("{route}tenant_upstreams = {{ \"Not_A_Tenant\" = \"127.0.0.1:9001\" }}\n"),
+            "routes[0].tenant_upstreams.Not_A_Tenant",
+        ),
+        (
+            format!(
+                "{route}public = true\ntenant_upstreams = {{ \"acme\" = \"127.0.0.1:9001\" }}\n"
+            ),
+            "routes[0].tenant_upstreams.acme",
+        ),
+        (
+            format!("{route}name = \"x\"\n{route}name = \"x\"\n").replacen("/a/", "/b/", 1),
+            "routes[1].name",
+        ),
+        (
+            format!("{route}[[autoscale]]\nroute = \"/nope/\"\ntarget_rps_per_replica = 10\n"),
+            "autoscale[0].route",
+        ),
+        (
+            scale("target_rps_per_replica = 10\nmin = 5\nmax = 2"),
+            "autoscale[0].min",
+        ),
+        (
+            scale("target_rps_per_replica = 0"),
+            "autoscale[0].target_rps_per_replica",
+        ),
+        (
+            scale("target_rps_per_replica = -3.5"),
+            "autoscale[0].target_rps_per_replica",
+        ),
+        (scale("min = 1"), "autoscale[0]"),
+        (
+            scale("target_rps_per_replica = 10\nmax = 0"),
+            "autoscale[0].max",
+        ),
+        (
+            format!(
+                "{}[[autoscale]]\nroute = \"/a/\"\ntarget_rps_per_replica = 5\n",
+                scale("target_rps_per_replica = 10")
+            ),
+            "autoscale[1].route",
+        ),
+        (
+            "[scaling]\nevaluate_interval_ms = 0\n".to_owned(),
+            "scaling.evaluate_interval_ms",
+        ),
+    ] {
+        let p = write("silo.toml", &text);
+        let (code, _, err) = tg(&["check-config", &p], &[]);
+        assert_eq!(code, 2, "{text:?}: {err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    let ok = format!(
+        "{route}name = \"api\"\ntenant_upstreams = {{ \"acme\" = \"127.0.0.1:9001\", \"globex\" = [\"127.0.0.1:9002\", \"127.0.0.1:9003\"] }}\n{}[[autoscale]]\nroute = \"api\"\ntarget_rps_per_replica = 50\nmin = 2\nmax = 20\ncooldown_seconds = 30\nscale_down_stabilisation_seconds = 120\n",
+        pool("big", "127.0.0.1:9004")
+    );
+    let p = write("ok.toml", &ok);
+    let (code, _, err) = tg(&["check-config", &p], &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+fn simulate(args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["simulate-scaling"];
+    all.extend_from_slice(args);
+    tg(&all, &[])
+}
+
+#[test]
+fn simulate_scaling_replays_a_trace_and_summarises() {
+    let trace = write("trace.csv", "second,rps\n0,40\n10,400\n100,40\n400,40\n");
+    let (code, out, err) = simulate(&[
+        "--trace",
+        &trace,
+        "--target-rps-per-replica",
+        "100",
+        "--min",
+        "1",
+        "--max",
+        "3",
+        "--cooldown-seconds",
+        "5",
+        "--scale-down-stabilisation-seconds",
+        "60",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("scale up"), "{out}");
+    assert!(out.contains("scale down"), "{out}");
+    assert!(out.contains("peak replicas 3"), "{out}");
+    // 400 rps from 10 s to 99 s on at most 3 replicas of 100: all 90 s short.
+    assert!(out.contains("seconds under-provisioned 90"), "{out}");
+    assert!(out.contains("events 2"), "{out}");
+
+    // The same policy from a config file, as JSON.
+    let cfg = write(
+        "scale.toml",
+        "[[routes]]\nprefix = \"/api/\"\nupstream = \"127.0.0.1:9000\"\nname = \"api\"\n\
+         [[autoscale]]\nroute = \"api\"\ntarget_rps_per_replica = 100\nmin = 1\nmax = 3\n\
+         cooldown_seconds = 5\nscale_down_stabilisation_seconds = 60\n",
+    );
+    let (code, out, err) = simulate(&[
+        "--trace", &trace, "--config", &cfg, "--route", "api", "--output", "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"], "api");
+    assert_eq!(v["summary"]["peak_replicas"], 3);
+    assert_eq!(v["summary"]["under_provisioned_seconds"], 90);
+    assert_eq!(v["summary"]["seconds"], 401);
+    assert_eq!(v["events"][0]["second"], 10);
+    assert_eq!(v["events"][0]["to_replicas"], 3);
+    assert_eq!(v["events"][1]["second"], 160);
+    assert_eq!(v["events"][1]["to_replicas"], 1);
+    // Flags override the config's values; the route may be named by prefix.
+    let (code, out, _) = simulate(&[
+        "--trace", &trace, "--config", &cfg, "--route", "/api/", "--max", "10", "-o", "json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["peak_replicas"], 4);
+    assert_eq!(v["summary"]["under_provisioned_seconds"], 1);
+}
+
+#[test]
+fn simulate_scaling_bad_traces_and_flags_exit_2() {
+    let flags = ["--target-rps-per-replica", "10"];
+    for (text, needle) in [
+        ("second,rps\n0,1\nten,4\n", "line 3"),
+        ("0,1\n1,-2\n", "line 2"),
+        ("0,1\n1\n", "line 2"),
+        ("0,1\n5,1\n3,1\n", "line 3"),
+        ("0,1\n1,2,3\n", "line 2"),
+        ("", "no `second,rps` rows"),
+    ] {
+        let trace = write("bad.csv", text);
+        let mut args = vec!["--trace", trace.as_str()];
+        args.extend_from_slice(&flags);
+        let (code, out, err) = simulate(&args);
+        assert_eq!(code, 2, "{text:?}: {out}{err}");
+        assert!(err.contains(needle), "{text:?}: {err}");
+        assert!(err.contains(&trace), "names the file: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    let trace = write("ok.csv", "0,1\n");
+    for (args, needle) in [
+        (
+            vec![
+                "--trace",
+                "/nonexistent/trace.csv",
+                "--target-rps-per-replica",
+                "1",
+            ],
+            "/nonexistent/trace.csv",
+        ),
+        (vec!["--trace", trace.as_str()], "--target-rps-per-replica"),
+        (
+            vec!["--trace", trace.as_str(), "--target-rps-per-replica", "0"],
+            "--target-rps-per-replica",
+        ),
+        (
+            vec![
+                "--trace",
+                trace.as_str(),
+                "--target-rps-per-replica",
+                "1",
+                "--min",
+                "4",
+                "--max",
+                "2",
+            ],
+            "--min",
+        ),
+        (
+            vec!["--trace", trace.as_str(), "--config", "/nonexistent/c.toml"],
+            "/nonexistent/c.toml",
+        ),
+    ] {
+        let (code, _, err) = simulate(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

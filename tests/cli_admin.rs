@@ -236,7 +236,11 @@ async fn tenants_verbs_outputs_and_exit_codes() {
         ],
         &[],
     );
-    assert_eq!(flags.ok().stdout.lines().count(), 5);
+    assert_eq!(
+        flags.ok().stdout.lines().count(),
+        6,
+        "one line per field (upstream_pool too)"
+    );
     let unauth = tg_env(
         &[
             "tenants",

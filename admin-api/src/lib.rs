@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod scaling;
 pub mod signing;
 pub mod ui;
 
@@ -73,6 +74,12 @@ pub struct AdminOptions {
     pub allow_insecure_jwks: bool,
     /// `[retention]`: the usage API's minute window and the lifecycle job.
     pub retention: tenantgate_core::config::RetentionSettings,
+    /// `[[upstream_pools]]` names a tenant's `upstream_pool` may take.
+    pub upstream_pools: Vec<String>,
+    /// `[[autoscale]]`: (route name, policy), evaluated by [`scaling`].
+    pub autoscale: Vec<(String, tenantgate_core::scaling::Policy)>,
+    /// `[scaling]`: the evaluation interval and the signals' freshness.
+    pub scaling: tenantgate_core::config::ScalingSettings,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -109,6 +116,13 @@ impl AdminOptions {
                 .collect(),
             allow_insecure_jwks: cfg.jwt.allow_insecure_jwks,
             retention: cfg.retention.clone(),
+            upstream_pools: cfg.upstream_pools.iter().map(|p| p.name.clone()).collect(),
+            autoscale: cfg
+                .autoscale
+                .iter()
+                .map(|a| (a.route.clone(), a.policy))
+                .collect(),
+            scaling: cfg.scaling.clone(),
         }
     }
 }
@@ -188,7 +202,7 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
         api_keys, assertion_keys, audit, auth_login, client_certs, domains, issuers, meta, plans,
-        policies, quota, rate_limit, tenants, usage, users,
+        policies, quota, rate_limit, scaling, tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
@@ -203,6 +217,7 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(quota::router())
         .merge(usage::router())
         .merge(audit::router())
+        .merge(scaling::router())
         .merge(auth_login::router())
         .merge(assertion_keys::router())
         .merge(meta::router())

@@ -14,6 +14,9 @@ pub const LIFECYCLE_STEP_SECONDS: &str = "tenantgate_lifecycle_step_duration_sec
 pub const LIFECYCLE_PASS_SECONDS: &str = "tenantgate_lifecycle_pass_duration_seconds";
 pub const LIFECYCLE_LAST_SUCCESS: &str = "tenantgate_lifecycle_last_success_timestamp_seconds";
 pub const LIFECYCLE_ROLLUP_LAG: &str = "tenantgate_lifecycle_rollup_lag_seconds";
+pub const AUTOSCALE_DESIRED_REPLICAS: &str = "tenantgate_autoscale_desired_replicas";
+pub const AUTOSCALE_SIGNAL_RPS: &str = "tenantgate_autoscale_signal_rps";
+pub const SCALING_PASSES_TOTAL: &str = "tenantgate_scaling_passes_total";
 
 /// Why a login failed, as the `reason` label of [`LOGIN_FAILURES_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,19 @@ pub struct Metrics {
     latency: HistogramVec,
     login_failures: IntCounterVec,
     lifecycle: LifecycleMetrics,
+    scaling: ScalingMetrics,
+}
+
+/// The autoscaling evaluator's output (see `crate::scaling`).
+#[derive(Debug, Clone)]
+pub struct ScalingMetrics {
+    /// Replicas each `route`'s policy asks for: what an HPA or a target-tracking
+    /// policy follows.
+    pub desired_replicas: GaugeVec,
+    /// The fleet's request rate per `route` at the last evaluation.
+    pub signal_rps: GaugeVec,
+    /// `outcome`: ran | not_elected | failed.
+    pub passes: IntCounterVec,
 }
 
 /// The rollup and retention job's progress (see `crate::lifecycle`).
@@ -127,8 +143,35 @@ impl Metrics {
         registry.register(Box::new(lifecycle.pass_seconds.clone()))?;
         registry.register(Box::new(lifecycle.last_success.clone()))?;
         registry.register(Box::new(lifecycle.rollup_lag.clone()))?;
+        let scaling = ScalingMetrics {
+            desired_replicas: GaugeVec::new(
+                Opts::new(
+                    AUTOSCALE_DESIRED_REPLICAS,
+                    "Replicas the [[autoscale]] policy of each route asks for",
+                ),
+                &["route"],
+            )?,
+            signal_rps: GaugeVec::new(
+                Opts::new(
+                    AUTOSCALE_SIGNAL_RPS,
+                    "Requests per second of each autoscaled route, summed over the proxies, at the last evaluation",
+                ),
+                &["route"],
+            )?,
+            passes: IntCounterVec::new(
+                Opts::new(
+                    SCALING_PASSES_TOTAL,
+                    "Autoscaling evaluations by outcome (ran, not_elected, failed)",
+                ),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(scaling.desired_replicas.clone()))?;
+        registry.register(Box::new(scaling.signal_rps.clone()))?;
+        registry.register(Box::new(scaling.passes.clone()))?;
         for o in ["ran", "not_elected", "failed"] {
             lifecycle.passes.with_label_values(&[o]);
+            scaling.passes.with_label_values(&[o]);
         }
         // Every reason shows from the start (at 0), so alerts can rate() them.
         for r in [
@@ -144,11 +187,16 @@ impl Metrics {
             latency,
             login_failures,
             lifecycle,
+            scaling,
         })
     }
 
     pub fn lifecycle(&self) -> &LifecycleMetrics {
         &self.lifecycle
+    }
+
+    pub fn scaling(&self) -> &ScalingMetrics {
+        &self.scaling
     }
 
     /// Counts one failed login.

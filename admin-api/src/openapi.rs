@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     modifiers(&BearerAuth),
     tags(
         (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "client-certs"), (name = "auth"),
-        (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "meta"),
+        (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "scaling"), (name = "meta"),
     )
 )]
 pub struct ApiDoc;

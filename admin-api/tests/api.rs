@@ -38,6 +38,9 @@ fn options(kek: [u8; 32]) -> AdminOptions {
             usage_hour: std::time::Duration::from_secs(50 * 365 * 86_400),
             ..Default::default()
         },
+        upstream_pools: vec!["silo-a".into()],
+        autoscale: Vec::new(),
+        scaling: Default::default(),
     }
 }
 
@@ -253,6 +256,8 @@ on_both_backends!(
     error_shapes,
     signing_keys_persist_and_rotate,
     store_failures_are_503,
+    tenant_upstream_pools,
+    scaling_events_api,
 );
 
 fn is_rfc3339_z(s: &str) -> bool {
@@ -716,6 +721,168 @@ async fn tenant_validation(h: H, _url: String) {
     h.raw("PATCH", "/v1/tenants/valid", Some(TOKEN), "{nope")
         .await
         .error(400, "bad_request");
+}
+
+// ---- silo tenants and scaling events ----------------------------------------------------
+
+async fn tenant_upstream_pools(h: H, _url: String) {
+    let admin = h.tenant_with_admin("silo").await;
+    let t = h
+        .p("GET", "/v1/tenants/silo", None)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(t["upstream_pool"], Value::Null, "{t}");
+    h.p(
+        "PATCH",
+        "/v1/tenants/silo",
+        Some(json!({"upstream_pool": "nope"})),
+    )
+    .await
+    .invalid("upstream_pool");
+    h.p(
+        "PATCH",
+        "/v1/tenants/silo",
+        Some(json!({"upstream_pool": 7})),
+    )
+    .await
+    .invalid("upstream_pool");
+    // Only the platform moves a tenant to a pool.
+    h.call(
+        "PATCH",
+        "/v1/tenants/silo",
+        Some(&admin),
+        Some(json!({"upstream_pool": "silo-a"})),
+    )
+    .await
+    .error(403, "forbidden");
+    let t = h
+        .p(
+            "PATCH",
+            "/v1/tenants/silo",
+            Some(json!({"upstream_pool": "silo-a"})),
+        )
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(t["upstream_pool"], "silo-a");
+    let t = h
+        .p("GET", "/v1/tenants/silo", None)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(t["upstream_pool"], "silo-a");
+    // Another field leaves the pool alone; null clears it.
+    let t = h
+        .p("PATCH", "/v1/tenants/silo", Some(json!({"name": "Silo"})))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(t["upstream_pool"], "silo-a");
+    let t = h
+        .p(
+            "PATCH",
+            "/v1/tenants/silo",
+            Some(json!({"upstream_pool": null})),
+        )
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(t["upstream_pool"], Value::Null);
+}
+
+async fn scaling_events_api(h: H, _url: String) {
+    let admin = h.tenant_with_admin("scaler").await;
+    h.call("GET", "/v1/scaling/events", None, None)
+        .await
+        .error(401, "unauthorized");
+    h.call("GET", "/v1/scaling/events", Some(&admin), None)
+        .await
+        .error(403, "forbidden");
+    let r = h.p("GET", "/v1/scaling/events", None).await;
+    assert_eq!(r.expect(200), &json!([]));
+    let policy = tenantgate_core::scaling::Policy {
+        target_rps_per_replica: 10.0,
+        min: 1,
+        max: 5,
+        cooldown_s: 0,
+        stabilisation_s: 60,
+    };
+    // No proxy heard from: the policy holds (at min, no event).
+    let now = tenantgate_core::time::now_ms();
+    let out = h
+        .store()
+        .scaling_pass(&[("/api/".into(), policy)], now - 1, now - 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((out[0].replicas, out[0].event.is_none()), (1, true));
+    for (q, field) in [
+        ("from=yesterday", "from"),
+        ("to=2024-13-40T00:00:00Z", "to"),
+        ("from=2024-01-02T00:00:00Z&to=2024-01-01T00:00:00Z", "from"),
+        ("limit=0", "limit"),
+        ("route=a%07b", "route"),
+    ] {
+        h.p("GET", &format!("/v1/scaling/events?{q}"), None)
+            .await
+            .invalid(field);
+    }
+    // A pass over a policy with signals above target stores an event.
+    h.store()
+        .put_route_signals(
+            "node-1",
+            now,
+            &[tenantgate_core::store::RouteSignalRow {
+                route: "/api/".into(),
+                rps_milli: 35_000,
+                in_flight: 3,
+                p95_us: 12_000,
+                requests: 35,
+            }],
+        )
+        .await
+        .unwrap();
+    // A second proxy's reading adds to the first's; a stale third one is left out.
+    let row = |rps_milli, p95_us| tenantgate_core::store::RouteSignalRow {
+        route: "/api/".into(),
+        rps_milli,
+        in_flight: 1,
+        p95_us,
+        requests: 1,
+    };
+    h.store()
+        .put_route_signals("node-2", now, &[row(5_000, 30_000)])
+        .await
+        .unwrap();
+    h.store()
+        .put_route_signals("node-3", now - 60_000, &[row(900_000, 1)])
+        .await
+        .unwrap();
+    let out = h
+        .store()
+        .scaling_pass(&[("/api/".into(), policy)], now, now - 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[0].replicas, 4);
+    let r = h.p("GET", "/v1/scaling/events?route=/api/", None).await;
+    let events = r.expect(200).as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (e["from_replicas"].as_u64(), e["to_replicas"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(e["route"], "/api/");
+    assert!(is_rfc3339_z(e["at"].as_str().unwrap()), "{e}");
+    assert_eq!(e["signals"]["rps"], 40.0);
+    assert_eq!(e["signals"]["in_flight"], 4);
+    assert_eq!(e["signals"]["p95_ms"], 30.0, "the highest proxy's");
+    assert_eq!(e["signals"]["proxies"], 2);
+    assert!(e["reason"].as_str().unwrap().contains("scale up"), "{e}");
+    let other = h.p("GET", "/v1/scaling/events?route=/other/", None).await;
+    assert_eq!(other.expect(200), &json!([]));
 }
 
 // ---- API keys ---------------------------------------------------------------------------

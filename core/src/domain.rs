@@ -190,6 +190,8 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     /// Client addresses the tenant's requests may come from; `None`: any.
     pub allowed_cidrs: Option<Vec<String>>,
+    /// The `[[upstream_pools]]` entry its requests go to; `None`: the route's upstream.
+    pub upstream_pool: Option<String>,
 }
 
 /// Tenant ids: `[a-z0-9][a-z0-9-]{1,62}`.

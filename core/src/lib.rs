@@ -8,6 +8,7 @@ pub mod domain;
 pub mod issuers;
 pub mod jwt;
 pub mod pem;
+pub mod scaling;
 pub mod sealing;
 pub mod secrets;
 pub mod store;

@@ -230,9 +230,38 @@ async fn flush_records_changes_and_audit_are_pruned() {
         .unwrap();
         let latest = s.latest_change_id().await.unwrap();
         assert!(latest >= 3);
-        // A pass "25 hours later" (and 401 days for the audit) prunes them.
+        // A scaling event and a proxy's signals (silent for longer than an hour later).
+        s.put_route_signals(
+            "node-a",
+            now_ms(),
+            &[tenantgate_core::store::RouteSignalRow {
+                route: "/api/".into(),
+                rps_milli: 50_000,
+                in_flight: 0,
+                p95_us: 1_000,
+                requests: 10,
+            }],
+        )
+        .await
+        .unwrap();
+        let policy = tenantgate_core::scaling::Policy {
+            target_rps_per_replica: 10.0,
+            min: 1,
+            max: 10,
+            cooldown_s: 0,
+            stabilisation_s: 0,
+        };
+        let pass = s
+            .scaling_pass(&[("/api/".into(), policy)], now_ms(), now_ms() - 5_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(pass[0].event.is_some());
+        // A pass "25 hours later" (and 401 days for the audit and scaling events)
+        // prunes them.
         let mut r = retention();
         r.audit = Duration::from_secs(3_600);
+        r.scaling_events = Duration::from_secs(3_600);
         let later = now_ms() + 25 * 3_600 * 1000;
         let report = s.lifecycle_pass(&r, later).await.unwrap();
         let rows = |name: &str| {
@@ -246,6 +275,7 @@ async fn flush_records_changes_and_audit_are_pruned() {
         assert_eq!(rows("prune_flush_records"), 1);
         assert!(rows("prune_changes") >= 2);
         assert_eq!(rows("prune_audit"), 1);
+        assert_eq!(rows("prune_scaling"), 2, "one event, one stale signal row");
         let counts: std::collections::HashMap<_, _> = s
             .lifecycle_row_counts()
             .await
@@ -255,6 +285,8 @@ async fn flush_records_changes_and_audit_are_pruned() {
         assert_eq!(counts["metering_flushes"], 0);
         assert_eq!(counts["changes"], 1, "the newest change is kept");
         assert_eq!(counts["audit_log"], 0);
+        assert_eq!(counts["scaling_events"], 0);
+        assert_eq!(counts["route_signals"], 0);
         // The pruned flush stays applied: replaying it is a no-op; newer ones apply.
         assert!(!s
             .apply_usage("node-a", 5, &[delta("acme", now, 1)])
@@ -305,7 +337,7 @@ async fn one_process_of_the_fleet_runs_a_pass() {
     drop(conn);
     let report = s.lifecycle_pass(&retention(), now_ms()).await.unwrap();
     assert!(report.elected);
-    assert_eq!(report.steps.len(), 8, "{report:?}");
+    assert_eq!(report.steps.len(), 9, "{report:?}");
     s.close().await;
     other.close().await;
     db.cleanup().await;

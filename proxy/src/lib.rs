@@ -23,5 +23,6 @@ pub mod reject;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod small;
 pub mod tls;

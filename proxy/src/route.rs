@@ -3,25 +3,19 @@
 //! encoded slashes) are refused before matching, so a public prefix can never be
 //! used to reach a protected one.
 
+use crate::signals::RouteSignals;
 use crate::tls::UpstreamTls;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::protocols::l4::socket::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tenantgate_core::config::RouteSettings;
 
 pub type Upstream = LoadBalancer<RoundRobin>;
 
-pub struct Route {
-    pub prefix: String,
-    pub resource: Option<String>,
-    pub public: bool,
-    /// `aud` of the assertions sent on this route.
-    pub audience: Arc<str>,
-    /// Per-request assertions on this route (`None`: the `[assertion]` default).
-    pub bind_request: Option<bool>,
-    /// Whether this route's requests carry the assertion at all.
-    pub assertion: bool,
+/// One upstream cluster: a route's, a silo tenant's or a pool's.
+pub struct UpstreamGroup {
     pub addrs: Vec<String>,
     pub upstream: Arc<Upstream>,
     /// The address when the upstream is one backend: it is used whatever its
@@ -31,43 +25,95 @@ pub struct Route {
     pub tls: Option<Arc<UpstreamTls>>,
 }
 
+impl std::fmt::Debug for UpstreamGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamGroup")
+            .field("addrs", &self.addrs)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl UpstreamGroup {
+    pub fn new(addrs: Vec<String>, upstream: Arc<Upstream>, tls: Option<Arc<UpstreamTls>>) -> Self {
+        let backends = upstream.backends().get_backend();
+        let single = match backends.len() {
+            1 => backends.iter().next().map(|b| b.addr.clone()),
+            _ => None,
+        };
+        UpstreamGroup {
+            addrs,
+            upstream,
+            single,
+            tls,
+        }
+    }
+
+    /// A group without health checks (tests, benches).
+    pub fn unchecked(addrs: &[String]) -> Result<Self, String> {
+        let lb =
+            Upstream::try_from_iter(addrs.iter().map(String::as_str)).map_err(|e| e.to_string())?;
+        Ok(Self::new(addrs.to_vec(), Arc::new(lb), None))
+    }
+
+    /// The backend for the next request: round-robin over the healthy ones; when
+    /// every backend is marked unhealthy, one anyway rather than fail blind.
+    pub fn select(&self) -> Option<SocketAddr> {
+        if let Some(a) = &self.single {
+            return Some(a.clone());
+        }
+        self.upstream
+            .select(b"", 256)
+            .or_else(|| self.upstream.select_with(b"", 256, |_, _| true))
+            .map(|b| b.addr)
+    }
+}
+
+pub struct Route {
+    pub prefix: String,
+    /// The route's name in scaling signals and metrics.
+    pub name: Arc<str>,
+    pub resource: Option<String>,
+    pub public: bool,
+    /// `aud` of the assertions sent on this route.
+    pub audience: Arc<str>,
+    /// Per-request assertions on this route (`None`: the `[assertion]` default).
+    pub bind_request: Option<bool>,
+    /// Whether this route's requests carry the assertion at all.
+    pub assertion: bool,
+    /// The route's own upstream (everyone's but the silo tenants').
+    pub upstream: Arc<UpstreamGroup>,
+    /// Silo tenants' own upstreams, by tenant id.
+    pub tenant_upstreams: HashMap<Box<str>, Arc<UpstreamGroup>>,
+    /// Request rate, in-flight and latency of the requests forwarded here.
+    pub signals: Arc<RouteSignals>,
+}
+
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
             .field("prefix", &self.prefix)
             .field("resource", &self.resource)
             .field("public", &self.public)
-            .field("addrs", &self.addrs)
+            .field("upstream", &self.upstream)
+            .field("tenant_upstreams", &self.tenant_upstreams.len())
             .finish()
     }
 }
 
 impl Route {
-    pub fn new(rc: &RouteSettings, upstream: Arc<Upstream>) -> Self {
-        Self::with_tls(rc, upstream, None)
-    }
-
-    pub fn with_tls(
-        rc: &RouteSettings,
-        upstream: Arc<Upstream>,
-        tls: Option<Arc<UpstreamTls>>,
-    ) -> Self {
-        let backends = upstream.backends().get_backend();
-        let single = match backends.len() {
-            1 => backends.iter().next().map(|b| b.addr.clone()),
-            _ => None,
-        };
+    pub fn new(rc: &RouteSettings, upstream: Arc<UpstreamGroup>) -> Self {
         Route {
             prefix: rc.prefix.clone(),
+            name: Arc::from(rc.name.as_str()),
             resource: rc.resource.clone(),
             public: rc.public,
             audience: Arc::from(rc.audience.as_str()),
             bind_request: rc.bind_request,
             assertion: rc.assertion,
-            addrs: rc.upstreams.clone(),
             upstream,
-            single,
-            tls,
+            tenant_upstreams: HashMap::new(),
+            signals: Arc::new(RouteSignals::default()),
         }
     }
 
@@ -82,28 +128,40 @@ impl Route {
     }
 }
 
-/// The route table in force: read once per request, replaced whole by a reload
+/// What routing reads: the route table and the `[[upstream_pools]]` by name.
+#[derive(Debug, Default)]
+pub struct Routing {
+    pub table: RouteTable,
+    pub pools: HashMap<Box<str>, Arc<UpstreamGroup>>,
+}
+
+/// The routing in force: read once per request, replaced whole by a reload
 /// (SIGHUP). A request keeps the route it matched, even across a reload.
 #[derive(Debug)]
-pub struct LiveRoutes(arc_swap::ArcSwap<RouteTable>);
+pub struct LiveRoutes(arc_swap::ArcSwap<Routing>);
 
 impl LiveRoutes {
-    pub fn new(table: RouteTable) -> Self {
-        LiveRoutes(arc_swap::ArcSwap::from_pointee(table))
+    pub fn new(routing: Routing) -> Self {
+        LiveRoutes(arc_swap::ArcSwap::from_pointee(routing))
     }
 
     /// The longest prefix that matches `path`, in the table in force now.
     pub fn find(&self, path: &str) -> Option<Arc<Route>> {
-        self.0.load().find(path).cloned()
+        self.0.load().table.find(path).cloned()
     }
 
-    pub fn current(&self) -> Arc<RouteTable> {
+    /// The routing in force now (held briefly: a reload waits for no reader).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Routing>> {
+        self.0.load()
+    }
+
+    pub fn current(&self) -> Arc<Routing> {
         self.0.load_full()
     }
 
-    /// New requests use `table` from now on.
-    pub fn replace(&self, table: RouteTable) {
-        self.0.store(Arc::new(table));
+    /// New requests use `routing` from now on.
+    pub fn replace(&self, routing: Routing) {
+        self.0.store(Arc::new(routing));
     }
 }
 
@@ -114,13 +172,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table and one round-robin balancer per route.
+    /// Builds the table with unchecked balancers (no health checks, no TLS):
+    /// tests and benches. The proxy builds its routes in `server::build`.
     pub fn build(configs: &[RouteSettings]) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(configs.len());
         for (i, rc) in configs.iter().enumerate() {
-            let lb = Upstream::try_from_iter(rc.upstreams.iter().map(String::as_str))
+            let group = UpstreamGroup::unchecked(&rc.upstreams)
                 .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-            routes.push(Arc::new(Route::new(rc, Arc::new(lb))));
+            let mut route = Route::new(rc, Arc::new(group));
+            for (tenant, up) in &rc.tenant_upstreams {
+                let group = UpstreamGroup::unchecked(&up.addrs)
+                    .map_err(|e| format!("routes[{i}].tenant_upstreams.{tenant}: {e}"))?;
+                route
+                    .tenant_upstreams
+                    .insert(tenant.as_str().into(), Arc::new(group));
+            }
+            routes.push(Arc::new(route));
         }
         Ok(Self::from_routes(routes))
     }
@@ -140,6 +207,24 @@ impl RouteTable {
             .iter()
             .find(|r| path.starts_with(r.prefix.as_str()))
     }
+}
+
+/// Where an authenticated tenant's request on `route` goes: the route's
+/// `tenant_upstreams` entry for the tenant, else the tenant's pool (when this
+/// proxy knows it), else the route's upstream.
+pub fn choose_upstream<'a>(
+    route: &'a Route,
+    pools: &'a HashMap<Box<str>, Arc<UpstreamGroup>>,
+    tenant: Option<(&str, Option<&str>)>,
+) -> &'a Arc<UpstreamGroup> {
+    let Some((tenant, pool)) = tenant else {
+        return &route.upstream;
+    };
+    route
+        .tenant_upstreams
+        .get(tenant)
+        .or_else(|| pool.and_then(|p| pools.get(p)))
+        .unwrap_or(&route.upstream)
 }
 
 /// The path as the proxy matches, authorises and forwards it: `//` merged,
@@ -292,6 +377,7 @@ mod tests {
             assertion: true,
             tls: false,
             ca_file: None,
+            ..RouteSettings::default()
         }
     }
 
@@ -310,6 +396,39 @@ mod tests {
         );
         assert_eq!(t.find("/api/v2").unwrap().prefix, "/api/");
         assert!(t.find("/other").is_none());
+    }
+
+    #[test]
+    fn silo_tenants_get_their_upstream_then_their_pool() {
+        use tenantgate_core::config::UpstreamSettings;
+        let mut route = rc("/api/", None, false);
+        route.tenant_upstreams.insert(
+            "acme".into(),
+            UpstreamSettings {
+                addrs: vec!["127.0.0.1:7001".into()],
+                ..UpstreamSettings::default()
+            },
+        );
+        let t = RouteTable::build(&[route]).unwrap();
+        let r = t.find("/api/x").unwrap();
+        let pool = |a: &str| Arc::new(UpstreamGroup::unchecked(&[a.to_owned()]).unwrap());
+        let pools: HashMap<Box<str>, Arc<UpstreamGroup>> = [("big".into(), pool("127.0.0.1:7002"))]
+            .into_iter()
+            .collect();
+        let to = |tenant| choose_upstream(r, &pools, tenant).addrs[0].clone();
+        assert_eq!(
+            to(Some(("acme", Some("big")))),
+            "127.0.0.1:7001",
+            "the route's entry wins"
+        );
+        assert_eq!(to(Some(("globex", Some("big")))), "127.0.0.1:7002");
+        assert_eq!(
+            to(Some(("globex", Some("gone")))),
+            "127.0.0.1:9",
+            "unknown pool"
+        );
+        assert_eq!(to(Some(("globex", None))), "127.0.0.1:9");
+        assert_eq!(to(None), "127.0.0.1:9", "public requests");
     }
 
     #[test]

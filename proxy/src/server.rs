@@ -18,8 +18,9 @@ use crate::limiter::{Limiter, LocalLimiter, MonotonicClock, RedisLimiterOptions}
 use crate::listener::{GateListener, ListenerLimits};
 use crate::meter::{self, Meter};
 use crate::metrics::ProxyMetrics;
-use crate::route::{LiveRoutes, Route, RouteTable, Upstream};
+use crate::route::{LiveRoutes, Route, RouteTable, Routing, Upstream, UpstreamGroup};
 use crate::service::{Gate, GateOptions};
+use crate::signals::SignalBoard;
 use crate::tls::{TlsAcceptor, UpstreamTls};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -30,9 +31,10 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::config::{LimiterBackend, RouteSettings, Settings};
+use tenantgate_core::config::{LimiterBackend, RouteSettings, Settings, UpstreamSettings};
 use tenantgate_core::secrets::ApiKeyDigester;
 use tenantgate_core::store::{Backend, Store};
 use tokio::sync::watch;
@@ -70,35 +72,87 @@ pub struct Built {
 /// How often each upstream backend is health-checked (TCP connect).
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The route table for `routes` and its upstreams (health checks set, not started).
+/// A balancer over `up` with its health check set (started by
+/// [`spawn_health_checks`]), its balancer pushed to `upstreams`; `key` names it in
+/// errors.
+fn upstream_group(
+    settings: &Settings,
+    up: &UpstreamSettings,
+    key: &str,
+    upstreams: &mut Vec<Arc<Upstream>>,
+) -> Result<Arc<UpstreamGroup>, String> {
+    let mut lb = Upstream::try_from_iter(up.addrs.iter().map(String::as_str))
+        .map_err(|e| format!("{key}: {e}"))?;
+    lb.set_health_check(TcpHealthCheck::new());
+    lb.health_check_frequency = Some(HEALTH_CHECK_EVERY);
+    let lb = Arc::new(lb);
+    let tls = if up.tls {
+        Some(Arc::new(
+            UpstreamTls::new(
+                &up.addrs,
+                up.ca_file.as_deref(),
+                settings.proxy.upstream_connect_timeout,
+            )
+            .map_err(|e| format!("{key}: {e}"))?,
+        ))
+    } else {
+        None
+    };
+    let group = UpstreamGroup::new(up.addrs.clone(), lb.clone(), tls);
+    upstreams.push(lb);
+    Ok(Arc::new(group))
+}
+
+/// The routing for `routes` and `settings.upstream_pools`, and its upstreams
+/// (health checks set, not started). `previous`: the routing it replaces; a route
+/// of the same name keeps its autoscaling signals.
 pub fn build_routes(
     settings: &Settings,
     routes: &[RouteSettings],
-) -> Result<(RouteTable, Vec<Arc<Upstream>>), String> {
+    previous: Option<&Routing>,
+) -> Result<(Routing, Vec<Arc<Upstream>>), String> {
     let mut upstreams = Vec::new();
     let mut built = Vec::new();
     for (i, rc) in routes.iter().enumerate() {
-        let mut lb = Upstream::try_from_iter(rc.upstreams.iter().map(String::as_str))
-            .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-        lb.set_health_check(TcpHealthCheck::new());
-        lb.health_check_frequency = Some(HEALTH_CHECK_EVERY);
-        let lb = Arc::new(lb);
-        let tls = if rc.tls {
-            Some(Arc::new(
-                UpstreamTls::new(
-                    &rc.upstreams,
-                    rc.ca_file.as_deref(),
-                    settings.proxy.upstream_connect_timeout,
-                )
-                .map_err(|e| format!("routes[{i}].upstream: {e}"))?,
-            ))
-        } else {
-            None
+        let own = UpstreamSettings {
+            addrs: rc.upstreams.clone(),
+            tls: rc.tls,
+            ca_file: rc.ca_file.clone(),
         };
-        built.push(Arc::new(Route::with_tls(rc, lb.clone(), tls)));
-        upstreams.push(lb);
+        let group = upstream_group(
+            settings,
+            &own,
+            &format!("routes[{i}].upstream"),
+            &mut upstreams,
+        )?;
+        let mut route = Route::new(rc, group);
+        for (tenant, up) in &rc.tenant_upstreams {
+            let key = format!("routes[{i}].tenant_upstreams.{tenant}");
+            let group = upstream_group(settings, up, &key, &mut upstreams)?;
+            route.tenant_upstreams.insert(tenant.as_str().into(), group);
+        }
+        if let Some(old) = previous.and_then(|p| {
+            p.table
+                .routes()
+                .iter()
+                .find(|r| r.name == route.name)
+                .cloned()
+        }) {
+            route.signals = old.signals.clone();
+        }
+        built.push(Arc::new(route));
     }
-    Ok((RouteTable::from_routes(built), upstreams))
+    let mut pools = HashMap::new();
+    for (i, p) in settings.upstream_pools.iter().enumerate() {
+        let key = format!("upstream_pools[{i}].upstream");
+        let group = upstream_group(settings, &p.upstream, &key, &mut upstreams)?;
+        pools.insert(p.name.as_str().into(), group);
+    }
+    let routing = Routing {
+        table: RouteTable::from_routes(built),
+        pools,
+    };
+    Ok((routing, upstreams))
 }
 
 /// Runs the health checks of `upstreams` on `rt` until `stop` says true.
@@ -116,7 +170,15 @@ pub fn spawn_health_checks(
 
 /// Builds the gate for `routes` over `store`.
 pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Result<Built, String> {
-    let (table, upstreams) = build_routes(settings, routes)?;
+    let (routing, upstreams) = build_routes(settings, routes, None)?;
+    let signals = Arc::new(SignalBoard::new(
+        routing
+            .table
+            .routes()
+            .iter()
+            .map(|r| (r.name.clone(), r.signals.clone()))
+            .collect(),
+    ));
     let p = &settings.proxy;
     let cache = CacheSettings {
         ttl: p.cache_ttl,
@@ -179,6 +241,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         settings.store.data_dir.join("spool"),
         meter::SpoolLimits::default(),
     ));
+    meter.attach_signals(signals);
     let metrics = Arc::new(ProxyMetrics::new(p.metrics_top_tenants).map_err(|e| e.to_string())?);
     let local = Arc::new(LocalLimiter::new(Arc::new(MonotonicClock::default())));
     let limiter = match &settings.ratelimit.backend {
@@ -203,7 +266,7 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
     let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
     let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
     let gate = Gate {
-        routes: Arc::new(LiveRoutes::new(table)),
+        routes: Arc::new(LiveRoutes::new(routing)),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
@@ -425,8 +488,10 @@ pub fn pingora_server(settings: &Settings, gate: Gate, tls: Option<Arc<TlsAccept
     server
 }
 
-/// Reads the routes again (the config file, validated whole) for a reload.
-pub type RouteSource = Box<dyn Fn() -> Result<Vec<RouteSettings>, String> + Send + Sync>;
+/// Reads the config file again (validated whole) for a reload: the new settings
+/// (their `[[upstream_pools]]`) and the routes to serve.
+pub type RouteSource =
+    Box<dyn Fn() -> Result<(Settings, Vec<RouteSettings>), String> + Send + Sync>;
 
 /// What SIGHUP reloads: the TLS certificates and the routes.
 pub struct Reloadable {
@@ -434,8 +499,6 @@ pub struct Reloadable {
     pub routes: Arc<LiveRoutes>,
     /// `None`: no config file (built-in defaults), so no routes to read again.
     pub source: Option<RouteSource>,
-    /// The settings the route table is built with (timeouts of https upstreams).
-    pub settings: Settings,
 }
 
 impl Reloadable {
@@ -451,21 +514,23 @@ impl Reloadable {
             tracing::info!("SIGHUP: routes not reloaded (no config file)");
             return false;
         };
-        let built = source().and_then(|routes| {
+        let current = self.routes.current();
+        let built = source().and_then(|(settings, routes)| {
             if routes.is_empty() {
                 return Err("routes: the new configuration has no [[routes]]".into());
             }
-            build_routes(&self.settings, &routes)
+            build_routes(&settings, &routes, Some(&current))
         });
         match built {
-            Ok((table, upstreams)) => {
+            Ok((routing, upstreams)) => {
                 let (next, stop) = watch::channel(false);
                 spawn_health_checks(rt, upstreams, &stop);
-                let n = table.routes().len();
-                self.routes.replace(table);
+                let n = routing.table.routes().len();
+                let pools = routing.pools.len();
+                self.routes.replace(routing);
                 let _ = generation.send(true);
                 *generation = next;
-                tracing::info!(routes = n, "SIGHUP: routes reloaded");
+                tracing::info!(routes = n, pools, "SIGHUP: routes reloaded");
                 true
             }
             Err(e) => {
@@ -552,7 +617,6 @@ pub fn run(
         tls: tls.clone(),
         routes: gate.routes.clone(),
         source,
-        settings: settings.clone(),
     };
     reload_on_hangup(rt, reload, generation, shutdown.subscribe())?;
     let server = pingora_server(settings, gate, tls);

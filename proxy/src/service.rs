@@ -18,7 +18,7 @@ use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
-use crate::route::{check_path, normalize_path, LiveRoutes, Route};
+use crate::route::{check_path, choose_upstream, normalize_path, LiveRoutes, Route};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -57,6 +57,7 @@ impl Default for GateOptions {
 }
 
 pub struct Gate {
+    /// The routes and `[[upstream_pools]]` in force (replaced by SIGHUP).
     pub routes: Arc<LiveRoutes>,
     pub auth: Arc<Authenticator>,
     pub control: Arc<ControlPlane>,
@@ -89,6 +90,8 @@ pub struct Ctx {
     limits: Option<Limits>,
     reject: Option<Reject>,
     upstream_error: bool,
+    /// Counted in the route's in-flight signal (admitted, to be forwarded).
+    in_flight: bool,
 }
 
 impl Gate {
@@ -360,6 +363,7 @@ impl ProxyHttp for Gate {
             limits: None,
             reject: None,
             upstream_error: false,
+            in_flight: false,
         }
     }
 
@@ -372,6 +376,10 @@ impl ProxyHttp for Gate {
         match self.admit(session, ctx).await {
             Ok(()) => {
                 self.fairness.admitted(session.as_downstream().stream());
+                if let Some(route) = &ctx.route {
+                    route.signals.started();
+                    ctx.in_flight = true;
+                }
                 Ok(false)
             }
             Err(reject) => {
@@ -387,21 +395,19 @@ impl ProxyHttp for Gate {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
-        let addr = match &route.single {
-            Some(addr) => addr.clone(),
-            None => {
-                route
-                    .upstream
-                    .select(b"", 256)
-                    // Every backend marked unhealthy: try one anyway rather than fail blind.
-                    .or_else(|| route.upstream.select_with(b"", 256, |_, _| true))
-                    .ok_or_else(|| {
-                        Error::explain(ErrorType::ConnectNoRoute, "no upstream backend")
-                    })?
-                    .addr
-            }
-        };
-        let mut peer = match &route.tls {
+        // Silo tenants (the route's `tenant_upstreams`, the tenant's pool) are
+        // known from the tenant view admission already resolved.
+        let tenant = ctx
+            .view
+            .as_deref()
+            .map(|v| (v.tenant_id.as_str(), v.upstream_pool.as_deref()));
+        let routing = self.routes.load();
+        let group = choose_upstream(route, &routing.pools, tenant).clone();
+        drop(routing);
+        let addr = group
+            .select()
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream backend"))?;
+        let mut peer = match &group.tls {
             // Verified against the route's CA file or the system roots, for the
             // backend's host name.
             // Plain HTTP for Pingora over a connection the route's connector made
@@ -533,6 +539,13 @@ impl ProxyHttp for Gate {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         listener::request_done(session.as_downstream().stream());
         let elapsed = ctx.start.elapsed();
+        if ctx.in_flight {
+            if let Some(route) = &ctx.route {
+                route
+                    .signals
+                    .finished(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+            }
+        }
         let status = session
             .response_written()
             .map(|h| h.status.as_u16())

@@ -237,6 +237,13 @@ pub static RESOURCES: &[Resource] = &[
                 &[Update],
                 "Addresses the tenant's requests may come from (comma-separated)",
             ),
+            body(
+                "upstream-pool",
+                &["upstream_pool"],
+                Str,
+                &[Update],
+                "The [[upstream_pools]] entry the tenant's requests go to (silo tenants)",
+            ),
         ],
         columns: &["id", "name", "tier", "status", "created_at"],
         rows: None,

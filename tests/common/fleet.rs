@@ -239,6 +239,23 @@ async fn wait_http(http: &reqwest::Client, url: &str, p: &Proc) {
 }
 
 impl Fleet {
+    /// Starts one more `tenantgate admin` on the fleet's config (on its own
+    /// port) and returns its base URL.
+    pub async fn add_admin(&mut self) -> String {
+        let a = free_port();
+        let cfg = self.dir.join("fleet.toml").display().to_string();
+        let name = format!("admin{}", self.procs.len());
+        let envs = vec![(
+            "TENANTGATE__ADMIN__LISTEN".to_owned(),
+            format!("\"127.0.0.1:{a}\""),
+        )];
+        let p = spawn(&self.dir, &name, &["admin", "--config", &cfg], &envs);
+        let url = format!("http://127.0.0.1:{a}");
+        wait_http(&self.http, &format!("{url}/health"), &p).await;
+        self.procs.push(p);
+        url
+    }
+
     /// The value of an unlabelled metric on proxy `i`'s `/metrics`.
     pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
         let text = self

@@ -12,6 +12,7 @@ pub mod plans;
 pub mod policies;
 pub mod quota;
 pub mod rate_limit;
+pub mod scaling;
 pub mod tenants;
 pub mod usage;
 pub mod users;

@@ -59,6 +59,11 @@ pub struct PatchTenantRequest {
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<Vec<String>>)]
     pub allowed_cidrs: Option<Option<Vec<String>>>,
+    /// Platform only: the `[[upstream_pools]]` entry the tenant's requests go
+    /// to (a silo tenant); `null` moves it back to the routes' upstreams.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub upstream_pool: Option<Option<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,6 +78,9 @@ pub struct TenantResponse {
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// The `[[upstream_pools]]` entry the tenant's requests go to; `null`: the
+    /// routes' own upstreams (a route's `tenant_upstreams` entry wins over both).
+    pub upstream_pool: Option<String>,
     /// The admin user created with the tenant (create only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_user: Option<UserResponse>,
@@ -87,6 +95,7 @@ impl From<Tenant> for TenantResponse {
             status: t.status,
             created_at: ts(t.created_at),
             allowed_cidrs: t.allowed_cidrs,
+            upstream_pool: t.upstream_pool,
             admin_user: None,
         }
     }
@@ -251,7 +260,8 @@ pub async fn get(scope: TenantScope) -> Json<TenantResponse> {
     responses(
         (status = 200, description = "The updated tenant", body = TenantResponse),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
-        (status = 403, description = "Tier or status by a tenant admin", body = ErrorResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 403, description = "Tier, status or upstream_pool by a tenant admin", body = ErrorResponse),
         (status = 404, description = "Unknown tenant", body = ErrorResponse),
         (status = 422, description = "Validation error", body = ErrorResponse),
     ),
@@ -263,10 +273,22 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Json<TenantResponse>, ApiError> {
     let req: PatchTenantRequest = json::parse(&body)?;
-    if req.tier.is_some() || req.status.is_some() {
+    if req.tier.is_some() || req.status.is_some() || req.upstream_pool.is_some() {
         // A tenant admin may rename its tenant, nothing more.
         scope.caller.require_platform()?;
     }
+    let upstream_pool = match req.upstream_pool {
+        Some(Some(name)) => {
+            if !state.options().upstream_pools.contains(&name) {
+                return Err(ApiError::validation(
+                    "upstream_pool",
+                    "must name an [[upstream_pools]] entry of the configuration",
+                ));
+            }
+            Some(Some(name))
+        }
+        other => other,
+    };
     let patch = TenantPatch {
         name: req
             .name
@@ -279,6 +301,7 @@ pub async fn update(
             Some(Some(l)) => Some(Some(super::api_keys::validate_cidrs("allowed_cidrs", l)?)),
             other => other.map(|_| None),
         },
+        upstream_pool,
     };
     if let Some(tier) = &patch.tier {
         existing_plan(&state, tier).await?;
@@ -287,6 +310,7 @@ pub async fn update(
         && patch.tier.is_none()
         && patch.status.is_none()
         && patch.allowed_cidrs.is_none()
+        && patch.upstream_pool.is_none()
     {
         return Ok(Json(scope.tenant.into()));
     }

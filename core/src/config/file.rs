@@ -19,6 +19,12 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub assertion: AssertionConfig,
     pub routes: Vec<RouteConfig>,
+    /// `[[upstream_pools]]`: named upstreams a silo tenant's `upstream_pool` picks.
+    pub upstream_pools: Vec<UpstreamPoolConfig>,
+    /// `[[autoscale]]`: a scaling policy per route.
+    pub autoscale: Vec<AutoscaleConfig>,
+    /// `[scaling]`: how often (and over which signals) the policies are evaluated.
+    pub scaling: ScalingConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
     pub retention: RetentionConfig,
@@ -390,6 +396,78 @@ pub struct RouteConfig {
     /// default: the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The route's name in scaling signals, `[[autoscale]] route` and metrics;
+    /// default: the prefix.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Silo tenants of this route: tenant id → its own upstream (host:port or a
+    /// list, like `upstream`). Wins over the tenant's `upstream_pool`.
+    #[serde(default)]
+    pub tenant_upstreams: std::collections::BTreeMap<String, Upstreams>,
+}
+
+/// `[[upstream_pools]]`: an upstream tenants are moved to with
+/// `PATCH /v1/tenants/{id} {"upstream_pool": "<name>"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPoolConfig {
+    pub name: String,
+    pub upstream: Upstreams,
+    /// CAs (PEM) of an `https://` pool's certificates; default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[[autoscale]]`: how many replicas a route's upstream should run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleConfig {
+    /// A `[[routes]]` entry's `name` (default: its prefix).
+    pub route: String,
+    /// Requests per second one replica is meant to serve.
+    pub target_rps_per_replica: f64,
+    #[serde(default = "one")]
+    pub min: u32,
+    #[serde(default = "ten")]
+    pub max: u32,
+    /// Least time between two changes.
+    #[serde(default = "sixty")]
+    pub cooldown_seconds: u64,
+    /// A scale-down goes only as low as the highest recommendation of this window.
+    #[serde(default = "three_hundred")]
+    pub scale_down_stabilisation_seconds: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn ten() -> u32 {
+    10
+}
+fn sixty() -> u64 {
+    60
+}
+fn three_hundred() -> u64 {
+    300
+}
+
+/// `[scaling]`: the evaluation loop of the `[[autoscale]]` policies (admin API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingConfig {
+    /// How often the policies are evaluated (by one admin process of the fleet).
+    pub evaluate_interval_ms: u64,
+    /// A proxy's signals older than this are left out of the sum (a proxy that stopped).
+    pub signal_max_age_ms: u64,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            evaluate_interval_ms: 5_000,
+            signal_max_age_ms: 15_000,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -467,6 +545,8 @@ pub struct RetentionConfig {
     /// The change feed; a proxy further behind reloads everything.
     pub changes_hours: f64,
     pub audit_days: f64,
+    /// Scaling events (`GET /v1/scaling/events`).
+    pub scaling_events_days: f64,
     /// How often the elected process runs a rollup and retention pass.
     pub run_interval_seconds: f64,
 }
@@ -479,6 +559,7 @@ impl Default for RetentionConfig {
             flush_records_hours: 24.0,
             changes_hours: 24.0,
             audit_days: 400.0,
+            scaling_events_days: 400.0,
             run_interval_seconds: 60.0,
         }
     }

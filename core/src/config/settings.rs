@@ -32,6 +32,11 @@ pub struct Settings {
     pub assertion: AssertionSettings,
     /// The configured routes (`up` adds a default one when there are none).
     pub routes: Vec<RouteSettings>,
+    /// `[[upstream_pools]]`, by name.
+    pub upstream_pools: Vec<UpstreamPoolSettings>,
+    /// `[[autoscale]]`: one policy per route (named by the route's name).
+    pub autoscale: Vec<AutoscaleSettings>,
+    pub scaling: ScalingSettings,
     pub security: SecuritySettings,
     pub log: LogSettings,
     pub retention: RetentionSettings,
@@ -219,9 +224,13 @@ pub enum IssuerKeys {
     PublicKeyFile(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteSettings {
     pub prefix: String,
+    /// The route's name in scaling signals and `[[autoscale]]` (default: the prefix).
+    pub name: String,
+    /// Silo tenants: tenant id → its own upstream (wins over its pool).
+    pub tenant_upstreams: std::collections::BTreeMap<String, UpstreamSettings>,
     /// `host:port`, one or more (round-robin).
     pub upstreams: Vec<String>,
     /// The RBAC resource; `None`: the first path segment after the prefix.
@@ -238,6 +247,47 @@ pub struct RouteSettings {
     /// or the system roots.
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+}
+
+/// One upstream cluster: `host:port` addresses (round-robin), plain or TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamSettings {
+    pub addrs: Vec<String>,
+    /// `https://`: TLS with SNI = the host, verified against `ca_file` or the system roots.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[[upstream_pools]]`: a named upstream silo tenants are moved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamPoolSettings {
+    /// `[a-z0-9_-]{1,64}`, unique.
+    pub name: String,
+    pub upstream: UpstreamSettings,
+}
+
+/// `[[autoscale]]`, validated: the policy of one route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleSettings {
+    /// The route's name.
+    pub route: String,
+    pub policy: crate::scaling::Policy,
+}
+
+/// `[scaling]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalingSettings {
+    pub evaluate_interval: Duration,
+    pub signal_max_age: Duration,
+}
+
+impl Default for ScalingSettings {
+    fn default() -> Self {
+        ScalingSettings {
+            evaluate_interval: Duration::from_secs(5),
+            signal_max_age: Duration::from_secs(15),
+        }
+    }
 }
 
 /// `[assertion]`, validated.
@@ -282,7 +332,15 @@ impl Default for Settings {
     }
 }
 
+/// The prefix (and name) of the route `up` adds when none is configured.
+pub const DEMO_ROUTE: &str = "/api/v1/";
+
 impl Settings {
+    /// The upstream pool called `name`.
+    pub fn upstream_pool(&self, name: &str) -> Option<&UpstreamPoolSettings> {
+        self.upstream_pools.iter().find(|p| p.name == name)
+    }
+
     pub fn api_key_pepper(&self) -> Option<&[u8]> {
         self.security.api_key_pepper.as_deref().map(str::as_bytes)
     }
@@ -292,15 +350,12 @@ impl Settings {
     pub fn routes_or_demo(&self) -> Vec<RouteSettings> {
         if self.routes.is_empty() {
             vec![RouteSettings {
-                prefix: "/api/v1/".into(),
+                prefix: DEMO_ROUTE.into(),
+                name: DEMO_ROUTE.into(),
                 upstreams: vec![self.demo.listen.to_string()],
-                resource: None,
-                public: false,
-                audience: "/api/v1/".into(),
-                bind_request: None,
+                audience: DEMO_ROUTE.into(),
                 assertion: true,
-                tls: false,
-                ca_file: None,
+                ..RouteSettings::default()
             }]
         } else {
             self.routes.clone()
@@ -323,6 +378,8 @@ impl TryFrom<&Config> for Settings {
             Some(u) => u.clone(),
             None => store.url.clone(),
         };
+        let routes = routes(&c.routes)?;
+        let autoscale = autoscale(&c.autoscale, &routes)?;
         Ok(Settings {
             proxy: proxy(&c.proxy)?,
             admin: admin(&c.admin)?,
@@ -337,7 +394,10 @@ impl TryFrom<&Config> for Settings {
             metering: metering(&c.metering)?,
             jwt: jwt(&c.jwt)?,
             assertion: assertion(&c.assertion)?,
-            routes: routes(&c.routes)?,
+            routes,
+            upstream_pools: upstream_pools(&c.upstream_pools)?,
+            autoscale,
+            scaling: scaling(&c.scaling)?,
             security: SecuritySettings {
                 api_key_pepper: c.security.api_key_pepper.clone(),
             },
@@ -789,6 +849,7 @@ fn issuer(at: &str, iss: &IssuerConfig, allow_insecure: bool) -> Result<IssuerSe
 
 fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
     let mut seen = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(rs.len());
     for (i, r) in rs.iter().enumerate() {
         let k = |f: &str| format!("routes[{i}].{f}");
@@ -798,19 +859,49 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
         if !seen.insert(r.prefix.as_str()) {
             return Err((k("prefix"), format!("duplicate prefix {:?}", r.prefix)));
         }
-        let (upstreams, tls) =
-            upstream_scheme(r.upstream.addrs()).map_err(|e| (k("upstream"), e))?;
-        if upstreams.is_empty() {
-            return Err((k("upstream"), "must name at least one host:port".into()));
+        let UpstreamSettings {
+            addrs: upstreams,
+            tls,
+            ..
+        } = upstream(
+            &r.upstream,
+            r.ca_file.as_ref(),
+            &k("upstream"),
+            &k("ca_file"),
+        )?;
+        let name = match &r.name {
+            Some(n) => n.clone(),
+            None => r.prefix.clone(),
+        };
+        // A prefix as the name is taken as it is (metric labels are escaped).
+        if r.name.is_some() && !valid_route_name(&name) {
+            return Err((
+                k("name"),
+                "must be 1 to 128 printable ASCII characters without quotes or backslashes".into(),
+            ));
         }
-        if let Some(ca) = &r.ca_file {
-            if !tls {
-                return Err((k("ca_file"), "applies to https:// upstreams only".into()));
+        if !names.insert(name.clone()) {
+            return Err((k("name"), format!("duplicate route name {name:?}")));
+        }
+        let mut tenant_upstreams = std::collections::BTreeMap::new();
+        for (tenant, up) in &r.tenant_upstreams {
+            let key = k(&format!("tenant_upstreams.{tenant}"));
+            if !crate::domain::valid_tenant_id(tenant) {
+                return Err((key, "is not a tenant id ([a-z0-9][a-z0-9-]{1,62})".into()));
             }
-            crate::pem::read_ca_certs(ca).map_err(|e| (k("ca_file"), e))?;
-        }
-        if let Some(bad) = upstreams.iter().find(|a| !valid_host_port(a)) {
-            return Err((k("upstream"), format!("{bad:?} is not host:port")));
+            if r.public {
+                return Err((
+                    key,
+                    "needs a protected route (a public route knows no tenant)".into(),
+                ));
+            }
+            // An https:// silo is verified against the route's CAs when it has some.
+            let ca = r
+                .ca_file
+                .as_ref()
+                .filter(|_| up.addrs().iter().all(|a| a.starts_with("https://")));
+            let settings = upstream(up, ca, &key, &k("ca_file"))?;
+            tenant_upstreams.insert(tenant.clone(), settings);
         }
         if let Some(res) = &r.resource {
             if !crate::domain::valid_name_token(res) {
@@ -829,6 +920,8 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
         };
         out.push(RouteSettings {
             prefix: r.prefix.clone(),
+            name,
+            tenant_upstreams,
             upstreams,
             resource: r.resource.clone(),
             public: r.public,
@@ -840,6 +933,127 @@ fn routes(rs: &[RouteConfig]) -> Result<Vec<RouteSettings>, Invalid> {
         });
     }
     Ok(out)
+}
+
+/// Route names: printable ASCII without `"` or `\\` (they are metric label values).
+fn valid_route_name(n: &str) -> bool {
+    (1..=128).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// An upstream (one `host:port` or a list, `http://` or `https://`), checked:
+/// `key` names it in errors, `ca_key` its CA file.
+fn upstream(
+    u: &file::Upstreams,
+    ca_file: Option<&PathBuf>,
+    key: &str,
+    ca_key: &str,
+) -> Result<UpstreamSettings, Invalid> {
+    let (addrs, tls) = upstream_scheme(u.addrs()).map_err(|e| (key.to_owned(), e))?;
+    if addrs.is_empty() {
+        return invalid(key, "must name at least one host:port");
+    }
+    if let Some(bad) = addrs.iter().find(|a| !valid_host_port(a)) {
+        return Err((key.to_owned(), format!("{bad:?} is not host:port")));
+    }
+    if let Some(ca) = ca_file {
+        if !tls {
+            return invalid(ca_key, "applies to https:// upstreams only");
+        }
+        crate::pem::read_ca_certs(ca).map_err(|e| (ca_key.to_owned(), e))?;
+    }
+    Ok(UpstreamSettings {
+        addrs,
+        tls,
+        ca_file: ca_file.cloned(),
+    })
+}
+
+fn upstream_pools(
+    pools: &[file::UpstreamPoolConfig],
+) -> Result<Vec<UpstreamPoolSettings>, Invalid> {
+    let mut out: Vec<UpstreamPoolSettings> = Vec::with_capacity(pools.len());
+    for (i, p) in pools.iter().enumerate() {
+        let k = |f: &str| format!("upstream_pools[{i}].{f}");
+        if !crate::domain::valid_name_token(&p.name) {
+            return Err((k("name"), "must match [a-z0-9_-]{1,64}".into()));
+        }
+        if out.iter().any(|o| o.name == p.name) {
+            return Err((k("name"), format!("duplicate pool name {:?}", p.name)));
+        }
+        out.push(UpstreamPoolSettings {
+            name: p.name.clone(),
+            upstream: upstream(
+                &p.upstream,
+                p.ca_file.as_ref(),
+                &k("upstream"),
+                &k("ca_file"),
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+fn autoscale(
+    list: &[file::AutoscaleConfig],
+    routes: &[RouteSettings],
+) -> Result<Vec<AutoscaleSettings>, Invalid> {
+    let mut out: Vec<AutoscaleSettings> = Vec::with_capacity(list.len());
+    for (i, a) in list.iter().enumerate() {
+        let k = |f: &str| format!("autoscale[{i}].{f}");
+        // A route by its name or its prefix; `up` without routes has the demo route.
+        let route = if routes.is_empty() {
+            (a.route == DEMO_ROUTE).then(|| DEMO_ROUTE.to_owned())
+        } else {
+            routes
+                .iter()
+                .find(|r| r.name == a.route)
+                .or_else(|| routes.iter().find(|r| r.prefix == a.route))
+                .map(|r| r.name.clone())
+        };
+        let Some(route) = route else {
+            return Err((
+                k("route"),
+                format!(
+                    "{:?} names no [[routes]] entry (by name or prefix)",
+                    a.route
+                ),
+            ));
+        };
+        if out.iter().any(|o| o.route == route) {
+            return Err((k("route"), format!("a second policy for route {route:?}")));
+        }
+        let policy = crate::scaling::Policy {
+            target_rps_per_replica: a.target_rps_per_replica,
+            min: a.min,
+            max: a.max,
+            cooldown_s: a.cooldown_seconds,
+            stabilisation_s: a.scale_down_stabilisation_seconds,
+        };
+        policy.check().map_err(|(f, m)| (k(f), m))?;
+        out.push(AutoscaleSettings { route, policy });
+    }
+    Ok(out)
+}
+
+fn scaling(s: &file::ScalingConfig) -> Result<ScalingSettings, Invalid> {
+    if !(100..=3_600_000).contains(&s.evaluate_interval_ms) {
+        return invalid(
+            "scaling.evaluate_interval_ms",
+            "must be between 100 and 3600000",
+        );
+    }
+    if !(100..=3_600_000).contains(&s.signal_max_age_ms) {
+        return invalid(
+            "scaling.signal_max_age_ms",
+            "must be between 100 and 3600000",
+        );
+    }
+    Ok(ScalingSettings {
+        evaluate_interval: ms(s.evaluate_interval_ms),
+        signal_max_age: ms(s.signal_max_age_ms),
+    })
 }
 
 fn log(l: &file::LogConfig) -> Result<LogSettings, Invalid> {
@@ -898,6 +1112,7 @@ pub struct RetentionSettings {
     pub flush_records: Duration,
     pub changes: Duration,
     pub audit: Duration,
+    pub scaling_events: Duration,
     /// Between two rollup and retention passes.
     pub run_interval: Duration,
 }
@@ -911,6 +1126,7 @@ impl Default for RetentionSettings {
             flush_records: Duration::from_secs(24 * 3_600),
             changes: Duration::from_secs(24 * 3_600),
             audit: Duration::from_secs(400 * 86_400),
+            scaling_events: Duration::from_secs(400 * 86_400),
             run_interval: Duration::from_secs(60),
         })
     }
@@ -954,6 +1170,7 @@ fn retention(r: &file::RetentionConfig) -> Result<RetentionSettings, Invalid> {
         flush_records: span("flush_records_hours", r.flush_records_hours, 3_600.0)?,
         changes: span("changes_hours", r.changes_hours, 3_600.0)?,
         audit: span("audit_days", r.audit_days, 86_400.0)?,
+        scaling_events: span("scaling_events_days", r.scaling_events_days, 86_400.0)?,
         run_interval,
     })
 }

@@ -37,7 +37,8 @@ pub(super) const CHANGES_PRUNED_KEY: &str = "changes_pruned_through";
 pub struct StepReport {
     /// `rollup_hour`, `rollup_day`, `minute_partitions` (PostgreSQL: rows in the
     /// daily partitions dropped, estimated), `prune_usage_minute`, `prune_usage_hour`,
-    /// `prune_flush_records`, `prune_changes`, `prune_audit`.
+    /// `prune_flush_records`, `prune_changes`, `prune_audit`, `prune_scaling`
+    /// (scaling events past their retention and signals of silent proxies).
     pub step: &'static str,
     /// Rows written (rollups) or deleted (pruning).
     pub rows: u64,
@@ -186,6 +187,13 @@ impl Store {
             self.prune_changes(now_ms - millis(r.changes))
         );
         prune!("prune_audit", self.prune_audit(now_ms - millis(r.audit)));
+        prune!(
+            "prune_scaling",
+            self.prune_scaling(
+                now_ms - millis(r.scaling_events),
+                now_ms - super::SIGNALS_KEEP_MS
+            )
+        );
         Ok(report)
     }
 
@@ -442,6 +450,26 @@ impl Store {
         Ok(Some(res.rows_affected()))
     }
 
+    async fn prune_scaling(
+        &self,
+        events_cutoff_ms: i64,
+        signals_cutoff_ms: i64,
+    ) -> Result<Option<u64>> {
+        let Some(mut tx) = self.job_tx().await? else {
+            return Ok(None);
+        };
+        let events = sqlx::query("DELETE FROM scaling_events WHERE at < $1")
+            .bind(events_cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        let signals = sqlx::query("DELETE FROM route_signals WHERE at < $1")
+            .bind(signals_cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(events.rows_affected() + signals.rows_affected()))
+    }
+
     /// The highest change id pruned from the feed (0: none).
     pub async fn changes_pruned_through(&self) -> Result<i64> {
         Ok(self
@@ -462,6 +490,8 @@ impl Store {
             "metering_flushes",
             "changes",
             "audit_log",
+            "scaling_events",
+            "route_signals",
         ] {
             let n: i64 = sqlx::query(&format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {t}"))
                 .fetch_one(&self.pool)

@@ -23,6 +23,8 @@ pub struct TenantPatch {
     pub status: Option<TenantStatus>,
     /// `Some(None)` clears the allow-list.
     pub allowed_cidrs: Option<Option<Vec<String>>>,
+    /// `Some(None)` moves the tenant back to the routes' upstreams.
+    pub upstream_pool: Option<Option<String>>,
 }
 
 impl Store {
@@ -67,6 +69,7 @@ impl Store {
             status: TenantStatus::Active,
             created_at: from_ms(now),
             allowed_cidrs: None,
+            upstream_pool: None,
         })
     }
 
@@ -89,12 +92,13 @@ impl Store {
                 }
                 None => None,
             },
+            upstream_pool: row.try_get("upstream_pool")?,
         })
     }
 
     pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
         let row = sqlx::query(
-            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants WHERE id = $1",
+            "SELECT id, name, tier, status, created_at, allowed_cidrs, upstream_pool FROM tenants WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -104,7 +108,7 @@ impl Store {
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query(
-            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants ORDER BY created_at, id",
+            "SELECT id, name, tier, status, created_at, allowed_cidrs, upstream_pool FROM tenants ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -116,7 +120,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT id, name, tier, status, created_at, allowed_cidrs FROM tenants WHERE id = $1",
+            "SELECT id, name, tier, status, created_at, allowed_cidrs, upstream_pool FROM tenants WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -140,14 +144,19 @@ impl Store {
         if let Some(s) = patch.status {
             tenant.status = s;
         }
+        if let Some(p) = &patch.upstream_pool {
+            tenant.upstream_pool = p.clone();
+        }
         sqlx::query(
-            "UPDATE tenants SET name = $1, tier = $2, status = $3, updated_at = $4, allowed_cidrs = $5 WHERE id = $6",
+            "UPDATE tenants SET name = $1, tier = $2, status = $3, updated_at = $4, allowed_cidrs = $5, \
+             upstream_pool = $6 WHERE id = $7",
         )
         .bind(&tenant.name)
         .bind(tenant.tier.as_str())
         .bind(tenant.status.as_str())
         .bind(now)
         .bind(cidrs)
+        .bind(tenant.upstream_pool.clone())
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -35,6 +35,7 @@ fn routes() -> RouteTable {
         assertion: true,
         tls: false,
         ca_file: None,
+        ..RouteSettings::default()
     };
     RouteTable::build(&[rc("/api/", "billing"), rc("/jobs/", "/jobs/")]).unwrap()
 }

@@ -41,6 +41,8 @@ pub struct TenantView {
     pub quota: Option<Quota>,
     /// Client addresses the tenant's requests may come from; `None`: any.
     pub allowed: Option<Box<[IpNet]>>,
+    /// The `[[upstream_pools]]` entry the tenant's requests go to (`None`: the route's).
+    pub upstream_pool: Option<Box<str>>,
     /// The tenant's request counter, resolved by the first request through the view.
     pub series: TenantSeries,
     changes_seen: u64,
@@ -190,6 +192,7 @@ impl ControlPlane {
                     .filter_map(|c| crate::auth::parse_cidr(c))
                     .collect()
             }),
+            upstream_pool: t.upstream_pool.as_deref().map(Box::from),
             series: TenantSeries::default(),
             changes_seen,
             fresh_until: t_until.min(p_until).min(l_until).min(plan_until),

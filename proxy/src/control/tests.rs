@@ -75,7 +75,7 @@ async fn tenant_views_follow_change_events() {
                 name: None,
                 tier: None,
                 status: Some(TenantStatus::Suspended),
-                allowed_cidrs: None,
+                ..TenantPatch::default()
             },
         )
         .await

@@ -118,6 +118,13 @@ pub async fn flush_loop(
         };
         match res {
             Ok(()) => {
+                // The scaling signals ride the same tick: one upsert per route.
+                if let Some(board) = meter.signals.get() {
+                    tokio::select! {
+                        _ = board.flush(&store, meter.node_id()) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
                 backoff = interval;
                 retry_at = Instant::now();
             }

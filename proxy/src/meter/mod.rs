@@ -138,6 +138,8 @@ pub struct Meter {
     spool_batches: AtomicU64,
     spool_requests: AtomicU64,
     spool_files: AtomicU64,
+    /// The routes' autoscaling signals, written with each flush.
+    signals: std::sync::OnceLock<std::sync::Arc<crate::signals::SignalBoard>>,
     #[cfg(test)]
     applied: Mutex<Vec<(String, i64)>>,
 }
@@ -229,9 +231,15 @@ impl Meter {
             spool_batches: AtomicU64::new(0),
             spool_requests: AtomicU64::new(0),
             spool_files: AtomicU64::new(0),
+            signals: std::sync::OnceLock::new(),
             #[cfg(test)]
             applied: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Writes `board`'s readings with every flush (once; later calls are ignored).
+    pub fn attach_signals(&self, board: std::sync::Arc<crate::signals::SignalBoard>) {
+        let _ = self.signals.set(board);
     }
 
     pub fn node_id(&self) -> &str {
