@@ -143,7 +143,7 @@ async fn a_bad_file_on_sighup_keeps_the_routes_in_force() {
         hup(&s);
         assert!(
             eventually(Duration::from_secs(5), || async {
-                s.log().matches("routes not reloaded").count() > i
+                s.log().matches("not reloaded; keeping").count() > i
             })
             .await
             .is_some(),
@@ -153,7 +153,7 @@ async fn a_bad_file_on_sighup_keeps_the_routes_in_force() {
         let line = s
             .log()
             .lines()
-            .filter(|l| l.contains("routes not reloaded"))
+            .filter(|l| l.contains("not reloaded; keeping"))
             .nth(i)
             .unwrap()
             .to_owned();

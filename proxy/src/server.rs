@@ -502,25 +502,38 @@ pub struct Reloadable {
 }
 
 impl Reloadable {
-    /// Builds the new route table from the source and swaps it in, starting its
-    /// health checks and stopping the previous ones. On any error the table in
-    /// force stays and one error line says why (the message names the key).
-    fn reload_routes(
-        &self,
-        rt: &tokio::runtime::Handle,
-        generation: &mut watch::Sender<bool>,
-    ) -> bool {
+    /// One SIGHUP: the config file is read and validated whole first; if it does
+    /// not load, nothing changes and one error line names the file and the key.
+    /// Otherwise the certificates are read again and the new routing (route table
+    /// and pools) is built and swapped in, starting its health checks and stopping
+    /// the previous ones.
+    fn reload(&self, rt: &tokio::runtime::Handle, generation: &mut watch::Sender<bool>) {
         let Some(source) = &self.source else {
-            tracing::info!("SIGHUP: routes not reloaded (no config file)");
-            return false;
-        };
-        let current = self.routes.current();
-        let built = source().and_then(|(settings, routes)| {
-            if routes.is_empty() {
-                return Err("routes: the new configuration has no [[routes]]".into());
+            if let Some(tls) = &self.tls {
+                tls.reload();
             }
+            tracing::info!("SIGHUP: routes not reloaded (no config file)");
+            return;
+        };
+        let (settings, routes) = match source() {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "SIGHUP: configuration not reloaded; keeping the previous certificates and routes"
+                );
+                return;
+            }
+        };
+        if let Some(tls) = &self.tls {
+            tls.reload();
+        }
+        let current = self.routes.current();
+        let built = if routes.is_empty() {
+            Err("routes: the new configuration has no [[routes]]".to_owned())
+        } else {
             build_routes(&settings, &routes, Some(&current))
-        });
+        };
         match built {
             Ok((routing, upstreams)) => {
                 let (next, stop) = watch::channel(false);
@@ -531,11 +544,9 @@ impl Reloadable {
                 let _ = generation.send(true);
                 *generation = next;
                 tracing::info!(routes = n, pools, "SIGHUP: routes reloaded");
-                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: routes not reloaded; keeping the previous ones");
-                false
             }
         }
     }
@@ -563,11 +574,8 @@ pub fn reload_on_hangup(
                     if got.is_none() {
                         break;
                     }
-                    if let Some(tls) = &reload.tls {
-                        tls.reload();
-                    }
                     // Reading and parsing the file blocks; it is small and rare.
-                    reload.reload_routes(&handle, &mut generation);
+                    reload.reload(&handle, &mut generation);
                 }
                 _ = shutdown.changed() => break,
             }
