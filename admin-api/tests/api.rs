@@ -38,6 +38,7 @@ fn options(kek: [u8; 32]) -> AdminOptions {
             usage_hour: std::time::Duration::from_secs(50 * 365 * 86_400),
             ..Default::default()
         },
+        proxy_admin_url: None,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth_login;
 pub mod client_certs;
 pub mod domains;
+pub mod explain;
 pub mod issuers;
 pub mod meta;
 pub mod plans;
@@ -50,7 +51,8 @@ pub fn display_name(field: &str, raw: &str) -> Result<String, ApiError> {
     if name.is_empty() {
         return Err(ApiError::validation(field, "must not be empty"));
     }
-    if name.chars().count() > MAX_NAME_CHARS {
+    // The limit is on what was sent (as the document states it), blanks included.
+    if raw.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::validation(
             field,
             format!("must be at most {MAX_NAME_CHARS} characters"),

@@ -373,6 +373,22 @@ impl LocalLimiter {
         }
     }
 
+    /// What [`LocalLimiter::check`] would answer now, without taking a token
+    /// (explain): the same arithmetic on a copy of the bucket.
+    pub fn peek(&self, tenant: &str, limit: &RateLimit) -> Decision {
+        let now = self.clock.now_nanos();
+        let map = match self.shard(tenant).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut copy = match map.get(tenant.as_bytes()) {
+            Some((b, _)) => *b,
+            None => Bucket::full(limit, now),
+        };
+        drop(map);
+        copy.take(limit, now, 1)
+    }
+
     /// Forgets a tenant's bucket (e.g. its limit was changed to a smaller one).
     pub fn reset(&self, tenant: &str) {
         if let Ok(mut m) = self.shard(tenant).lock() {
