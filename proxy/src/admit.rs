@@ -601,3 +601,61 @@ impl Pipeline {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_has_every_stage_in_order() {
+        let mut t = Trace::default();
+        t.enter(Stage::Route);
+        t.pass(|| "matched".into());
+        t.enter(Stage::Scrub);
+        t.pass(|| "nothing".into());
+        t.enter(Stage::Authenticate);
+        t.why(|| "no credential".into());
+        let steps = t.finish(&Err(Reject::NoCredential));
+        let got: Vec<(&str, &str)> = steps
+            .iter()
+            .map(|s| (s.stage.as_str(), s.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("route", "pass"),
+                ("scrub", "pass"),
+                ("authenticate", "deny"),
+                ("tenant", "skip"),
+                ("authorize", "skip"),
+                ("limit", "skip"),
+                ("quota", "skip"),
+            ]
+        );
+        assert_eq!(steps[2].detail, "no credential");
+    }
+
+    #[test]
+    fn a_refusal_without_a_reason_uses_the_reject_message() {
+        let mut t = Trace::default();
+        t.enter(Stage::Route);
+        let steps = t.finish(&Err(Reject::NoRoute));
+        assert_eq!(steps[0].outcome, Outcome::Deny);
+        assert_eq!(steps[0].detail, Reject::NoRoute.message());
+    }
+
+    #[test]
+    fn silent_never_builds_a_detail() {
+        let mut s = Silent;
+        s.enter(Stage::Limit);
+        s.pass(|| unreachable!("the hot path builds no text"));
+        s.why(|| unreachable!("the hot path builds no text"));
+    }
+
+    #[test]
+    fn keys_are_redacted_to_their_prefix() {
+        assert_eq!(redacted_key("tg_abc123_secretsecret"), "tg_abc123_…");
+        assert!(!redacted_key("tg_abc_").contains("secret"));
+        assert!(!redacted_key("plain-secret-value").contains("secret-value"));
+    }
+}

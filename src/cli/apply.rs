@@ -962,7 +962,7 @@ tenants:
             "{all}"
         );
         assert!(
-            all.contains("tenants[3] (id \"gamma\"): unknown field `nmae`"),
+            all.contains("tenants[3] (id \"gamma\"): nmae: unknown field `nmae`"),
             "{all}"
         );
         assert_eq!(e.len(), 5, "{all}");

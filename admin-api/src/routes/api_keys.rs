@@ -252,9 +252,6 @@ pub async fn create(
             let t = parse_rfc3339(raw).ok_or_else(|| {
                 ApiError::validation("expires_at", "must be an RFC 3339 timestamp")
             })?;
-            if t <= Utc::now() {
-                return Err(ApiError::validation("expires_at", "must be in the future"));
-            }
             Some(t)
         }
     };

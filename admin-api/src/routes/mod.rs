@@ -113,6 +113,10 @@ pub async fn existing_role(
         ));
     }
     if state.store().get_policy(tenant_id, role).await?.is_none() {
+        // Deleted meanwhile: the tenant is gone, not the role.
+        if state.store().get_tenant(tenant_id).await?.is_none() {
+            return Err(ApiError::NotFound("tenant not found"));
+        }
         return Err(ApiError::validation(
             field,
             format!("the tenant has no policy for role {role:?}"),

@@ -85,7 +85,7 @@ impl Store {
     /// `Conflict("plan")` if a built-in plan or one still in use.
     pub async fn delete_plan(&self, name: &str) -> Result<()> {
         if crate::domain::BUILT_IN_PLANS.contains(&name) {
-            return Err(StoreError::Conflict("plan".into()));
+            return Err(StoreError::Conflict("plan"));
         }
         let mut tx = self.begin_write().await?;
         let used = sqlx::query("SELECT id FROM tenants WHERE tier = $1 LIMIT 1")
@@ -94,7 +94,7 @@ impl Store {
             .await?
             .is_some();
         if used {
-            return Err(StoreError::Conflict("plan".into()));
+            return Err(StoreError::Conflict("plan"));
         }
         let gone = sqlx::query("DELETE FROM plans WHERE name = $1")
             .bind(name)

@@ -423,6 +423,26 @@ impl LocalLimiter {
 mod tests {
     use super::*;
 
+    #[test]
+    fn peek_answers_like_check_without_taking() {
+        let clock = Arc::new(ManualClock::default());
+        let l = LocalLimiter::new(clock.clone());
+        let lim = RateLimit {
+            max_requests: 2,
+            window_seconds: 60,
+            burst: None,
+        };
+        for _ in 0..5 {
+            assert!(l.peek("t", &lim).allowed);
+        }
+        assert!(l.is_empty(), "a peek creates no bucket");
+        assert_eq!(l.peek("t", &lim), l.check("t", &lim));
+        assert!(l.check("t", &lim).allowed);
+        let peeked = l.peek("t", &lim);
+        assert!(!peeked.allowed);
+        assert_eq!(peeked, l.check("t", &lim));
+    }
+
     fn lim(max: u64, window: u64, burst: Option<u64>) -> RateLimit {
         RateLimit {
             max_requests: max,
