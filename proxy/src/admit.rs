@@ -341,11 +341,13 @@ impl Pipeline {
         }
 
         obs.enter(Stage::Authenticate);
-        let shown = match presented(req.headers) {
+        // What the credential is, as it may be shown (explain only: never built on
+        // the hot path, whose observer calls no detail closure).
+        let shown = || match presented(req.headers) {
             Ok(Some(Presented::ApiKey(k))) => format!("API key {}", redacted_key(k)),
             Ok(Some(Presented::Jwt(_))) => "bearer JWT".to_owned(),
             Ok(None) if req.client_cert.is_some() => "TLS client certificate".to_owned(),
-            Ok(None) => String::new(),
+            Ok(None) => "no credential".to_owned(),
             Err(_) => "a credential that cannot be read".to_owned(),
         };
         let cred = match self.auth.credential(req.headers, req.client_cert)? {
@@ -362,7 +364,7 @@ impl Pipeline {
         {
             Ok(who) => who,
             Err(e) => {
-                obs.why(|| format!("{shown}: {}", e.message()));
+                obs.why(|| format!("{}: {}", shown(), e.message()));
                 return Err(e);
             }
         };
@@ -375,7 +377,8 @@ impl Pipeline {
                 .map(|k| format!(", key id {k}"))
                 .unwrap_or_default();
             format!(
-                "{shown} ({}) → tenant {:?}, user {:?}, role {:?}{key}",
+                "{} ({}) → tenant {:?}, user {:?}, role {:?}{key}",
+                shown(),
                 principal.method.as_str(),
                 principal.tenant_id(),
                 principal.user_id(),
