@@ -290,3 +290,42 @@ fn cidr_list(nullable: bool) -> utoipa::openapi::Array {
         .max_items(Some(crate::routes::api_keys::MAX_CIDRS))
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every operation has an id, no id is used twice (code generators key on them),
+    /// and the statuses every route can meet are listed.
+    #[test]
+    fn operation_ids_are_unique_and_common_statuses_listed() {
+        let doc = serde_json::to_value(super::document()).unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        assert!(paths.len() > 30);
+        for (path, item) in paths {
+            for (method, op) in item.as_object().cloned().unwrap_or_default() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                assert!(seen.insert(id.clone()), "operationId {id} used twice");
+                assert!(
+                    op["responses"].get("503").is_some(),
+                    "{method} {path}: no 503"
+                );
+                if op.get("requestBody").is_some() {
+                    assert!(
+                        op["responses"].get("400").is_some(),
+                        "{method} {path}: no 400"
+                    );
+                }
+                if op
+                    .get("security")
+                    .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    assert!(
+                        op["responses"].get("401").is_some(),
+                        "{method} {path}: no 401"
+                    );
+                }
+            }
+        }
+    }
+}
