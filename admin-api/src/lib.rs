@@ -112,7 +112,12 @@ impl AdminOptions {
                 .collect(),
             allow_insecure_jwks: cfg.jwt.allow_insecure_jwks,
             retention: cfg.retention.clone(),
-            proxy_admin_url: Some(proxy_admin_url(cfg.proxy.admin_listen)),
+            proxy_admin_url: Some(
+                cfg.admin
+                    .explain_proxy_url
+                    .clone()
+                    .unwrap_or_else(|| proxy_admin_url(cfg.proxy.admin_listen)),
+            ),
         }
     }
 }
