@@ -215,9 +215,9 @@ pub mod patterns {
     /// A host name as a tenant domain (`normalize_hostname`).
     pub const HOSTNAME: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$";
     /// An http(s) URL without user information (`check_http_url`).
-    pub const HTTP_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$";
+    pub const HTTP_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$";
     /// An https URL (`check_http_url`, JWKS without `[jwt] allow_insecure_jwks`).
-    pub const HTTPS_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$";
+    pub const HTTPS_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$";
     /// Text without control characters.
     pub const NO_CONTROLS: &str = r"^[^\x00-\x1f\x7f-\x9f]+$";
 }

@@ -35,14 +35,14 @@ pub struct CreateIssuerRequest {
     #[schema(
         example = "https://idp.acme.example",
         max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$"
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
     )]
     pub issuer: String,
     /// Where the IdP publishes its keys; `https://` unless `[jwt] allow_insecure_jwks`.
     #[schema(
         example = "https://idp.acme.example/.well-known/jwks.json",
         max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$"
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
     )]
     pub jwks_url: String,
     /// A token's `aud` must contain one of these (at least one).
