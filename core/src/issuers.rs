@@ -89,12 +89,7 @@ pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
     }
     // A name: letters, digits, `_`, `-`, `.`, starting and ending with a letter,
     // digit or `_` (an IPv6 address in brackets was checked above).
-    let edge = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    if !authority.starts_with('[')
-        && !(host.starts_with(edge)
-            && host.ends_with(edge)
-            && host.chars().all(|c| edge(c) || c == '.' || c == '-'))
-    {
+    if !authority.starts_with('[') && !is_host_name(host) {
         return Err("has an invalid host name".into());
     }
     if let Some(p) = port {
@@ -110,6 +105,14 @@ pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
     } else {
         UrlScheme::Http
     })
+}
+
+/// Letters, digits, `_`, `-` and `.`, starting and ending with a letter, digit or `_`.
+fn is_host_name(host: &str) -> bool {
+    let edge = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    host.starts_with(edge)
+        && host.ends_with(edge)
+        && host.chars().all(|c| edge(c) || c == '.' || c == '-')
 }
 
 /// `localhost`, or a loopback IP address (127.0.0.0/8, ::1).
