@@ -1,6 +1,6 @@
 //! `tenantgate`: one binary, subcommands `up`, `proxy`, `admin`, `demo-upstream`,
-//! `migrate`, `check-config`, `simulate-scaling`, and the admin API's CLI (`tenants`, `keys`, `users`,
-//! `policies`, `plans`, `usage`; see `cli`).
+//! `migrate`, `check-config`, `simulate-scaling`, and the admin API's CLI (`tenants`, `keys`,
+//! `users`, `policies`, `plans`, `usage`, `explain`, `apply`, `completions`; see `cli`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -101,6 +101,7 @@ fn main() -> ExitCode {
     let matches = cli::augment(Cli::command()).get_matches();
     let result = match matches.subcommand() {
         Some((name, sub)) if cli::handles(name) => cli::run(name, sub),
+        Some(("completions", sub)) => cli::completions(sub, cli::augment(Cli::command())),
         _ => match Cli::from_arg_matches(&matches) {
             Ok(parsed) => run(parsed),
             Err(e) => e.exit(),

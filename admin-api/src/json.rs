@@ -12,20 +12,47 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     from_value(value)
 }
 
-/// Like [`parse`], but an empty (or whitespace) body is `T::default()`.
+/// Like [`parse`], but an empty (or whitespace) body, or `null`, is `T::default()`.
 pub fn parse_optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
         return Ok(T::default());
     }
     parse(body)
 }
 
-fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+/// JSON has one number type: `60.0` is the integer 60 (as JSON Schema's `integer`
+/// says), so integral floats are read as integers before the typed fields see them.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                let as_int = if f >= 0.0 && f < u64::MAX as f64 {
+                    Some(Number::from(f as u64))
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    Some(Number::from(f as i64))
+                } else {
+                    None
+                };
+                if let Some(i) = as_int {
+                    *n = i;
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+fn from_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::BadRequest(
             "the request body must be a JSON object".into(),
         ));
     }
+    integral_floats_as_integers(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
@@ -100,6 +127,13 @@ mod tests {
             field_of(r#"{"name": "a", "list": [{"email": "x"}, {}]}"#),
             "list[1].email"
         );
+    }
+
+    #[test]
+    fn integral_floats_are_integers() {
+        let o: Outer = parse(br#"{"name": "a", "count": 60.0}"#).unwrap();
+        assert_eq!(o.count, Some(60));
+        assert_eq!(field_of(r#"{"name": "a", "count": 1.5}"#), "count");
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct AdminOptions {
     pub autoscale: Vec<(String, tenantgate_core::scaling::Policy)>,
     /// `[scaling]`: the evaluation interval and the signals' freshness.
     pub scaling: tenantgate_core::config::ScalingSettings,
+    /// The proxy admin listener `POST /v1/explain` asks (`http://host:port`);
+    /// `None`: explain answers 503.
+    pub proxy_admin_url: Option<String>,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -123,8 +126,25 @@ impl AdminOptions {
                 .map(|a| (a.route.clone(), a.policy))
                 .collect(),
             scaling: cfg.scaling.clone(),
+            proxy_admin_url: Some(
+                cfg.admin
+                    .explain_proxy_url
+                    .clone()
+                    .unwrap_or_else(|| proxy_admin_url(cfg.proxy.admin_listen)),
+            ),
         }
     }
+}
+
+/// The proxy admin listener as this host reaches it (an unspecified listen address
+/// is asked on loopback).
+fn proxy_admin_url(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
 }
 
 struct Inner {
@@ -133,6 +153,8 @@ struct Inner {
     keys: signing::Keys,
     metrics: metrics::Metrics,
     login: login_guard::LoginGuard,
+    /// Calls to the proxy (explain).
+    http: reqwest::Client,
 }
 
 /// Shared state of the admin API (cheap to clone).
@@ -173,6 +195,11 @@ impl AdminState {
         &self.inner.login
     }
 
+    /// The HTTP client of calls to the proxy.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
     /// The kid of the key this process signs login tokens with.
     pub fn signing_kid(&self) -> &str {
         &self.inner.keys.signer().kid
@@ -193,6 +220,7 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
             keys,
             metrics,
             login,
+            http: reqwest::Client::new(),
         }),
     })
 }
@@ -201,8 +229,8 @@ pub async fn build_state(store: Store, opts: AdminOptions) -> Result<AdminState,
 /// is registered.
 pub fn api_router() -> OpenApiRouter<AdminState> {
     use routes::{
-        api_keys, assertion_keys, audit, auth_login, client_certs, domains, issuers, meta, plans,
-        policies, quota, rate_limit, scaling, tenants, usage, users,
+        api_keys, assertion_keys, audit, auth_login, client_certs, domains, explain, issuers, meta,
+        plans, policies, quota, rate_limit, scaling, tenants, usage, users,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tenants::router())
@@ -220,6 +248,7 @@ pub fn api_router() -> OpenApiRouter<AdminState> {
         .merge(scaling::router())
         .merge(auth_login::router())
         .merge(assertion_keys::router())
+        .merge(explain::router())
         .merge(meta::router())
 }
 

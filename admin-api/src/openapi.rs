@@ -13,11 +13,14 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "tenantgate admin API",
         description = "Tenants, users, API keys, bound issuers, RBAC policies, rate limits and usage; login tokens and their JWKS.",
     ),
-    components(schemas(ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName)),
+    components(schemas(
+        ErrorResponse, ErrorBody, TierName, TenantStatusName, ApiKeyStatusName, UserStatusName, RoleName, ActionName,
+        crate::routes::usage::GranularityName, crate::routes::usage::GroupByName, crate::routes::usage::ExportFormatName,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "tenants"), (name = "api-keys"), (name = "users"), (name = "issuers"), (name = "domains"), (name = "client-certs"), (name = "auth"),
-        (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "scaling"), (name = "meta"),
+        (name = "policies"), (name = "rate-limit"), (name = "plans"), (name = "quota"), (name = "usage"), (name = "audit"), (name = "scaling"), (name = "explain"), (name = "meta"),
     )
 )]
 pub struct ApiDoc;
@@ -60,10 +63,16 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
-/// A plan's name (`free`, `pro`, `enterprise`, or a plan created with
-/// `PUT /v1/plans/{name}`): `[a-z0-9_][a-z0-9_-]{0,63}`.
+/// A plan's name. The three listed are built in and always exist; a plan created
+/// with `PUT /v1/plans/{name}` (`[a-z0-9_-]{1,64}`) is accepted too, and a name
+/// that is no plan is 422.
 #[derive(Serialize, ToSchema)]
-pub struct TierName(String);
+#[serde(rename_all = "lowercase")]
+pub enum TierName {
+    Free,
+    Pro,
+    Enterprise,
+}
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -129,5 +138,194 @@ pub struct JwkDoc {
 /// The whole document, built once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| crate::api_router().split_for_parts().1)
+    DOC.get_or_init(|| {
+        let mut doc = crate::api_router().split_for_parts().1;
+        add_common_responses(&mut doc);
+        doc
+    })
+}
+
+/// The statuses any operation of a kind can answer, from the one place that
+/// produces them (the JSON body parser, the query parser, the auth extractor, the
+/// store): added to every operation that can meet them, so no handler's list can
+/// forget one.
+fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{path::ParameterIn, RefOr, ResponseBuilder};
+    let error = |what: &str| -> RefOr<utoipa::openapi::Response> {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorResponse",
+                        )))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let has_query = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+            let responses = &mut op.responses.responses;
+            if op.request_body.is_some() || has_query {
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| error("Malformed JSON body or query string"));
+            }
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| error("No or bad credential"));
+            }
+            responses
+                .entry("503".into())
+                .or_insert_with(|| error("A dependency (the store) is unavailable; retry"));
+        }
+    }
+}
+
+/// Patterns the handlers' checks enforce, as the document states them.
+pub mod patterns {
+    /// A tenant id (`tenantgate_core::domain::valid_tenant_id`).
+    pub const TENANT_ID: &str = "^[a-z0-9][a-z0-9-]{1,62}$";
+    /// A role, plan or resource name (`valid_name_token`).
+    pub const NAME_TOKEN: &str = "^[a-z0-9_-]{1,64}$";
+    /// A display name: at least one non-blank character (it is stored trimmed).
+    pub const DISPLAY_NAME: &str = r"\S";
+    /// What `valid_email` accepts: no blanks or controls, one `@`, a dotted domain.
+    pub const EMAIL: &str =
+        r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$";
+    /// An IPv4 network in CIDR notation (IPv6 ones are accepted too, as is a single
+    /// address of either family).
+    pub const IPV4_CIDR: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
+    /// A host name as a tenant domain (`normalize_hostname`).
+    pub const HOSTNAME: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$";
+    /// An http(s) URL without user information (`check_http_url`).
+    pub const HTTP_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$";
+    /// An https URL (`check_http_url`, JWKS without `[jwt] allow_insecure_jwks`).
+    pub const HTTPS_URL: &str = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$";
+    /// Text without control characters.
+    pub const NO_CONTROLS: &str = r"^[^\x00-\x1f\x7f-\x9f]+$";
+}
+
+/// A role of the tenant. The three listed exist in every tenant (onboarding
+/// creates their policies, and policies are replaced, never deleted); any other
+/// role with a policy (`PUT /v1/tenants/{id}/policies/{role}`) is accepted too.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    Admin,
+    Developer,
+    ReadOnly,
+}
+
+/// An RBAC action.
+#[derive(Serialize, ToSchema)]
+pub enum ActionName {
+    #[serde(rename = "read")]
+    Read,
+    #[serde(rename = "create")]
+    Create,
+    #[serde(rename = "update")]
+    Update,
+    #[serde(rename = "delete")]
+    Delete,
+    #[serde(rename = "*")]
+    Any,
+}
+
+/// A client-address allow-list: IPv4 CIDRs, or single IPv4/IPv6 addresses (IPv6
+/// CIDRs such as `2001:db8::/32` are accepted too).
+pub fn cidr_list_schema() -> utoipa::openapi::Array {
+    cidr_list(false)
+}
+
+/// [`cidr_list_schema`], or `null` (PATCH: removes the allow-list).
+pub fn nullable_cidr_list_schema() -> utoipa::openapi::Array {
+    cidr_list(true)
+}
+
+fn cidr_list(nullable: bool) -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{
+        AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaFormat, SchemaType, Type,
+    };
+    let item = AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(patterns::IPV4_CIDR)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("ipv4".into()))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("ipv6".into()))),
+        );
+    let types = if nullable {
+        SchemaType::from_iter([Type::Array, Type::Null])
+    } else {
+        SchemaType::Type(Type::Array)
+    };
+    ArrayBuilder::new()
+        .schema_type(types)
+        .items(item)
+        .max_items(Some(crate::routes::api_keys::MAX_CIDRS))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every operation has an id, no id is used twice (code generators key on them),
+    /// and the statuses every route can meet are listed.
+    #[test]
+    fn operation_ids_are_unique_and_common_statuses_listed() {
+        let doc = serde_json::to_value(super::document()).unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        assert!(paths.len() > 30);
+        for (path, item) in paths {
+            for (method, op) in item.as_object().cloned().unwrap_or_default() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                assert!(seen.insert(id.clone()), "operationId {id} used twice");
+                assert!(
+                    op["responses"].get("503").is_some(),
+                    "{method} {path}: no 503"
+                );
+                if op.get("requestBody").is_some() {
+                    assert!(
+                        op["responses"].get("400").is_some(),
+                        "{method} {path}: no 400"
+                    );
+                }
+                if op
+                    .get("security")
+                    .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    assert!(
+                        op["responses"].get("401").is_some(),
+                        "{method} {path}: no 401"
+                    );
+                }
+            }
+        }
+    }
 }

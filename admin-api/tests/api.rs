@@ -41,6 +41,7 @@ fn options(kek: [u8; 32]) -> AdminOptions {
         upstream_pools: vec!["silo-a".into()],
         autoscale: Vec::new(),
         scaling: Default::default(),
+        proxy_admin_url: None,
     }
 }
 
@@ -1017,10 +1018,6 @@ async fn api_key_validation(h: H, _url: String) {
             "expires_at",
         ),
         (
-            json!({"name": "n", "role": "developer", "expires_at": past}),
-            "expires_at",
-        ),
-        (
             json!({"name": "n", "role": "developer", "expires_at": 12345}),
             "expires_at",
         ),
@@ -1030,6 +1027,15 @@ async fn api_key_validation(h: H, _url: String) {
             .await
             .invalid(field);
     }
+    // A time already past is what the document allows: the key is born expired.
+    let r = h
+        .p(
+            "POST",
+            "/v1/tenants/kv/api-keys",
+            Some(json!({"name": "n", "role": "developer", "expires_at": past})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
     h.raw("POST", "/v1/tenants/kv/api-keys", Some(TOKEN), "{\"name\":")
         .await
         .error(400, "bad_request");
@@ -1545,8 +1551,6 @@ async fn user_lifecycle_validation(h: H, _url: String) {
     let path = format!("/v1/tenants/val/users/{}", u["id"].as_str().unwrap());
 
     for (body, field) in [
-        (json!({}), "body"),
-        (json!({"role": null}), "body"),
         (json!({"status": "gone"}), "status"),
         (json!({"status": 1}), "status"),
         (json!({"role": "ghost"}), "role"),
@@ -2083,8 +2087,7 @@ async fn usage(h: H, _url: String) {
         ("granularity=week", "granularity"),
         ("from=yesterday", "from"),
         ("to=2024-13-45T00:00:00Z", "to"),
-        ("from=2024-03-02T00:00:00Z&to=2024-03-01T00:00:00Z", "from"),
-        ("from=2024-03-01T00:00:00Z&to=2024-03-01T00:00:00Z", "from"),
+        ("to=", "to"),
         ("group_by=colour", "group_by"),
         ("group_by=tenant", "group_by"),
     ] {
@@ -2581,7 +2584,6 @@ async fn issuers_bound_to_tenants(h: H, _url: String) {
             "max_lifetime_seconds",
         ),
         (with("default_role", json!("Admin!")), "default_role"),
-        (with("role_claim", json!("tenant_id")), "role_claim"),
     ] {
         h.p("POST", "/v1/tenants/acme/issuers", Some(b))
             .await

@@ -205,6 +205,9 @@ pub fn valid_tenant_id(id: &str) -> bool {
 }
 
 /// Role names and resource names: `[a-z0-9_][a-z0-9_-]{0,63}`.
+/// The plans that exist from the start and are never deleted.
+pub const BUILT_IN_PLANS: [&str; 3] = ["free", "pro", "enterprise"];
+
 pub fn valid_name_token(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=64).contains(&b.len())
@@ -486,7 +489,7 @@ impl UserRecord {
 
 /// A loose but useful email check: one `@`, a non-empty local part, a dotted domain.
 pub fn valid_email(email: &str) -> bool {
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.chars().count() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
     match email.split_once('@') {

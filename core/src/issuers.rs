@@ -45,8 +45,8 @@ pub enum UrlScheme {
 /// a non-empty host (no user info), a numeric port, no whitespace or control
 /// characters. Returns the kind of scheme it uses.
 pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
-    if url.len() > MAX_URL_BYTES {
-        return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
+    if url.chars().count() > MAX_URL_BYTES {
+        return Err(format!("must be at most {MAX_URL_BYTES} characters"));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain whitespace or control characters".into());
@@ -87,8 +87,13 @@ pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
     if host.is_empty() {
         return Err("must name a host".into());
     }
+    // A name: letters, digits, `_`, `-`, `.`, starting and ending with a letter,
+    // digit or `_` (an IPv6 address in brackets was checked above).
+    if !authority.starts_with('[') && !is_host_name(host) {
+        return Err("has an invalid host name".into());
+    }
     if let Some(p) = port {
-        if !p.is_empty() && p.parse::<u16>().map_or(true, |p| p == 0) {
+        if p.starts_with('0') || p.parse::<u16>().map_or(true, |p| p == 0) {
             return Err("has an invalid port".into());
         }
     }
@@ -100,6 +105,14 @@ pub fn check_http_url(url: &str) -> Result<UrlScheme, String> {
     } else {
         UrlScheme::Http
     })
+}
+
+/// Letters, digits, `_`, `-` and `.`, starting and ending with a letter, digit or `_`.
+fn is_host_name(host: &str) -> bool {
+    let edge = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    host.starts_with(edge)
+        && host.ends_with(edge)
+        && host.chars().all(|c| edge(c) || c == '.' || c == '-')
 }
 
 /// `localhost`, or a loopback IP address (127.0.0.0/8, ::1).

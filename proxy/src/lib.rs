@@ -8,10 +8,12 @@
 //! (the stages); `server` (assembly).
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod assertion;
 pub mod auth;
 pub mod cache;
 pub mod control;
+pub mod explain;
 pub mod fairness;
 pub mod forwarded;
 pub mod headers;

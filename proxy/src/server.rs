@@ -3,6 +3,7 @@
 //! runtime, and runs the Pingora server until SIGTERM/SIGINT. After Pingora has
 //! drained in-flight requests, the remaining usage is flushed.
 
+use crate::admit::Pipeline;
 use crate::assertion::Assertions;
 use crate::auth::jwt::{BoundOptions, IssuerSpec, JwtVerifier};
 use crate::auth::users::LoginUsers;
@@ -58,6 +59,8 @@ pub struct ProxyParts {
     pub assertions: Arc<Assertions>,
     pub fairness: Arc<Fairness>,
     pub domains: Arc<Domains>,
+    /// Stages 1–6, for `POST /explain`.
+    pub pipeline: Arc<Pipeline>,
 }
 
 /// The gate, its health-checked upstreams and the parts shared with the
@@ -265,26 +268,32 @@ pub fn build(settings: &Settings, store: Store, routes: &[RouteSettings]) -> Res
         .unwrap_or_else(|| crate::listener::default_max_connections(open_files));
     let fairness = Arc::new(Fairness::new(p.fairness, max_connections, p.grace_period));
     let quotas = Arc::new(Quotas::new(store.clone(), limiter.clone()));
-    let gate = Gate {
+    let opts = GateOptions {
+        connect_timeout: p.upstream_connect_timeout,
+        read_timeout: p.upstream_read_timeout,
+        ..GateOptions::default()
+    };
+    let pipeline = Arc::new(Pipeline {
         routes: Arc::new(LiveRoutes::new(routing)),
         auth: auth.clone(),
         control: control.clone(),
         limiter: limiter.clone(),
         quotas: quotas.clone(),
-        meter: meter.clone(),
-        metrics: metrics.clone(),
         forwarding: Forwarding::new(p.trusted_proxies.clone()),
         assertions: assertions.clone(),
-        fairness: fairness.clone(),
         domains: domains.clone(),
-        opts: GateOptions {
-            connect_timeout: p.upstream_connect_timeout,
-            read_timeout: p.upstream_read_timeout,
-            ..GateOptions::default()
-        },
+        max_header_bytes: opts.max_header_bytes,
+    });
+    let gate = Gate {
+        pipeline: pipeline.clone(),
+        meter: meter.clone(),
+        metrics: metrics.clone(),
+        fairness: fairness.clone(),
+        opts,
     };
     let parts = ProxyParts {
         store,
+        pipeline,
         control,
         auth,
         follower,
@@ -309,7 +318,41 @@ pub fn admin_router(parts: ProxyParts) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/explain", axum::routing::post(explain))
         .with_state(parts)
+}
+
+/// The decision this proxy would make for a described request (see
+/// [`crate::explain`]); the admin API's `POST /v1/explain` asks here.
+async fn explain(State(s): State<ProxyParts>, body: axum::body::Bytes) -> axum::response::Response {
+    let fail = |status: StatusCode, field: Option<&str>, message: String| {
+        let mut err = serde_json::json!({
+            "code": if status == StatusCode::BAD_REQUEST { "bad_request" } else { "validation_error" },
+            "message": message,
+        });
+        if let (Some(f), Some(o)) = (field, err.as_object_mut()) {
+            o.insert("field".into(), f.into());
+        }
+        (status, Json(serde_json::json!({ "error": err }))).into_response()
+    };
+    let req: crate::explain::ExplainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("malformed body: {e}"),
+            )
+        }
+    };
+    match crate::explain::explain(&s.pipeline, &req).await {
+        Ok(x) => Json(x).into_response(),
+        Err(bad) => fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&bad.field),
+            bad.message,
+        ),
+    }
 }
 
 /// The public keys upstreams verify `x-tenant-assertion` with (keys published
@@ -623,7 +666,7 @@ pub fn run(
     spawn_health_checks(rt, upstreams, &checks);
     let reload = Reloadable {
         tls: tls.clone(),
-        routes: gate.routes.clone(),
+        routes: gate.pipeline.routes.clone(),
         source,
     };
     reload_on_hangup(rt, reload, generation, shutdown.subscribe())?;

@@ -5,20 +5,14 @@
 //! `upstream_request_filter`: inject; `response_filter`: rate-limit fields;
 //! `fail_to_proxy`: upstream failures as 502/504 JSON; `logging`: meter + metrics.
 
-use crate::assertion::{Assertions, Binding};
-use crate::auth::{ip_allowed, Authenticated, Authenticator};
-use crate::control::domains::Domains;
-use crate::control::{ControlPlane, TenantView};
+use crate::admit::{Admission, Described, Mode, Pipeline, Silent};
 use crate::fairness::Fairness;
-use crate::forwarded::{Forwarded, Forwarding};
 use crate::headers::{self, X_API_KEY, X_REQUEST_ID, X_TENANT_ASSERTION};
-use crate::limiter::quota::Quotas;
-use crate::limiter::{LimitError, Limiter, Limits};
 use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
-use crate::route::{check_path, choose_upstream, normalize_path, LiveRoutes, Route};
+use crate::route::choose_upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -29,7 +23,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantgate_core::domain::{Action, TenantStatus};
 
 /// Timeouts and limits of the proxy.
 #[derive(Debug, Clone)]
@@ -57,18 +50,11 @@ impl Default for GateOptions {
 }
 
 pub struct Gate {
-    /// The routes and `[[upstream_pools]]` in force (replaced by SIGHUP).
-    pub routes: Arc<LiveRoutes>,
-    pub auth: Arc<Authenticator>,
-    pub control: Arc<ControlPlane>,
-    pub limiter: Limiter,
-    pub quotas: Arc<Quotas>,
+    /// Stages 1–6, shared with the proxy's `POST /explain`.
+    pub pipeline: Arc<Pipeline>,
     pub meter: Arc<Meter>,
     pub metrics: Arc<ProxyMetrics>,
-    pub forwarding: Forwarding,
-    pub assertions: Arc<Assertions>,
     pub fairness: Arc<Fairness>,
-    pub domains: Arc<Domains>,
     pub opts: GateOptions,
 }
 
@@ -78,16 +64,8 @@ pub struct Ctx {
     start_unix_ms: i64,
     /// The client's (when sane) or a new UUID v4; ASCII, so also a `&str`.
     request_id: HeaderValue,
-    route: Option<Arc<Route>>,
-    /// The forwarding headers and the client address (scrub stage).
-    forwarded: Option<Forwarded>,
-    who: Option<Authenticated>,
-    /// The signed tenant assertion to send upstream.
-    assertion: Option<HeaderValue>,
-    /// Set once the tenant is known to exist: the request is metered for it.
-    view: Option<Arc<TenantView>>,
-    /// The limits in force and what they answered (the response's fields).
-    limits: Option<Limits>,
+    /// What stages 1–6 learned.
+    adm: Admission,
     reject: Option<Reject>,
     upstream_error: bool,
     /// Counted in the route's in-flight signal (admitted, to be forwarded).
@@ -95,32 +73,47 @@ pub struct Ctx {
 }
 
 impl Gate {
-    /// Stages 1–6. `Ok` means: proxy it.
+    /// Stages 1–6 ([`Pipeline::run`]), then the request edits they decided: the
+    /// normalised path and the scrubbed identity headers. `Ok` means: proxy it.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), Reject> {
-        let header_bytes: usize = session
-            .req_header()
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > self.opts.max_header_bytes {
-            return Err(Reject::HeadersTooLarge);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let digest = session.as_downstream().digest();
+        let proto = match digest {
+            Some(d) if d.ssl_digest.is_some() => "https",
+            _ => "http",
+        };
+        let client_cert =
+            digest.and_then(|d| crate::tls::client_fingerprint(d.ssl_digest.as_deref()));
+        let header = session.req_header();
+        let req = Described {
+            method: &header.method,
+            uri: &header.uri,
+            headers: &header.headers,
+            peer,
+            proto,
+            client_cert,
+            request_id: request_id_str(&ctx.request_id),
+            start: ctx.start,
+            start_unix_ms: ctx.start_unix_ms,
+        };
+        let result = self
+            .pipeline
+            .run(&req, &mut ctx.adm, Mode::Enforce, &mut Silent)
+            .await;
+        for name in std::mem::take(&mut ctx.adm.scrubbed) {
+            session.req_header_mut().remove_header(&name);
         }
-        // A shared handle on the URI (a reference count), not a copy of the path:
-        // the headers are edited below while the path is still needed.
-        let uri = session.req_header().uri.clone();
-        let normal = normalize_path(uri.path()).map_err(Reject::BadRequest)?;
-        let path = normal.as_deref().unwrap_or(uri.path());
-        check_path(path).map_err(Reject::BadRequest)?;
-        let route = self.routes.find(path).ok_or(Reject::NoRoute)?;
-        ctx.route = Some(route.clone());
         // The upstream gets the path that was matched and authorised.
-        if let Some(normal) = &normal {
+        if let (Ok(()), Some(normal)) = (&result, ctx.adm.normal.take()) {
+            let uri = session.req_header().uri.clone();
             let target = match uri.query() {
                 Some(q) => format!("{normal}?{q}"),
-                None => normal.clone(),
+                None => normal,
             };
-            let mut parts = uri.clone().into_parts();
+            let mut parts = uri.into_parts();
             parts.path_and_query = Some(
                 target
                     .parse()
@@ -130,160 +123,24 @@ impl Gate {
                 .map_err(|_| Reject::BadRequest("the request path cannot be normalised"))?;
             session.req_header_mut().set_uri(rebuilt);
         }
-
-        // Scrub: always, on every route, before anything else reads the headers.
-        for name in headers::identity_headers_in(&session.req_header().headers) {
-            session.req_header_mut().remove_header(&name);
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let proto = match session.as_downstream().digest() {
-            Some(d) if d.ssl_digest.is_some() => "https",
-            _ => "http",
-        };
-        ctx.forwarded = Some(
-            self.forwarding
-                .apply(peer, &session.req_header().headers, proto),
-        );
-        if route.public {
-            return Ok(());
-        }
-
-        let client_cert = session
-            .as_downstream()
-            .digest()
-            .and_then(|d| crate::tls::client_fingerprint(d.ssl_digest.as_deref()));
-        let cred = self
-            .auth
-            .credential(&session.req_header().headers, client_cert)?
-            .ok_or(Reject::NoCredential)?;
-        let who = self
-            .auth
-            .authenticate(cred, ctx.start, ctx.start_unix_ms)
-            .await?;
-        // Kept from here, so a refused request is still metered to its key.
-        let who = &*ctx.who.insert(who);
-        let principal = who.principal();
-        // A tenant's own domain admits only that tenant's credentials.
-        let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        if !self.domains.allows(host, principal.tenant_id()) {
-            return Err(Reject::Forbidden);
-        }
-
-        let view = self
-            .control
-            .tenant_view(principal.tenant_id(), principal.role(), ctx.start)
-            .await
-            .map_err(|_| Reject::Unavailable)?
-            .ok_or(Reject::UnknownTenant)?;
-        ctx.view = Some(view.clone());
-        if view.status != TenantStatus::Active {
-            return Err(Reject::TenantSuspended);
-        }
-
-        let rules = who.key_rules();
-        let client = || ctx.forwarded.as_ref().and_then(|f| f.client);
-        for allowed in [
-            view.allowed.as_deref(),
-            rules.and_then(|r| r.allowed.as_deref()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !ip_allowed(allowed, client()) {
-                return Err(Reject::IpNotAllowed);
-            }
-        }
-
-        let action =
-            Action::from_method(session.req_header().method.as_str()).ok_or(Reject::Forbidden)?;
-        let resource = route.resource_for(path);
-        if !view
-            .grants
-            .as_ref()
-            .is_some_and(|g| g.allows(action, resource))
-        {
-            return Err(Reject::Forbidden);
-        }
-        if let Some(scopes) = rules.and_then(|r| r.scopes.as_ref()) {
-            if !scopes.allows(action, resource) {
-                return Err(Reject::Forbidden);
-            }
-        }
-
-        let unavailable = |LimitError::Unavailable| Reject::Unavailable;
-        let mut limits = Limits::tenant(
-            self.limiter
-                .check(view.tenant_id.as_str(), &view.limit)
-                .await
-                .map_err(unavailable)?,
-        );
-        // The key's bucket is spent only when the tenant's admitted the request.
-        if let Some((bucket, limit)) =
-            rules.and_then(|r| r.rate_limit.as_ref().map(|l| (&r.bucket, l)))
-        {
-            if limits.tenant.allowed {
-                limits.key = Some(
-                    self.limiter
-                        .check(bucket, limit)
-                        .await
-                        .map_err(unavailable)?,
-                );
-            }
-        }
-        // The quota counts only requests the rate limits admitted.
-        if let Some(quota) = view.quota.as_ref().filter(|_| limits.allowed()) {
-            limits.quota = Some(
-                self.quotas
-                    .check(view.tenant_id.as_str(), quota, ctx.start_unix_ms)
-                    .await
-                    .map_err(unavailable)?,
-            );
-        }
-        ctx.limits = Some(limits);
-        if !limits.tenant.allowed || limits.key.is_some_and(|d| !d.allowed) {
-            return Err(Reject::RateLimited(Box::new(limits)));
-        }
-        if limits.quota.is_some_and(|d| !d.allowed) {
-            return Err(Reject::QuotaExceeded(Box::new(limits)));
-        }
-        if self.assertions.enabled() && route.assertion {
-            let req = session.req_header();
-            let binding = self.assertions.binds(&route).then(|| Binding {
-                request_id: request_id_str(&ctx.request_id),
-                method: req.method.as_str(),
-                path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-            });
-            ctx.assertion = self
-                .assertions
-                .header(
-                    &route,
-                    principal,
-                    ctx.start_unix_ms.div_euclid(1000),
-                    binding,
-                )
-                .map_err(|_| Reject::Unavailable)?;
-        }
-        Ok(())
+        result
     }
 
     /// Counts a refusal against its connection and client address; a client that
     /// keeps being refused is made to wait, now or before its next request, or
     /// has its connection closed after this refusal (see [`crate::fairness`]).
     async fn shed(&self, session: &mut Session, ctx: &Ctx, reject: &Reject) {
-        let client = ctx.forwarded.as_ref().and_then(|f| f.client).or_else(|| {
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip())
-        });
+        let client = ctx
+            .adm
+            .forwarded
+            .as_ref()
+            .and_then(|f| f.client)
+            .or_else(|| {
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip())
+            });
         let verdict = self.fairness.refused(
             session.as_downstream().stream(),
             client,
@@ -291,7 +148,7 @@ impl Gate {
             ctx.start_unix_ms.div_euclid(1000),
         );
         if verdict.shed {
-            if let Some(view) = &ctx.view {
+            if let Some(view) = &ctx.adm.view {
                 self.metrics.observe_shed(view.tenant_id.as_str());
             }
         }
@@ -355,12 +212,7 @@ impl ProxyHttp for Gate {
             start: Instant::now(),
             start_unix_ms: tenantgate_core::time::now_ms(),
             request_id: HeaderValue::from_static(""),
-            route: None,
-            forwarded: None,
-            who: None,
-            assertion: None,
-            view: None,
-            limits: None,
+            adm: Admission::default(),
             reject: None,
             upstream_error: false,
             in_flight: false,
@@ -376,7 +228,7 @@ impl ProxyHttp for Gate {
         match self.admit(session, ctx).await {
             Ok(()) => {
                 self.fairness.admitted(session.as_downstream().stream());
-                if let Some(route) = &ctx.route {
+                if let Some(route) = &ctx.adm.route {
                     route.signals.started();
                     ctx.in_flight = true;
                 }
@@ -392,16 +244,18 @@ impl ProxyHttp for Gate {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
+            .adm
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
         // Silo tenants (the route's `tenant_upstreams`, the tenant's pool) are
         // known from the tenant view admission already resolved.
         let tenant = ctx
+            .adm
             .view
             .as_deref()
             .map(|v| (v.tenant_id.as_str(), v.upstream_pool.as_deref()));
-        let routing = self.routes.load();
+        let routing = self.pipeline.routes.load();
         let group = choose_upstream(route, &routing.pools, tenant).clone();
         drop(routing);
         let addr = group
@@ -434,11 +288,11 @@ impl ProxyHttp for Gate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
-        let (forward_set, forward_remove) = match ctx.forwarded.take() {
+        let (forward_set, forward_remove) = match ctx.adm.forwarded.take() {
             Some(f) => (f.set, f.remove),
             None => (Vec::new(), Vec::new()),
         };
-        match &ctx.who {
+        match &ctx.adm.who {
             // The upstream trusts the injected identity; it never sees the secret.
             Some(who) => {
                 const CREDENTIALS: [&HeaderName; 2] = [&X_API_KEY, &AUTHORIZATION];
@@ -456,7 +310,8 @@ impl ProxyHttp for Gate {
                         .headers()
                         .chain([request_id])
                         .chain(
-                            ctx.assertion
+                            ctx.adm
+                                .assertion
                                 .take()
                                 .map(|v| (X_TENANT_ASSERTION.clone(), v)),
                         )
@@ -481,7 +336,7 @@ impl ProxyHttp for Gate {
             ctx.upstream_error = true;
         }
         let request_id = (X_REQUEST_ID.clone(), ctx.request_id.clone());
-        match &ctx.limits {
+        match &ctx.adm.limits {
             Some(l) => headers::edit_response(
                 upstream_response,
                 l.headers().into_iter().chain([request_id]),
@@ -540,7 +395,7 @@ impl ProxyHttp for Gate {
         listener::request_done(session.as_downstream().stream());
         let elapsed = ctx.start.elapsed();
         if ctx.in_flight {
-            if let Some(route) = &ctx.route {
+            if let Some(route) = &ctx.adm.route {
                 route
                     .signals
                     .finished(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
@@ -551,7 +406,7 @@ impl ProxyHttp for Gate {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let code = ctx.reject.as_ref().map(Reject::code).unwrap_or("ok");
-        let view = ctx.view.as_deref();
+        let view = ctx.adm.view.as_deref();
         let tenant = view.map(|v| v.tenant_id.as_str());
         if let Some(tenant) = tenant {
             let sample = Sample {
@@ -568,7 +423,12 @@ impl ProxyHttp for Gate {
             };
             self.meter.record(tenant, &sample);
             // The key's share, for usage `group_by=api_key`.
-            if let Some(key_id) = ctx.who.as_ref().and_then(|w| w.principal().api_key_id()) {
+            if let Some(key_id) = ctx
+                .adm
+                .who
+                .as_ref()
+                .and_then(|w| w.principal().api_key_id())
+            {
                 self.meter.record_key(tenant, key_id, &sample);
             }
         }

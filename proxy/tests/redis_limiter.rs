@@ -854,3 +854,27 @@ async fn quota_leases_never_over_admit_across_2_proxies() {
 async fn quota_leases_never_over_admit_across_4_proxies() {
     quota_shared_by(4).await;
 }
+
+/// Explain's peek: answers like `check` would, takes nothing from the shared bucket.
+#[tokio::test]
+async fn peek_spends_nothing_from_the_shared_bucket() {
+    let Some((url, keys)) = shared().await else {
+        return;
+    };
+    let limiters = fleet(&url, 2, FailMode::Closed, &relaxed(&keys.prefix)).await;
+    let l = lim(3, 3600, None);
+    for _ in 0..20 {
+        let d = limiters[1].peek("peeked", &l).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+    }
+    let mut admitted = 0;
+    for _ in 0..5 {
+        if limiters[0].check("peeked", &l).await.unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "the peeks took tokens");
+    let d = limiters[1].peek("peeked", &l).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert!(d.retry_after_secs >= 1);
+}

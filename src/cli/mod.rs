@@ -6,7 +6,9 @@
 //! Exit codes: 0 success, 1 an API (or connection) error, its message printed,
 //! 2 a usage error.
 
+mod apply;
 mod client;
+mod explain;
 mod output;
 mod resources;
 
@@ -20,58 +22,124 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
 /// Help heading of the options every resource command takes.
 const CONNECTION: &str = "Admin API";
 
-/// Adds one subcommand per resource to the binary's command.
+/// Adds one subcommand per resource, `explain`, `apply` and `completions` to the
+/// binary's command.
 pub fn augment(mut cmd: Command) -> Command {
     for r in RESOURCES {
         cmd = cmd.subcommand(resource_command(r));
     }
-    cmd
+    cmd.subcommand(explain::command())
+        .subcommand(apply::command())
+        .subcommand(
+            Command::new("completions")
+                .about("Print a shell completion script (bash, zsh or fish)")
+                .long_about(
+                    "Print a shell completion script. Install, e.g.:\n  \
+                     bash: tenantgate completions bash > /etc/bash_completion.d/tenantgate\n  \
+                     zsh:  tenantgate completions zsh > \"${fpath[1]}/_tenantgate\"\n  \
+                     fish: tenantgate completions fish > ~/.config/fish/completions/tenantgate.fish",
+                )
+                .arg(
+                    Arg::new("shell")
+                        .required(true)
+                        .value_parser(["bash", "zsh", "fish"]),
+                ),
+        )
 }
 
-/// Whether `name` is one of the resource subcommands.
+/// Whether `name` is one of the subcommands this module runs.
 pub fn handles(name: &str) -> bool {
-    resources::find(name).is_some()
+    resources::find(name).is_some() || matches!(name, "explain" | "apply")
+}
+
+/// Runs `tenantgate completions SHELL` for the binary's whole command `cmd`.
+pub fn completions(m: &ArgMatches, mut cmd: Command) -> Result<(), Fatal> {
+    use clap_complete::{generate, Shell};
+    let shell = match m.get_one::<String>("shell").map(String::as_str) {
+        Some("bash") => Shell::Bash,
+        Some("zsh") => Shell::Zsh,
+        Some("fish") => Shell::Fish,
+        _ => return Err(Fatal::usage("completions: name bash, zsh or fish")),
+    };
+    generate(shell, &mut cmd, "tenantgate", &mut std::io::stdout());
+    Ok(())
 }
 
 fn resource_command(r: &'static Resource) -> Command {
-    let mut cmd = Command::new(r.name)
-        .about(r.about)
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .arg(
-            Arg::new("admin_url")
-                .long("admin-url")
-                .env("TENANTGATE_ADMIN_URL")
-                .value_name("URL")
-                .global(true)
-                .help_heading(CONNECTION)
-                .help(format!("Admin API base URL [default: {DEFAULT_ADMIN_URL}]")),
-        )
-        .arg(
-            Arg::new("token")
-                .long("token")
-                .env("TENANTGATE_ADMIN_TOKEN")
-                .hide_env_values(true)
-                .value_name("TOKEN")
-                .global(true)
-                .help_heading(CONNECTION)
-                .help("Bearer token: the bootstrap token or a tenant admin's login token"),
-        )
-        .arg(
-            Arg::new("output")
-                .long("output")
-                .short('o')
-                .value_name("FORMAT")
-                .value_parser(["table", "json"])
-                .default_value("table")
-                .global(true)
-                .help_heading(CONNECTION)
-                .help("Output format"),
-        );
+    let mut cmd = connection_args(
+        Command::new(r.name)
+            .about(r.about)
+            .subcommand_required(true)
+            .arg_required_else_help(true),
+    );
     for op in r.ops {
         cmd = cmd.subcommand(verb_command(r, op));
     }
     cmd
+}
+
+/// `--admin-url`, `--token` and `--output`, shared by every command that talks to
+/// the admin API.
+pub fn connection_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("admin_url")
+            .long("admin-url")
+            .env("TENANTGATE_ADMIN_URL")
+            .value_name("URL")
+            .global(true)
+            .help_heading(CONNECTION)
+            .help(format!("Admin API base URL [default: {DEFAULT_ADMIN_URL}]")),
+    )
+    .arg(
+        Arg::new("token")
+            .long("token")
+            .env("TENANTGATE_ADMIN_TOKEN")
+            .hide_env_values(true)
+            .value_name("TOKEN")
+            .global(true)
+            .help_heading(CONNECTION)
+            .help("Bearer token: the bootstrap token or a tenant admin's login token"),
+    )
+    .arg(
+        Arg::new("output")
+            .long("output")
+            .short('o')
+            .value_name("FORMAT")
+            .value_parser(["table", "json"])
+            .default_value("table")
+            .global(true)
+            .help_heading(CONNECTION)
+            .help("Output format"),
+    )
+}
+
+/// The admin API connection a command's matches name.
+pub struct Connection {
+    pub client: client::Client,
+    pub json_out: bool,
+}
+
+pub fn connection(m: &ArgMatches) -> Result<Connection, Fatal> {
+    let json_out = m.get_one::<String>("output").map(String::as_str) == Some("json");
+    let base = m
+        .get_one::<String>("admin_url")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned());
+    let token = m.get_one::<String>("token").cloned().ok_or_else(|| {
+        Fatal::usage("no admin token: pass --token or set TENANTGATE_ADMIN_TOKEN")
+    })?;
+    Ok(Connection {
+        client: client::Client::new(&base, &token)?,
+        json_out,
+    })
+}
+
+/// A current-thread runtime for one command's requests.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::runtime(format!("cannot start the HTTP client: {e}")))
 }
 
 fn verb_command(r: &'static Resource, op: &'static Op) -> Command {
@@ -140,6 +208,11 @@ fn parse_permission(s: &str) -> Result<Value, String> {
 
 /// Runs `tenantgate <resource> <verb> …`.
 pub fn run(resource: &str, m: &ArgMatches) -> Result<(), Fatal> {
+    match resource {
+        "explain" => return explain::run(m),
+        "apply" => return apply::run(m),
+        _ => {}
+    }
     let r = resources::find(resource).ok_or_else(|| Fatal::usage("unknown resource"))?;
     let (verb_name, vm) = m
         .subcommand()

@@ -595,7 +595,7 @@ mod tests {
 
     /// Verbs the CLI sends although the admin API has no such operation yet (the API's
     /// refusal is then printed, exit 1). When the API gains one, drop it from here.
-    const NOT_IN_API: &[(&str, Verb)] = &[("policies", Verb::Delete), ("plans", Verb::Delete)];
+    const NOT_IN_API: &[(&str, Verb)] = &[("policies", Verb::Delete)];
 
     fn method(m: Method) -> &'static str {
         match m {

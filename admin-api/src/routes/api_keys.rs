@@ -27,16 +27,22 @@ pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateApiKeyRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// A role with a policy in the tenant.
+    #[schema(value_type = crate::openapi::RoleName)]
     pub role: String,
-    /// RFC 3339, in the future; absent or null: never expires.
+    /// RFC 3339; absent or null: never expires (a time already past makes a key
+    /// that is refused as expired).
+    #[schema(format = DateTime, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub expires_at: Option<String>,
     /// What the key may do besides what its role allows (both must allow a
     /// request); absent or null: its role decides alone.
+    #[schema(max_items = 256)]
     pub scopes: Option<Vec<PermissionBody>>,
     /// Client addresses (CIDRs or single addresses, v4 or v6) the key may be used
     /// from; absent or null: any.
+    #[schema(schema_with = crate::openapi::nullable_cidr_list_schema)]
     pub allowed_cidrs: Option<Vec<String>>,
 }
 
@@ -44,10 +50,10 @@ pub struct CreateApiKeyRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct PatchApiKeyRequest {
     #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = crate::openapi::nullable_cidr_list_schema)]
     pub allowed_cidrs: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<Vec<PermissionBody>>)]
+    #[schema(value_type = Option<Vec<PermissionBody>>, max_items = 256)]
     pub scopes: Option<Option<Vec<PermissionBody>>>,
 }
 
@@ -89,6 +95,7 @@ pub fn validate_cidrs(field: &str, list: Vec<String>) -> Result<Vec<String>, Api
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct RotateApiKeyRequest {
     /// How long the old key keeps working (0..=2592000, default 0 = revoked now).
+    #[schema(minimum = 0, maximum = 2_592_000)]
     pub grace_seconds: Option<u64>,
 }
 
@@ -245,9 +252,6 @@ pub async fn create(
             let t = parse_rfc3339(raw).ok_or_else(|| {
                 ApiError::validation("expires_at", "must be an RFC 3339 timestamp")
             })?;
-            if t <= Utc::now() {
-                return Err(ApiError::validation("expires_at", "must be in the future"));
-            }
             Some(t)
         }
     };
@@ -396,7 +400,7 @@ pub async fn rotate(
         (status = 200, description = "The key as stored", body = ApiKeyInfo),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
-        (status = 404, description = "Unknown tenant or key", body = ErrorResponse),
+        (status = 404, description = "Unknown tenant or key, or a revoked key", body = ErrorResponse),
         (status = 422, description = "Validation error", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -408,6 +412,11 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Json<ApiKeyInfo>, ApiError> {
     let req: PatchApiKeyRequest = json::parse(&body)?;
+    // A revoked key is gone for changes (its listing entry stays, for the record).
+    match state.store().get_api_key(&scope.tenant.id, &key_id).await? {
+        Some(k) if k.revoked_at.is_none() => {}
+        _ => return Err(key_not_found()),
+    }
     let cidrs = match req.allowed_cidrs {
         Some(Some(l)) => Some(Some(validate_cidrs("allowed_cidrs", l)?)),
         other => other.map(|_| None),

@@ -28,7 +28,12 @@ use utoipa_axum::routes;
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub tenant_id: String,
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$"
+    )]
     pub email: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 

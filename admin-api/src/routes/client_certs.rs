@@ -24,8 +24,10 @@ const MAX_PEM_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateClientCertRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// A role with a policy in the tenant.
+    #[schema(value_type = crate::openapi::RoleName)]
     pub role: String,
     /// The client's certificate, PEM (one certificate, not a chain). Its chain
     /// must verify against the proxy's `[proxy.tls] client_ca_file` at handshake.

@@ -28,7 +28,7 @@ pub struct CreateDomainRequest {
     #[schema(
         example = "api.acme.example",
         max_length = 253,
-        pattern = r"^[A-Za-z0-9.-]+\.?$"
+        pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
     )]
     pub domain: String,
 }
@@ -74,6 +74,12 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<DomainResponse>), ApiError> {
     scope.caller.require_platform()?;
     let req: CreateDomainRequest = json::parse(&body)?;
+    if req.domain.chars().count() > 253 {
+        return Err(ApiError::validation(
+            "domain",
+            "must be at most 253 characters",
+        ));
+    }
     let domain = normalize_hostname(&req.domain).map_err(|m| ApiError::validation("domain", m))?;
     let rec = TenantDomain {
         domain,

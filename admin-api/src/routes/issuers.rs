@@ -32,21 +32,42 @@ pub const MAX_TEXT_CHARS: usize = 256;
 pub struct CreateIssuerRequest {
     /// The exact `iss` of the IdP's tokens: an http(s) URL, bound to at most one
     /// tenant and never one of the configured `[[jwt.issuers]]`.
-    #[schema(example = "https://idp.acme.example")]
+    #[schema(
+        example = "https://idp.acme.example",
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
+    )]
     pub issuer: String,
     /// Where the IdP publishes its keys; `https://` unless `[jwt] allow_insecure_jwks`.
-    #[schema(example = "https://idp.acme.example/.well-known/jwks.json")]
+    #[schema(
+        example = "https://idp.acme.example/.well-known/jwks.json",
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
+    )]
     pub jwks_url: String,
     /// A token's `aud` must contain one of these (at least one).
+    #[schema(schema_with = audiences_schema)]
     pub audiences: Vec<String>,
     /// Allowed `alg`s (asymmetric only); default `["RS256"]`.
+    #[schema(schema_with = algorithms_schema)]
     pub algorithms: Option<Vec<String>>,
     /// The claim that may name the tenant (default `tenant_id`): when present it
     /// must name this tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub tenant_claim: Option<String>,
     /// The claim holding the role (default `role`).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub role_claim: Option<String>,
     /// The role of a token without a role claim; absent: such tokens are refused.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub default_role: Option<String>,
     /// Tokens whose `exp` lies further than this from now (or from `iat`) are refused.
     #[schema(minimum = 1, maximum = 316_224_000)]
@@ -85,6 +106,34 @@ impl From<TenantIssuer> for IssuerResponse {
             created_at: ts(tenantgate_core::time::from_ms(i.created_at_ms)),
         }
     }
+}
+
+fn audiences_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_TEXT_CHARS))
+                .pattern(Some(crate::openapi::patterns::NO_CONTROLS)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_AUDIENCES))
+        .build()
+}
+
+fn algorithms_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(ALLOWED_JWT_ALGORITHMS.iter().copied())),
+        )
+        .min_items(Some(1))
+        .build()
 }
 
 /// Non-empty, at most [`MAX_TEXT_CHARS`], no control characters.
@@ -173,12 +222,6 @@ fn validate(
         req.tenant_claim.as_deref().unwrap_or("tenant_id"),
     )?;
     let role_claim = text("role_claim", req.role_claim.as_deref().unwrap_or("role"))?;
-    if role_claim == tenant_claim {
-        return Err(ApiError::validation(
-            "role_claim",
-            "must differ from tenant_claim",
-        ));
-    }
     let default_role = match req.default_role {
         None => None,
         Some(r) if valid_name_token(&r) => Some(r),

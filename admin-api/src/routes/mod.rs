@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth_login;
 pub mod client_certs;
 pub mod domains;
+pub mod explain;
 pub mod issuers;
 pub mod meta;
 pub mod plans;
@@ -51,7 +52,8 @@ pub fn display_name(field: &str, raw: &str) -> Result<String, ApiError> {
     if name.is_empty() {
         return Err(ApiError::validation(field, "must not be empty"));
     }
-    if name.chars().count() > MAX_NAME_CHARS {
+    // The limit is on what was sent (as the document states it), blanks included.
+    if raw.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::validation(
             field,
             format!("must be at most {MAX_NAME_CHARS} characters"),
@@ -112,6 +114,10 @@ pub async fn existing_role(
         ));
     }
     if state.store().get_policy(tenant_id, role).await?.is_none() {
+        // Deleted meanwhile: the tenant is gone, not the role.
+        if state.store().get_tenant(tenant_id).await?.is_none() {
+            return Err(ApiError::NotFound("tenant not found"));
+        }
         return Err(ApiError::validation(
             field,
             format!("the tenant has no policy for role {role:?}"),

@@ -37,7 +37,9 @@ impl From<Plan> for PlanBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PutPlanRequest {
-    /// Optional; must equal the name in the path.
+    /// Accepted for symmetry with the response; must equal the name in the path
+    /// (422 otherwise), so it is left out of the document.
+    #[schema(ignore)]
     pub name: Option<String>,
     pub rate_limit: RateLimitBody,
     /// Absent or null: the plan has no quota.
@@ -92,7 +94,7 @@ pub async fn get(
 
 #[utoipa::path(
     put, path = "/v1/plans/{name}", operation_id = "putPlan", tag = "plans",
-    params(("name" = String, Path, description = "Plan name, `[a-z0-9_][a-z0-9_-]{0,63}`")),
+    params(("name" = String, Path, description = "Plan name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutPlanRequest,
     responses(
         (status = 200, description = "The stored plan (created or replaced); every tenant following it follows within 1 s", body = PlanBody),
@@ -137,9 +139,42 @@ pub async fn put(
     Ok(Json(plan.into()))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/plans/{name}", operation_id = "deletePlan", tag = "plans",
+    params(("name" = String, Path, description = "Plan name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad credential", body = ErrorResponse),
+        (status = 403, description = "Not the platform admin", body = ErrorResponse),
+        (status = 404, description = "Unknown plan", body = ErrorResponse),
+        (status = 409, description = "A built-in plan (free, pro, enterprise), or one a tenant's tier still names", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<http::StatusCode, ApiError> {
+    caller.require_platform()?;
+    state
+        .store()
+        .delete_plan(&name)
+        .await
+        .map_err(|e| match e {
+            tenantgate_core::StoreError::NotFound => plan_not_found(),
+            tenantgate_core::StoreError::Conflict(_) => ApiError::Conflict(format!(
+                "plan {name:?} is built in or still named by a tenant's tier"
+            )),
+            e => e.into(),
+        })?;
+    tracing::info!(plan = %name, "plan deleted");
+    Ok(http::StatusCode::NO_CONTENT)
+}
+
 /// This resource's routes, each registered with its OpenAPI operation.
 pub fn router() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(list))
-        .routes(routes!(get, put))
+        .routes(routes!(get, put, delete))
 }

@@ -19,8 +19,10 @@ pub const MAX_PERMISSIONS: usize = 256;
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct PermissionBody {
     /// read | create | update | delete | *
+    #[schema(value_type = crate::openapi::ActionName)]
     pub action: String,
-    /// A resource name (`[a-z0-9_-]`) or *
+    /// A resource name (`[a-z0-9_-]`, at most 64) or *
+    #[schema(pattern = r"^([a-z0-9_-]{1,64}|\*)$")]
     pub resource: String,
 }
 
@@ -48,8 +50,12 @@ impl From<Policy> for PolicyResponse {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PutPolicyRequest {
-    /// Optional; must equal the role in the path.
+    /// Accepted for symmetry with the response; must equal the role in the path
+    /// (422 otherwise), so it is left out of the document: send the path's role
+    /// or nothing.
+    #[schema(ignore)]
     pub role: Option<String>,
+    #[schema(max_items = 256)]
     pub permissions: Vec<PermissionBody>,
 }
 
@@ -132,7 +138,7 @@ pub async fn list(
     get, path = "/v1/tenants/{id}/policies/{role}", operation_id = "getPolicy", tag = "policies",
     params(
         ("id" = String, Path, description = "Tenant id"),
-        ("role" = String, Path, description = "Role name"),
+        ("role" = String, Path, description = "Role name", pattern = "^[a-z0-9_-]{1,64}$"),
     ),
     responses(
         (status = 200, description = "The role's policy", body = PolicyResponse),
@@ -162,7 +168,7 @@ pub async fn get(
     put, path = "/v1/tenants/{id}/policies/{role}", operation_id = "putPolicy", tag = "policies",
     params(
         ("id" = String, Path, description = "Tenant id"),
-        ("role" = String, Path, description = "Role name"),
+        ("role" = String, Path, description = "Role name", pattern = "^[a-z0-9_-]{1,64}$"),
     ),
     request_body = PutPolicyRequest,
     responses(

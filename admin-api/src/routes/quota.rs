@@ -33,6 +33,7 @@ pub struct QuotaBody {
     #[schema(value_type = QuotaPeriodName)]
     pub period: QuotaPeriod,
     /// Requests per period, 1..=10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub max_requests: u64,
 }
 

@@ -21,11 +21,14 @@ pub const MAX_WINDOW_SECONDS: u64 = 86_400;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct RateLimitBody {
     /// Requests per window, 1..=10^9.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub max_requests: u64,
     /// 1..=86400.
+    #[schema(minimum = 1, maximum = 86_400)]
     pub window_seconds: u64,
     /// Bucket capacity, 1..=10^9; default max_requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub burst: Option<u64>,
 }
 

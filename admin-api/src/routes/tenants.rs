@@ -26,7 +26,9 @@ const GENERATED_ID_ATTEMPTS: usize = 5;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTenantRequest {
     /// `[a-z0-9][a-z0-9-]{1,62}`; generated from the name when absent.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{1,62}$")]
     pub id: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[schema(value_type = TierName)]
     pub tier: Tier,
@@ -35,7 +37,12 @@ pub struct CreateTenantRequest {
 
 #[derive(Deserialize, ToSchema)]
 pub struct AdminUserRequest {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
@@ -49,6 +56,7 @@ impl std::fmt::Debug for AdminUserRequest {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct PatchTenantRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     #[schema(value_type = Option<TierName>)]
     pub tier: Option<Tier>,
@@ -57,7 +65,7 @@ pub struct PatchTenantRequest {
     /// Client addresses (CIDRs, v4 or v6) the tenant's requests may come from;
     /// `null` removes the allow-list.
     #[serde(default, deserialize_with = "super::present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = crate::openapi::nullable_cidr_list_schema)]
     pub allowed_cidrs: Option<Option<Vec<String>>>,
     /// Platform only: the `[[upstream_pools]]` entry the tenant's requests go
     /// to (a silo tenant); `null` moves it back to the routes' upstreams.
@@ -70,7 +78,8 @@ pub struct PatchTenantRequest {
 pub struct TenantResponse {
     pub id: String,
     pub name: String,
-    #[schema(value_type = TierName)]
+    /// The tenant's plan.
+    #[schema(value_type = String)]
     pub tier: Tier,
     #[schema(value_type = TenantStatusName)]
     pub status: TenantStatus,

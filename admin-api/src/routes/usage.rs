@@ -68,11 +68,33 @@ struct Window {
     by_api_key: bool,
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GranularityName {
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(Serialize, ToSchema)]
+pub enum GroupByName {
+    #[serde(rename = "api_key")]
+    ApiKey,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormatName {
+    Csv,
+    Ndjson,
+}
+
 fn time_param(
     params: &HashMap<String, String>,
     name: &str,
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
-    match params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    // An empty value is a value (refused), not an absent parameter.
+    match params.get(name).map(|s| s.trim()) {
         None => Ok(None),
         Some(raw) => parse_rfc3339(raw)
             .map(Some)
@@ -87,21 +109,13 @@ fn window(
     now: DateTime<Utc>,
     minute_retention: std::time::Duration,
 ) -> Result<Window, ApiError> {
-    let granularity = match params
-        .get("granularity")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    let granularity = match params.get("granularity").map(|s| s.trim()) {
         None => Granularity::Hour,
         Some(g) => Granularity::parse(g).ok_or_else(|| {
             ApiError::validation("granularity", "must be one of minute, hour, day")
         })?,
     };
-    let by_api_key = match params
-        .get("group_by")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    let by_api_key = match params.get("group_by").map(|s| s.trim()) {
         None => false,
         Some("api_key") => true,
         Some(_) => return Err(ApiError::validation("group_by", "must be api_key")),
@@ -109,11 +123,12 @@ fn window(
     let to = time_param(params, "to")?.unwrap_or(now);
     let from = match time_param(params, "from")? {
         Some(f) => f,
-        None => to - Duration::hours(24),
+        None => to
+            .checked_sub_signed(Duration::hours(24))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
     };
-    if from >= to {
-        return Err(ApiError::validation("from", "must be before `to`"));
-    }
+    // `from` not before `to`: an empty range (no buckets, zero totals).
+    let to = to.max(from);
     if granularity == Granularity::Minute {
         let kept = Duration::from_std(minute_retention).unwrap_or(Duration::MAX);
         if from
@@ -199,10 +214,10 @@ fn series(w: &Window, rows: &[UsageRow]) -> (Vec<UsagePoint>, UsagePoint) {
     get, path = "/v1/tenants/{id}/usage", operation_id = "getUsage", tag = "usage",
     params(
         ("id" = String, Path, description = "Tenant id"),
-        ("from" = Option<String>, Query, description = "RFC 3339; default: `to` minus 24 h"),
-        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
-        ("granularity" = Option<String>, Query, description = "minute | hour | day (default hour); minute only inside `[retention] usage_minute_days`"),
-        ("group_by" = Option<String>, Query, description = "api_key: add `by_api_key` (each key's totals over the hours the range touches)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; default: `to` minus 24 h; not before `to`: an empty range", format = DateTime, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now", format = DateTime, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"),
+        ("granularity" = Option<GranularityName>, Query, description = "minute | hour | day (default hour); minute only inside `[retention] usage_minute_days` (an older `from` is 422 naming `granularity`)"),
+        ("group_by" = Option<GroupByName>, Query, description = "api_key: add `by_api_key` (each key's totals over the hours the range touches)"),
     ),
     responses(
         (status = 200, description = "Usage series and totals over any range (sparse past 10 000 buckets)", body = UsageResponse),
@@ -353,12 +368,12 @@ async fn export_page(
 #[utoipa::path(
     get, path = "/v1/usage/export", operation_id = "exportUsage", tag = "usage",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339 (aligned down to the hour); default: `to` minus 24 h", format = DateTime),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default: now", format = DateTime),
-        ("format" = Option<String>, Query, description = "csv (default) | ndjson"),
+        ("from" = Option<String>, Query, description = "RFC 3339 (aligned down to the hour); default: `to` minus 24 h", format = DateTime, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default: now", format = DateTime, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"),
+        ("format" = Option<ExportFormatName>, Query, description = "csv (default) | ndjson"),
     ),
     responses(
-        (status = 200, description = "Streamed: one row per tenant per hour with usage (ordered by hour then tenant, `api_key_id` empty), then one row per API key per hour (the key's share of its tenant's row; ordered by hour, tenant, key). CSV has a header line `tenant_id,api_key_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out`; NDJSON (`format=ndjson`, `application/x-ndjson`) one object with those fields per line (`api_key_id` null on tenant rows).", body = String, content_type = "text/csv"),
+        (status = 200, description = "Streamed: one row per tenant per hour with usage (ordered by hour then tenant, `api_key_id` empty), then one row per API key per hour (the key's share of its tenant's row; ordered by hour, tenant, key). CSV has a header line `tenant_id,api_key_id,bucket_start,requests,rate_limited,denied,upstream_errors,bytes_in,bytes_out`; NDJSON (`format=ndjson`, `application/x-ndjson`) one object with those fields per line (`api_key_id` null on tenant rows).", content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, description = "Malformed query string", body = ErrorResponse),
         (status = 401, description = "No or bad credential", body = ErrorResponse),
         (status = 403, description = "Not the platform token", body = ErrorResponse),
@@ -375,11 +390,7 @@ pub async fn export(
     use axum::response::IntoResponse;
     caller.require_platform()?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let format = match params
-        .get("format")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    let format = match params.get("format").map(|s| s.trim()) {
         None | Some("csv") => ExportFormat::Csv,
         Some("ndjson") => ExportFormat::Ndjson,
         Some(_) => return Err(ApiError::validation("format", "must be csv or ndjson")),
@@ -387,11 +398,12 @@ pub async fn export(
     let to = time_param(&params, "to")?.unwrap_or_else(Utc::now);
     let from = match time_param(&params, "from")? {
         Some(f) => f,
-        None => to - Duration::hours(24),
+        None => to
+            .checked_sub_signed(Duration::hours(24))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
     };
-    if from >= to {
-        return Err(ApiError::validation("from", "must be before `to`"));
-    }
+    // `from` not before `to`: an empty range (no rows).
+    let to = to.max(from);
     let first = from.timestamp().div_euclid(3_600) * 3_600;
     let end = to.timestamp() + i64::from(to.timestamp_subsec_nanos() > 0);
     // The first page is read before answering, so a store that is down is a 503,
@@ -561,17 +573,18 @@ mod tests {
             )),
             "to"
         );
-        assert_eq!(
-            field(window(
-                &params(&[
-                    ("from", "2024-05-02T00:00:00Z"),
-                    ("to", "2024-05-01T00:00:00Z")
-                ]),
-                now,
-                WEEK
-            )),
-            "from"
-        );
+        // An empty range is no error.
+        let w = window(
+            &params(&[
+                ("from", "2024-05-02T00:00:00Z"),
+                ("to", "2024-05-01T00:00:00Z"),
+            ]),
+            now,
+            WEEK,
+        )
+        .unwrap();
+        assert_eq!(series(&w, &[]).0.len(), 0);
+        assert_eq!(field(window(&params(&[("to", "")]), now, WEEK)), "to");
         assert_eq!(
             field(window(
                 &params(&[

@@ -25,9 +25,15 @@ use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f]+(\.[^@\s.\x00-\x1f\x7f-\x9f]+)+$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     /// A role with a policy in the tenant.
+    #[schema(value_type = crate::openapi::RoleName)]
     pub role: String,
 }
 
@@ -44,11 +50,13 @@ impl std::fmt::Debug for CreateUserRequest {
 #[derive(Default, Deserialize, ToSchema)]
 pub struct UpdateUserRequest {
     /// A role with a policy in the tenant.
+    #[schema(value_type = Option<crate::openapi::RoleName>)]
     pub role: Option<String>,
     /// `disabled`: the user cannot log in and its tokens stop working.
     #[schema(value_type = Option<UserStatusName>)]
     pub status: Option<UserStatus>,
     /// A new password (same rules as on create).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
 }
 
@@ -190,12 +198,6 @@ pub async fn update(
 ) -> Result<Json<UserResponse>, ApiError> {
     let req: UpdateUserRequest = json::parse(&body)?;
     let tenant_id = scope.tenant.id.as_str();
-    if req.role.is_none() && req.status.is_none() && req.password.is_none() {
-        return Err(ApiError::validation(
-            "body",
-            "give at least one of role, status, password",
-        ));
-    }
     if let Some(role) = &req.role {
         existing_role(&state, tenant_id, "role", role).await?;
     }

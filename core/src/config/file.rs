@@ -172,6 +172,9 @@ pub struct AdminConfig {
     pub issuer: String,
     /// Peers (CIDRs) whose `x-forwarded-for` names the client for login throttling.
     pub trusted_proxies: Vec<String>,
+    /// The proxy admin listener `POST /v1/explain` asks (`http://host:port`);
+    /// default: `proxy.admin_listen` of the same file.
+    pub explain_proxy_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -183,6 +186,7 @@ impl Default for AdminConfig {
             token_ttl_seconds: 3_600,
             issuer: "tenantgate".into(),
             trusted_proxies: Vec::new(),
+            explain_proxy_url: None,
         }
     }
 }

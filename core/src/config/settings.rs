@@ -124,6 +124,9 @@ pub struct AdminSettings {
     pub issuer: String,
     /// Peers whose `x-forwarded-for` names the client (login throttling).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `admin.explain_proxy_url`: the proxy admin listener explain asks (`None`:
+    /// `proxy.admin_listen`).
+    pub explain_proxy_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -648,8 +651,17 @@ fn admin(a: &file::AdminConfig) -> Result<AdminSettings, Invalid> {
     if a.issuer.trim().is_empty() {
         return invalid("admin.issuer", "must not be empty");
     }
+    if let Some(u) = &a.explain_proxy_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return invalid(
+                "admin.explain_proxy_url",
+                "must be an http:// or https:// URL",
+            );
+        }
+    }
     Ok(AdminSettings {
         listen: a.listen,
+        explain_proxy_url: a.explain_proxy_url.clone(),
         bootstrap_token: a.bootstrap_token.clone(),
         secret_key: a.secret_key.clone(),
         token_ttl: secs(a.token_ttl_seconds),

@@ -309,6 +309,18 @@ fn admin_trusted_proxies_are_checked_at_startup() {
 }
 
 #[test]
+fn admin_explain_proxy_url_is_checked() {
+    let c = parse("[admin]\nexplain_proxy_url = \"http://10.0.0.5:9090\"").unwrap();
+    assert_eq!(
+        c.admin.explain_proxy_url.as_deref(),
+        Some("http://10.0.0.5:9090")
+    );
+    assert!(Settings::default().admin.explain_proxy_url.is_none());
+    let err = parse("[admin]\nexplain_proxy_url = \"10.0.0.5:9090\"").unwrap_err();
+    assert_eq!(err.key, "admin.explain_proxy_url");
+}
+
+#[test]
 fn jwks_urls_over_plain_http_only_to_loopback_unless_allowed() {
     let issuer = |url: &str, extra: &str| {
         format!("{extra}[[jwt.issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\njwks_url = \"{url}\"\n")

@@ -78,7 +78,7 @@ impl Store {
     }
 
     pub async fn create_api_key(&self, k: &ApiKeyRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::insert_key(&mut tx, k).await?;
         let change =
             Self::record_change(&mut tx, ChangeKind::ApiKey, &k.tenant_id, &k.prefix).await?;
@@ -137,7 +137,7 @@ impl Store {
     /// Revokes a key now. Revoking twice is fine; an unknown key is `NotFound`.
     pub async fn revoke_api_key(&self, tenant_id: &str, id: &str) -> Result<ApiKeyRecord> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut key = Self::fetch_key(&mut *tx, tenant_id, id)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -165,7 +165,7 @@ impl Store {
         grace_seconds: u64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let old = Self::fetch_key(&mut *tx, tenant_id, old_id)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -207,7 +207,7 @@ impl Store {
         id: &str,
         edit: impl FnOnce(&mut KeyExtras),
     ) -> Result<ApiKeyRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut key = Self::fetch_key(&mut *tx, tenant_id, id)
             .await?
             .ok_or(StoreError::NotFound)?;

@@ -21,7 +21,7 @@ pub struct StoredAssertionKey {
 
 impl Store {
     pub async fn insert_assertion_key(&self, k: &StoredAssertionKey) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO assertion_keys (kid, algorithm, public_jwk, private_sealed, created_at, active_from, retired_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
         )
@@ -43,7 +43,7 @@ impl Store {
     /// Retires a key: it leaves the JWKS and is never used again. False when it
     /// was unknown or already retired.
     pub async fn retire_assertion_key(&self, kid: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE assertion_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
         )

@@ -35,7 +35,7 @@ impl Store {
     /// Registers a certificate; `Conflict("fingerprint")` when it is registered
     /// already (to any tenant).
     pub async fn create_client_cert(&self, c: &ClientCert) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO client_certs (id, tenant_id, fingerprint, name, role, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -99,7 +99,7 @@ impl Store {
 
     /// Deletes a tenant's certificate; `NotFound` when the tenant has no such one.
     pub async fn delete_client_cert(&self, tenant_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "DELETE FROM client_certs WHERE tenant_id = $1 AND id = $2 RETURNING fingerprint",
         )

@@ -22,7 +22,7 @@ impl Store {
     /// Gives `domain` (normalised already) to `tenant_id`. `Conflict("domain")`
     /// when any tenant has it; `Conflict("domains")` past [`MAX_DOMAINS_PER_TENANT`].
     pub async fn create_tenant_domain(&self, d: &TenantDomain) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tenant_domains WHERE tenant_id = $1",
         )
@@ -94,7 +94,7 @@ impl Store {
 
     /// Removes a tenant's domain; `NotFound` when the tenant has no such domain.
     pub async fn delete_tenant_domain(&self, tenant_id: &str, domain: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("DELETE FROM tenant_domains WHERE tenant_id = $1 AND domain = $2")
             .bind(tenant_id)
             .bind(domain)

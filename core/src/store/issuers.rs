@@ -45,7 +45,7 @@ impl Store {
         i: &TenantIssuer,
         max_per_tenant: usize,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tenant_issuers WHERE tenant_id = $1",
         )
@@ -106,7 +106,7 @@ impl Store {
 
     /// Unbinds an issuer of a tenant; `NotFound` when the tenant has no such issuer.
     pub async fn delete_tenant_issuer(&self, tenant_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("DELETE FROM tenant_issuers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)

@@ -73,7 +73,7 @@ fn millis(d: std::time::Duration) -> i64 {
 impl Store {
     /// Opens a job transaction: None when another process holds the job.
     async fn job_tx(&self) -> Result<Option<sqlx::Transaction<'static, sqlx::Any>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             let ok: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS ok")
                 .bind(JOB_LOCK)

@@ -205,6 +205,19 @@ impl Store {
         self.backend
     }
 
+    /// A write transaction. On SQLite the write lock is taken at `BEGIN
+    /// IMMEDIATE`: a transaction that reads before it writes then waits for a
+    /// concurrent writer (`busy_timeout`) instead of failing with `SQLITE_BUSY`
+    /// when it upgrades its read lock (seen as 503s under concurrent admin calls).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            _ => self.pool.begin().await,
+        }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -52,7 +52,7 @@ impl Store {
     /// Creates or replaces a plan; every tenant following it follows the change.
     /// Returns whether it was created.
     pub async fn put_plan(&self, plan: &Plan) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existed = sqlx::query("SELECT name FROM plans WHERE name = $1")
             .bind(&plan.name)
             .fetch_optional(&mut *tx)
@@ -79,5 +79,34 @@ impl Store {
         tx.commit().await?;
         self.publish(vec![change]);
         Ok(!existed)
+    }
+
+    /// Deletes a plan no tenant names. `NotFound` if there is none;
+    /// `Conflict("plan")` if a built-in plan or one still in use.
+    pub async fn delete_plan(&self, name: &str) -> Result<()> {
+        if crate::domain::BUILT_IN_PLANS.contains(&name) {
+            return Err(StoreError::Conflict("plan"));
+        }
+        let mut tx = self.begin_write().await?;
+        let used = sqlx::query("SELECT id FROM tenants WHERE tier = $1 LIMIT 1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if used {
+            return Err(StoreError::Conflict("plan"));
+        }
+        let gone = sqlx::query("DELETE FROM plans WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let change = Self::record_change(&mut tx, ChangeKind::Plan, "", name).await?;
+        tx.commit().await?;
+        self.publish(vec![change]);
+        Ok(())
     }
 }

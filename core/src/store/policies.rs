@@ -41,7 +41,7 @@ impl Store {
     pub async fn put_policy(&self, tenant_id: &str, policy: &Policy) -> Result<()> {
         let perms = serde_json::to_string(&policy.permissions)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO rbac_policies (tenant_id, role, permissions, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id, role) DO UPDATE SET permissions = excluded.permissions, updated_at = excluded.updated_at",

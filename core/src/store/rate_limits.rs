@@ -46,7 +46,7 @@ impl Store {
     }
 
     pub async fn put_rate_limit(&self, tenant_id: &str, rl: &RateLimit) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::upsert_rate_limit(&mut tx, tenant_id, rl, now_ms()).await?;
         let change = Self::record_change(&mut tx, ChangeKind::RateLimit, tenant_id, "").await?;
         tx.commit().await?;
@@ -60,7 +60,7 @@ impl Store {
     }
 
     async fn delete_own(&self, tenant_id: &str, table: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
             .bind(tenant_id)
             .execute(&mut *tx)
@@ -93,7 +93,7 @@ impl Store {
     /// Sets the tenant's own quota (a changed quota reaches the proxies like a
     /// changed rate limit).
     pub async fn put_quota(&self, tenant_id: &str, q: &Quota) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO tenant_quotas (tenant_id, period, max_requests, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id) DO UPDATE SET period = excluded.period, \

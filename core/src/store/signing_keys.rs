@@ -16,7 +16,7 @@ pub struct StoredSigningKey {
 
 impl Store {
     pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO signing_keys (kid, algorithm, public_jwk, private_sealed, created_at, retired_at) VALUES ($1, 'RS256', $2, $3, $4, NULL)",
         )
@@ -34,7 +34,7 @@ impl Store {
     }
 
     pub async fn retire_signing_key(&self, kid: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
         )

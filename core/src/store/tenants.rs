@@ -32,7 +32,7 @@ impl Store {
     /// optionally, its first admin user, in one transaction.
     pub async fn create_tenant(&self, t: &NewTenant) -> Result<Tenant> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO tenants (id, name, tier, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)",
         )
@@ -118,7 +118,7 @@ impl Store {
     /// Applies a patch. A tenant following its plan follows the new tier's plan.
     pub async fn update_tenant(&self, id: &str, patch: &TenantPatch) -> Result<Tenant> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT id, name, tier, status, created_at, allowed_cidrs, upstream_pool FROM tenants WHERE id = $1",
         )
@@ -168,7 +168,7 @@ impl Store {
 
     /// Deletes a tenant and everything it owns (usage rollups are kept).
     pub async fn delete_tenant(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let prefixes: Vec<String> = sqlx::query("SELECT prefix FROM api_keys WHERE tenant_id = $1")
             .bind(id)
             .fetch_all(&mut *tx)

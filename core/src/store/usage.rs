@@ -81,7 +81,7 @@ impl Store {
         seq: i64,
         deltas: &[UsageDelta],
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared($1)) AS l")
                 .bind(ROLLUP_LOCK)
@@ -334,7 +334,7 @@ impl Store {
         from_s: i64,
         to_s: i64,
     ) -> Result<Vec<UsageRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 .execute(&mut *tx)
@@ -386,7 +386,7 @@ impl Store {
         after: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<(String, UsageRow)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 .execute(&mut *tx)

@@ -48,7 +48,7 @@ impl Store {
 
     pub async fn create_user(&self, tenant_id: &str, u: &NewUser) -> Result<UserRecord> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::insert_user(&mut tx, tenant_id, u, now).await?;
         let change = Self::record_change(&mut tx, ChangeKind::User, tenant_id, &u.id).await?;
         tx.commit().await?;
@@ -127,7 +127,7 @@ impl Store {
         patch: &UserPatch,
     ) -> Result<UserRecord> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE users SET role = COALESCE($1, role), status = COALESCE($2, status), password_hash = COALESCE($3, password_hash), token_version = token_version + 1, updated_at = $4 WHERE tenant_id = $5 AND id = $6",
         )
@@ -158,7 +158,7 @@ impl Store {
 
     /// Deletes a user (its login tokens end with it). `NotFound` for an unknown user.
     pub async fn delete_user(&self, tenant_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)

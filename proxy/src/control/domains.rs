@@ -52,19 +52,22 @@ impl Domains {
     /// credential of `tenant_id` may go on: `false` when the host is another
     /// tenant's domain. Costs nothing while no tenant has a domain.
     pub fn allows(&self, host: Option<&str>, tenant_id: &str) -> bool {
+        let ok = self.would_allow(host, tenant_id);
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// [`Domains::allows`] without counting a refusal (explain).
+    pub fn would_allow(&self, host: Option<&str>, tenant_id: &str) -> bool {
         if !self.any.load(Ordering::Relaxed) {
             return true;
         }
         let Some(host) = host.and_then(tenantgate_core::domain::request_host) else {
             return true;
         };
-        match self.current().get(host.as_str()) {
-            Some(owner) if &**owner != tenant_id => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            _ => true,
-        }
+        !matches!(self.current().get(host.as_str()), Some(owner) if &**owner != tenant_id)
     }
 
     /// Loads every domain; `false` if the store could not be read.

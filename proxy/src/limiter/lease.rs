@@ -93,7 +93,7 @@ struct Answer {
 }
 
 /// One tenant's lease on one proxy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LeaseState {
     limit: Option<RateLimit>,
     /// Leased, unspent tokens.

@@ -373,6 +373,22 @@ impl LocalLimiter {
         }
     }
 
+    /// What [`LocalLimiter::check`] would answer now, without taking a token
+    /// (explain): the same arithmetic on a copy of the bucket.
+    pub fn peek(&self, tenant: &str, limit: &RateLimit) -> Decision {
+        let now = self.clock.now_nanos();
+        let map = match self.shard(tenant).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut copy = match map.get(tenant.as_bytes()) {
+            Some((b, _)) => *b,
+            None => Bucket::full(limit, now),
+        };
+        drop(map);
+        copy.take(limit, now, 1)
+    }
+
     /// Forgets a tenant's bucket (e.g. its limit was changed to a smaller one).
     pub fn reset(&self, tenant: &str) {
         if let Ok(mut m) = self.shard(tenant).lock() {
@@ -406,6 +422,26 @@ impl LocalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_answers_like_check_without_taking() {
+        let clock = Arc::new(ManualClock::default());
+        let l = LocalLimiter::new(clock.clone());
+        let lim = RateLimit {
+            max_requests: 2,
+            window_seconds: 60,
+            burst: None,
+        };
+        for _ in 0..5 {
+            assert!(l.peek("t", &lim).allowed);
+        }
+        assert!(l.is_empty(), "a peek creates no bucket");
+        assert_eq!(l.peek("t", &lim), l.check("t", &lim));
+        assert!(l.check("t", &lim).allowed);
+        let peeked = l.peek("t", &lim);
+        assert!(!peeked.allowed);
+        assert_eq!(peeked, l.check("t", &lim));
+    }
 
     fn lim(max: u64, window: u64, burst: Option<u64>) -> RateLimit {
         RateLimit {

@@ -206,6 +206,30 @@ impl Limiter {
         }
     }
 
+    /// What [`Limiter::check`] would answer now, without spending a token
+    /// (explain). With Redis: this proxy's unspent lease, else the shared bucket
+    /// read by the same script asking for no token; when Redis is not usable, the
+    /// fail mode's answer.
+    pub async fn peek(&self, tenant: &str, limit: &RateLimit) -> Result<Decision, LimitError> {
+        match &self.backend {
+            Backend::Local(l) => Ok(l.peek(tenant, limit)),
+            Backend::Redis(r) => r.peek(tenant, limit).await,
+        }
+    }
+
+    /// With Redis: the fleet's shared count of a quota period (`None`: the local
+    /// backend; `Some(Err(()))`: Redis not usable).
+    pub(crate) async fn quota_peek(
+        &self,
+        tenant: &str,
+        period_start: i64,
+    ) -> Option<Result<u64, ()>> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Redis(r) => Some(r.quota_peek(tenant, period_start).await),
+        }
+    }
+
     /// Starts the background work on `rt` until `shutdown` turns true: the local
     /// buckets' sweep, and for Redis heartbeats, breaker probes, lease give-back
     /// and forgetting idle tenants (at shutdown the leases go back and the proxy

@@ -274,6 +274,45 @@ impl Quotas {
         }))
     }
 
+    /// What [`Quotas::check`] would answer now, counting nothing (explain): the
+    /// count this proxy holds (plus, with Redis, the fleet's shared counter, or
+    /// the store's total when it has not read it yet).
+    pub async fn peek(&self, tenant: &str, q: &Quota, now_ms: i64) -> Result<Decision, LimitError> {
+        let probe = Count::new(*q, now_ms);
+        let held = {
+            let map = self.shard(tenant);
+            map.get(tenant.as_bytes())
+                .filter(|c| c.current(q, now_ms))
+                .map(|c| (c.loaded, c.base + c.pending, c.leased, c.shared_used))
+        };
+        let decide = |used: u64| {
+            let allowed = used < q.max_requests;
+            probe.decision(allowed, used + u64::from(allowed), now_ms)
+        };
+        if let Some((fail_mode, _)) = self.limiter.redis_shape() {
+            if let Some((_, _, leased, shared_used)) = held.filter(|h| h.2 > 0) {
+                return Ok(decide(shared_used.saturating_sub(leased)));
+            }
+            match self.limiter.quota_peek(tenant, probe.start).await {
+                Some(Ok(used)) => return Ok(decide(used)),
+                Some(Err(())) if fail_mode == FailMode::Closed => {
+                    return Err(LimitError::Unavailable)
+                }
+                _ => {}
+            }
+        }
+        let used = match held {
+            Some((true, used, _, _)) => used,
+            _ => self
+                .store
+                .quota_used(tenant, probe.start)
+                .await
+                .unwrap_or(0)
+                .saturating_add(held.map_or(0, |h| h.1)),
+        };
+        Ok(decide(used))
+    }
+
     /// Adds what was admitted since the last flush to the store, and forgets
     /// tenants whose period ended with nothing pending.
     pub async fn flush(&self, now_ms: i64) {

@@ -501,6 +501,92 @@ impl RedisLimiter {
         }
     }
 
+    /// What [`RedisLimiter::check`] would answer now, spending nothing: an
+    /// unspent lease of this proxy (or a denial it repeats) on a copy of the lease,
+    /// else the shared bucket as the bucket script reports it when asked for no
+    /// token; the fail mode when Redis is not usable.
+    pub(crate) async fn peek(
+        &self,
+        tenant: &str,
+        limit: &RateLimit,
+    ) -> Result<Decision, LimitError> {
+        if limit.capacity() == 0 {
+            return Ok(Bucket::full(limit, 0).take(limit, 0, 1));
+        }
+        let life = self.opts.lease_lifetime;
+        let known = self.known_state(tenant);
+        if let Some(st) = &known {
+            let mut copy = st.lease().clone();
+            if let Some(d) = copy.try_local(limit, Instant::now(), life, false) {
+                return Ok(d);
+            }
+        }
+        let fallback = || match self.fail_mode {
+            FailMode::Closed => Err(LimitError::Unavailable),
+            FailMode::Open => {
+                let n = self.live.load(Ordering::Relaxed).max(1);
+                let mut d = self.local.peek(tenant, &share_of(limit, n));
+                d.limit = limit.max_requests;
+                d.window_secs = limit.window_seconds;
+                Ok(d)
+            }
+        };
+        if self.breaker.is_open() {
+            return fallback();
+        }
+        let key = self.key(tenant);
+        let res = self
+            .call(self.opts.call_timeout, |mut c| {
+                let key = key.clone();
+                async move { bucket_take(&self.bucket, &mut c, &key, limit, 0, 0).await }
+            })
+            .await;
+        let Ok(grant) = res else {
+            return fallback();
+        };
+        let held = known.map_or(0, |st| st.lease().held());
+        let remaining = grant.remaining.saturating_add(held).min(limit.capacity());
+        let allowed = remaining >= 1;
+        let window = limit.window_seconds.max(1);
+        let secs = |ms: Option<u64>| ms.map_or(window, |ms| ms.div_ceil(1000));
+        Ok(Decision {
+            allowed,
+            limit: limit.max_requests,
+            remaining: remaining.saturating_sub(u64::from(allowed)),
+            reset_secs: secs(grant.ms_to_full),
+            retry_after_secs: if allowed {
+                0
+            } else {
+                secs(grant.ms_to_one).max(1)
+            },
+            window_secs: limit.window_seconds,
+        })
+    }
+
+    /// The tenant's state if this proxy has one (a peek creates none).
+    fn known_state(&self, tenant: &str) -> Option<Arc<TenantState>> {
+        let map = match self.shard(tenant).lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(tenant).cloned()
+    }
+
+    /// The fleet's shared count of a quota period (explain; nothing is taken).
+    pub(crate) async fn quota_peek(&self, tenant: &str, period_start: i64) -> Result<u64, ()> {
+        if self.breaker.is_open() {
+            return Err(());
+        }
+        let key = format!("{}:q:{tenant}:{period_start}", self.opts.key_prefix);
+        let used: Option<u64> = self
+            .call(self.opts.call_timeout, |mut c| {
+                let key = key.clone();
+                async move { redis::cmd("GET").arg(&key).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(used.unwrap_or(0))
+    }
+
     /// Takes up to `want` units of the tenant's quota for the period starting at
     /// `period_start` (unix ms): `(granted, used after)`; `Err` when Redis is not
     /// usable (the caller applies the fail mode).
