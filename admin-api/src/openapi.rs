@@ -145,6 +145,26 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     })
 }
 
+/// The document as this process serves it: what depends on the configuration is
+/// filled in — a tenant's `upstream_pool` can only name one of the
+/// `[[upstream_pools]]` this admin API was started with (or `null`).
+pub fn document_for(upstream_pools: &[String]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+    let mut names: Vec<serde_json::Value> = upstream_pools
+        .iter()
+        .map(|n| serde_json::Value::String(n.clone()))
+        .collect();
+    names.push(serde_json::Value::Null);
+    if let Some(prop) = doc
+        .pointer_mut("/components/schemas/PatchTenantRequest/properties/upstream_pool")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        prop.remove("pattern");
+        prop.insert("enum".into(), serde_json::Value::Array(names));
+    }
+    doc
+}
+
 /// The statuses any operation of a kind can answer, from the one place that
 /// produces them (the JSON body parser, the query parser, the auth extractor, the
 /// store): added to every operation that can meet them, so no handler's list can
@@ -293,6 +313,21 @@ fn cidr_list(nullable: bool) -> utoipa::openapi::Array {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn upstream_pool_names_the_configured_pools() {
+        let doc = super::document_for(&["silo-a".to_owned()]);
+        let prop =
+            &doc["components"]["schemas"]["PatchTenantRequest"]["properties"]["upstream_pool"];
+        assert_eq!(prop["enum"], serde_json::json!(["silo-a", null]), "{prop}");
+        let none = super::document_for(&[]);
+        assert_eq!(
+            none["components"]["schemas"]["PatchTenantRequest"]["properties"]["upstream_pool"]
+                ["enum"],
+            serde_json::json!([null])
+        );
+    }
+
     /// Every operation has an id, no id is used twice (code generators key on them),
     /// and the statuses every route can meet are listed.
     #[test]

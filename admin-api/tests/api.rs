@@ -821,7 +821,7 @@ async fn scaling_events_api(h: H, _url: String) {
     for (q, field) in [
         ("from=yesterday", "from"),
         ("to=2024-13-40T00:00:00Z", "to"),
-        ("from=2024-01-02T00:00:00Z&to=2024-01-01T00:00:00Z", "from"),
+        ("to=", "to"),
         ("limit=0", "limit"),
         ("route=a%07b", "route"),
     ] {

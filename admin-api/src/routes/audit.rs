@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Serialize;
 use std::collections::HashMap;
 use tenantgate_core::store::{AuditEntry, AuditQuery};
-use tenantgate_core::time::{from_ms, parse_rfc3339};
+use tenantgate_core::time::from_ms;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -66,25 +66,9 @@ impl From<AuditEntry> for AuditEntryResponse {
     }
 }
 
-/// A query parameter's value; an empty value is a value (and is refused by the
-/// parameter's check), not an absent parameter.
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params.get(name).map(|s| s.trim())
-}
-
-fn time_ms(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
-    param(params, name)
-        .map(|raw| {
-            parse_rfc3339(raw)
-                .map(|t| t.timestamp_millis())
-                .ok_or_else(|| ApiError::validation(name, "must be an RFC 3339 timestamp"))
-        })
-        .transpose()
-}
-
 /// The validated filters (`tenant_id` is the caller's business).
 fn query(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
-    let limit = match param(params, "limit") {
+    let limit = match super::query_param(params, "limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw
             .parse::<i64>()
@@ -94,15 +78,15 @@ fn query(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
                 ApiError::validation("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    let before_id = param(params, "cursor")
+    let before_id = super::query_param(params, "cursor")
         .map(|raw| {
             raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 ApiError::validation("cursor", "must be a cursor from a previous page")
             })
         })
         .transpose()?;
-    let from_ms = time_ms(params, "from")?;
-    let to_ms = time_ms(params, "to")?;
+    let from_ms = super::query_time_ms(params, "from")?;
+    let to_ms = super::query_time_ms(params, "to")?;
     Ok(AuditQuery {
         tenant_id: None,
         from_ms,
@@ -150,7 +134,7 @@ pub async fn list(
     caller.require_platform()?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let mut q = query(&params)?;
-    if let Some(t) = param(&params, "tenant_id") {
+    if let Some(t) = super::query_param(&params, "tenant_id") {
         if !tenantgate_core::domain::valid_tenant_id(t) {
             return Err(ApiError::validation(
                 "tenant_id",

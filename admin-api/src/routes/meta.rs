@@ -95,8 +95,10 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
     get, path = "/openapi.json", operation_id = "openapi", tag = "meta",
     responses((status = 200, description = "This document (OpenAPI 3)", content_type = "application/json", body = Object))
 )]
-pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(crate::openapi::document())
+pub async fn openapi(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(crate::openapi::document_for(
+        &state.options().upstream_pools,
+    ))
 }
 
 #[utoipa::path(

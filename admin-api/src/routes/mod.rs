@@ -23,6 +23,29 @@ use crate::AdminState;
 use chrono::{DateTime, Utc};
 use tenantgate_core::domain::{valid_email, valid_name_token};
 
+/// A query parameter's value; an empty value is a value (and is refused by the
+/// parameter's check), not an absent parameter.
+pub fn query_param<'a>(
+    params: &'a std::collections::HashMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    params.get(name).map(|s| s.trim())
+}
+
+/// An RFC 3339 query parameter as Unix milliseconds (422 naming it otherwise).
+pub fn query_time_ms(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<Option<i64>, ApiError> {
+    query_param(params, name)
+        .map(|raw| {
+            tenantgate_core::time::parse_rfc3339(raw)
+                .map(|t| t.timestamp_millis())
+                .ok_or_else(|| ApiError::validation(name, "must be an RFC 3339 timestamp"))
+        })
+        .transpose()
+}
+
 /// A field that is present (`Some`), possibly `null` (`Some(None)`).
 pub fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Serialize;
 use std::collections::HashMap;
 use tenantgate_core::store::ScalingEvent;
-use tenantgate_core::time::{from_ms, now_ms, parse_rfc3339};
+use tenantgate_core::time::{from_ms, now_ms};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -74,22 +74,8 @@ struct EventQuery {
     limit: i64,
 }
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
-}
-
-fn time_ms(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
-    param(params, name)
-        .map(|raw| {
-            parse_rfc3339(raw)
-                .map(|t| t.timestamp_millis())
-                .ok_or_else(|| ApiError::validation(name, "must be an RFC 3339 timestamp"))
-        })
-        .transpose()
-}
-
 fn query(params: &HashMap<String, String>, now: i64) -> Result<EventQuery, ApiError> {
-    let route = match param(params, "route") {
+    let route = match super::query_param(params, "route") {
         Some(r) if r.chars().count() > MAX_ROUTE_CHARS || r.chars().any(char::is_control) => {
             return Err(ApiError::validation(
                 "route",
@@ -98,7 +84,7 @@ fn query(params: &HashMap<String, String>, now: i64) -> Result<EventQuery, ApiEr
         }
         r => r.map(str::to_owned),
     };
-    let limit = match param(params, "limit") {
+    let limit = match super::query_param(params, "limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw
             .parse::<i64>()
@@ -108,12 +94,10 @@ fn query(params: &HashMap<String, String>, now: i64) -> Result<EventQuery, ApiEr
                 ApiError::validation("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    let from_ms = time_ms(params, "from")?.unwrap_or(0);
+    let from_ms = super::query_time_ms(params, "from")?.unwrap_or(0);
     // Default: up to now, inclusive of this millisecond.
-    let to_ms = time_ms(params, "to")?.unwrap_or(now.saturating_add(1));
-    if from_ms >= to_ms {
-        return Err(ApiError::validation("from", "must be before `to`"));
-    }
+    let to_ms = super::query_time_ms(params, "to")?.unwrap_or(now.saturating_add(1));
+    // from ≥ to is an empty range: no events, no error.
     Ok(EventQuery {
         route,
         from_ms,
@@ -187,16 +171,19 @@ mod tests {
         );
         assert_eq!(field(query(&params(&[("from", "yesterday")]), 0)), "from");
         assert_eq!(field(query(&params(&[("to", "2024-13-01")]), 0)), "to");
-        assert_eq!(
-            field(query(
-                &params(&[
-                    ("from", "2024-01-02T00:00:00Z"),
-                    ("to", "2024-01-01T00:00:00Z")
-                ]),
-                0
-            )),
-            "from"
-        );
+        // An empty value is a value (refused), not an absent parameter.
+        assert_eq!(field(query(&params(&[("to", "")]), 0)), "to");
+        assert_eq!(field(query(&params(&[("limit", "")]), 0)), "limit");
+        // from ≥ to: an empty range, no error.
+        let q = query(
+            &params(&[
+                ("from", "2024-01-02T00:00:00Z"),
+                ("to", "2024-01-01T00:00:00Z"),
+            ]),
+            0,
+        )
+        .unwrap();
+        assert!(q.from_ms > q.to_ms);
         assert_eq!(field(query(&params(&[("route", "a\u{7}b")]), 0)), "route");
         assert_eq!(
             field(query(&params(&[("route", &"x".repeat(257))]), 0)),
