@@ -96,8 +96,11 @@ impl StackBuilder {
         self
     }
 
+    /// Starts `tenantgate up`. A free port taken by another test between
+    /// `free_port()` and the bind ("Address already in use") is retried with new
+    /// ports (tests run in parallel processes).
     pub async fn start(self) -> Stack {
-        let dir = self.dir.unwrap_or_else(|| {
+        let dir = self.dir.clone().unwrap_or_else(|| {
             let d = std::env::temp_dir().join(format!(
                 "tenantgate_e2e_{}_{}",
                 std::process::id(),
@@ -106,13 +109,29 @@ impl StackBuilder {
             std::fs::create_dir_all(&d).unwrap();
             d
         });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let s = self.spawn(&dir);
+            match s.wait_ready().await {
+                Ok(()) => return s,
+                Err(log) if attempt < 4 && log.contains("Address already in use") => drop(s),
+                Err(log) => panic!("tenantgate did not start; log:\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(&self, dir: &std::path::Path) -> Stack {
+        let dir = dir.to_path_buf();
         let (p, pa, a, d) = (free_port(), free_port(), free_port(), free_port());
         let demo = format!("127.0.0.1:{d}");
         let store = self
             .store_url
+            .clone()
             .unwrap_or_else(|| format!("sqlite://{}/tg.db", dir.display()));
         let routes = self
             .routes
+            .as_ref()
             .map(|r| r.replace("DEMO", &demo))
             .unwrap_or_default();
         let config = format!(
@@ -158,7 +177,7 @@ format = "text"
             .stderr(log)
             .spawn()
             .unwrap();
-        let s = Stack {
+        Stack {
             child: Some(child),
             dir,
             proxy: format!("http://127.0.0.1:{p}"),
@@ -170,9 +189,7 @@ format = "text"
                 .build()
                 .unwrap(),
             config_path,
-        };
-        s.wait_ready().await;
-        s
+        }
     }
 }
 
@@ -181,8 +198,14 @@ impl Stack {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until every listener answers; the log when it does not (at once
+    /// when a port was taken).
+    async fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let failed = || {
+            let log = self.log();
+            (Instant::now() >= deadline || log.contains("Address already in use")).then_some(log)
+        };
         for url in [
             format!("{}/health", self.admin),
             format!("{}/health", self.proxy_admin),
@@ -194,11 +217,9 @@ impl Stack {
                         break;
                     }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "{url} not ready; log:\n{}",
-                    self.log()
-                );
+                if let Some(log) = failed() {
+                    return Err(format!("{url} not ready\n{log}"));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -211,13 +232,11 @@ impl Stack {
                 .await
                 .is_ok()
             {
-                break;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "proxy not ready; log:\n{}",
-                self.log()
-            );
+            if let Some(log) = failed() {
+                return Err(format!("proxy not ready\n{log}"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
