@@ -148,3 +148,26 @@ pub async fn existing_role(
     }
     Ok(())
 }
+
+/// Helpers of the query-parsing unit tests.
+#[cfg(test)]
+pub(crate) mod test_query {
+    use crate::error::ApiError;
+    use std::collections::HashMap;
+
+    /// A parsed query string from `(name, value)` pairs.
+    pub fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The field a validation error names (panics on anything else).
+    pub fn field<T: std::fmt::Debug>(r: Result<T, ApiError>) -> String {
+        match r {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+}

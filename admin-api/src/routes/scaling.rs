@@ -147,20 +147,7 @@ pub fn router() -> OpenApiRouter<AdminState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn field(r: Result<EventQuery, ApiError>) -> String {
-        match r {
-            Err(ApiError::Validation { field, .. }) => field,
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
+    use crate::routes::test_query::{field, params};
 
     #[test]
     fn bad_filters_name_the_field() {

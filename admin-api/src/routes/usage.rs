@@ -483,22 +483,9 @@ pub fn router() -> OpenApiRouter<AdminState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::test_query::{field, params};
 
     const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
-
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn field(r: Result<Window, ApiError>) -> String {
-        match r {
-            Err(ApiError::Validation { field, .. }) => field,
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
 
     #[test]
     fn defaults_and_alignment() {
