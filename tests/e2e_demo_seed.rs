@@ -55,18 +55,8 @@ async fn direct(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s.http.request(m, format!("{}{path}", s.demo));
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let (status, _, body) = s.call_at(&s.demo, method, path, headers, body).await;
+    (status, body)
 }
 
 fn assert_error(status: u16, body: &Value, want: u16, code: &str) {

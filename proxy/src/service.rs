@@ -12,7 +12,7 @@ use crate::listener;
 use crate::meter::{Meter, Sample};
 use crate::metrics::ProxyMetrics;
 use crate::reject::Reject;
-use crate::route::choose_upstream;
+use crate::route::{choose_upstream, UpstreamGroup};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -48,6 +48,10 @@ impl Default for GateOptions {
         }
     }
 }
+
+/// The pools of a request whose tenant names none.
+static NO_POOLS: std::sync::LazyLock<std::collections::HashMap<Box<str>, Arc<UpstreamGroup>>> =
+    std::sync::LazyLock::new(std::collections::HashMap::new);
 
 pub struct Gate {
     /// Stages 1–6, shared with the proxy's `POST /explain`.
@@ -255,9 +259,12 @@ impl ProxyHttp for Gate {
             .view
             .as_deref()
             .map(|v| (v.tenant_id.as_str(), v.upstream_pool.as_deref()));
-        let routing = self.pipeline.routes.load();
-        let group = choose_upstream(route, &routing.pools, tenant).clone();
-        drop(routing);
+        // The pools in force are read only for a tenant that names one.
+        let routing = tenant
+            .is_some_and(|(_, pool)| pool.is_some())
+            .then(|| self.pipeline.routes.load());
+        let pools = routing.as_deref().map_or(&*NO_POOLS, |r| &r.pools);
+        let group = choose_upstream(route, pools, tenant);
         let addr = group
             .select()
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream backend"))?;

@@ -342,8 +342,21 @@ impl Stack {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.call_at(&self.proxy, method, path, headers, body).await
+    }
+
+    /// A request to `base` (the proxy, the demo upstream, …): `(status, headers,
+    /// json body)`.
+    pub async fn call_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{path}", self.proxy));
+        let mut req = self.http.request(m, format!("{base}{path}"));
         for (n, v) in headers {
             req = req.header(*n, *v);
         }

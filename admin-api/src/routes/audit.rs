@@ -68,16 +68,7 @@ impl From<AuditEntry> for AuditEntryResponse {
 
 /// The validated filters (`tenant_id` is the caller's business).
 fn query(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
-    let limit = match super::query_param(params, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::validation("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
-            })?,
-    };
+    let limit = super::query_limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let before_id = super::query_param(params, "cursor")
         .map(|raw| {
             raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {

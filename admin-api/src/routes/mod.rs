@@ -32,6 +32,25 @@ pub fn query_param<'a>(
     params.get(name).map(|s| s.trim())
 }
 
+/// A `limit` query parameter: `default` when absent, else an integer from 1 to
+/// `max` (422 naming `limit` otherwise).
+pub fn query_limit(
+    params: &std::collections::HashMap<String, String>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    match query_param(params, "limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::validation("limit", format!("must be an integer from 1 to {max}"))
+            }),
+    }
+}
+
 /// An RFC 3339 query parameter as Unix milliseconds (422 naming it otherwise).
 pub fn query_time_ms(
     params: &std::collections::HashMap<String, String>,

@@ -84,16 +84,7 @@ fn query(params: &HashMap<String, String>, now: i64) -> Result<EventQuery, ApiEr
         }
         r => r.map(str::to_owned),
     };
-    let limit = match super::query_param(params, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::validation("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))
-            })?,
-    };
+    let limit = super::query_limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let from_ms = super::query_time_ms(params, "from")?.unwrap_or(0);
     // Default: up to now, inclusive of this millisecond.
     let to_ms = super::query_time_ms(params, "to")?.unwrap_or(now.saturating_add(1));
